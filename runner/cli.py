@@ -1,0 +1,150 @@
+"""`runner`: a thin Typer layer over the library. Every command is one or two library calls."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from runner import defaults
+from runner.decode import DecodeOptions
+from runner.errors import RunnerError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Measure ESPnet speech-translation models: size, parameters, BLEU and latency.")
+demo_app = typer.Typer(no_args_is_help=True, help="Build the embedded demo corpus and model.")
+app.add_typer(demo_app, name="demo")
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"--set expects KEY=VALUE, got {pair!r}")
+        overrides[key.strip().replace("-", "_")] = value.strip()
+    return overrides
+
+
+def decode_options(config: Optional[Path], overrides: list[str]) -> DecodeOptions:
+    values = parse_overrides(overrides)
+    path = config or (defaults.DECODE_CONFIG if defaults.DECODE_CONFIG.is_file() else None)
+    if path is None:
+        return DecodeOptions.from_dict(values, origin="--set")
+    return DecodeOptions.from_yaml(path, values)
+
+
+@app.command()
+def translate(
+    model: Optional[Path] = typer.Option(None, help="Experiment dir, config.yaml, .pth or packed .zip [default: data/model]"),
+    model_file: Optional[Path] = typer.Option(None, help="Model weights, when the directory holds several .pth"),
+    data: Optional[Path] = typer.Option(None, help="MuST-C root or ESPnet/Kaldi data dir [default: data/mustc-demo]"),
+    split: str = typer.Option("tst-COMMON", help="MuST-C split"),
+    text: Optional[str] = typer.Option(None, help="Reference file inside a Kaldi data dir (e.g. text.tc.de)"),
+    limit: Optional[int] = typer.Option(None, help="Decode only N utterances"),
+    sample: bool = typer.Option(False, "--sample", help="Draw the N utterances with --seed instead of taking the first N"),
+    seed: int = typer.Option(0, help="Seed for --sample"),
+    quant: Optional[str] = typer.Option(None, help="Quantization plugin (dynamic-int8, dynamic-fp16, static-int8)"),
+    hop: Optional[int] = typer.Option(None, help="Frontend STFT hop length in samples"),
+    threads: Optional[int] = typer.Option(None, help="Intra-op threads [default: all cores]"),
+    warmup: int = typer.Option(1, help="Leading utterances decoded but left out of latency statistics"),
+    decode_config: Optional[Path] = typer.Option(None, help="Decoding YAML [default: configs/decode.yaml]"),
+    set_: list[str] = typer.Option([], "--set", help="Override a decoding option, e.g. --set beam_size=4"),
+    out: Optional[Path] = typer.Option(None, help="Write every figure and condition to this JSON file"),
+    progress: bool = typer.Option(True, help="Show progress bars"),
+) -> None:
+    """Translate a test set and report size, parameters, BLEU, chrF, source WER and latency."""
+    from runner.runner import EvaluateOptions, Runner
+
+    if quant is not None or hop is not None:
+        fail("--quant and --hop need the plugin system (issue #4), which is not in this release yet")
+    try:
+        runner = Runner(model, decode_options(decode_config, set_), threads=threads, model_file=model_file)
+        if runner.model_note:
+            typer.echo(f"note: {runner.model_note}", err=True)
+        options = EvaluateOptions(data=data, split=split, text=text, limit=limit, sample=sample, seed=seed,
+                                  warmup=warmup, progress=progress)
+        preloaded = runner.preload(options)
+        typer.echo(f"preloaded {len(preloaded.utterances)} utterances ({preloaded.audio_seconds:.1f} s audio, "
+                   f"{preloaded.memory_bytes / 1e6:.1f} MB in memory)", err=True)
+        report = runner.evaluate_preloaded(preloaded, options)
+    except RunnerError as error:
+        fail(str(error))
+    typer.echo(report.format())
+    if out is not None:
+        report.save(out)
+        typer.echo(f"wrote {out}", err=True)
+
+
+@app.command()
+def info(
+    model: Optional[Path] = typer.Argument(None, help="Experiment dir, config.yaml, .pth or packed .zip"),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
+) -> None:
+    """Describe a model: its parts, parameters per part, state_dict size and frontend settings."""
+    from runner.model import load
+
+    try:
+        path, note = (model, None) if model is not None else defaults.model_path()
+        summary = load(path).summary()
+    except RunnerError as error:
+        fail(str(error))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    if note:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"model        {path}  ({summary['model_class']})")
+    typer.echo(f"multi-decoder {'yes' if summary['multidecoder'] else 'no'}; "
+               f"speech-attention decoder {'yes' if summary['speech_attention'] else 'no'}")
+    for name, part in summary["parts"].items():
+        typer.echo(f"  {name:<18} {part['class']:<24} {part['parameters']:>12,} parameters")
+    for name in ("extra_asr_decoder", "md_encoder"):
+        if name not in summary["parts"]:
+            typer.echo(f"  {name:<18} (absent)")
+    typer.echo(f"parameters   {summary['parameters']:,}")
+    typer.echo(f"size         {summary['state_dict_bytes'] / 1e6:.2f} MB state_dict, "
+               f"{summary['model_file_bytes'] / 1e6:.2f} MB model file")
+    frontend = summary["frontend"]
+    if frontend:
+        typer.echo("frontend     " + ", ".join(f"{k} {v}" for k, v in frontend.items()))
+    else:
+        typer.echo("frontend     none (features come from the data loader)")
+    typer.echo(f"tokens       {summary['token_type']}, vocabulary {summary['vocab_size']}"
+               + (f", source vocabulary {summary['src_vocab_size']}" if summary["src_vocab_size"] else ""))
+
+
+@demo_app.command("corpus")
+def demo_corpus(
+    out: Path = typer.Option(defaults.DEMO_CORPUS, help="Where to write en-de/data/<split>"),
+    train: int = typer.Option(2000, help="Training utterances"),
+    dev: int = typer.Option(200, help="Dev utterances"),
+    test: int = typer.Option(100, help="tst-COMMON utterances"),
+    splits: list[str] = typer.Option(["train", "dev", "tst-COMMON"], "--split", help="Splits to (re)write"),
+    audio_format: str = typer.Option("flac", "--format", help="flac or wav"),
+) -> None:
+    """Build the synthetic English-German corpus (MuST-C layout) with espeak-ng; deterministic."""
+    from runner.demo import corpus
+
+    try:
+        corpus.build(out, {"train": train, "dev": dev, "tst-COMMON": test}, tuple(splits), audio_format)
+        manifest = corpus.write_manifest(out)
+    except RunnerError as error:
+        fail(str(error))
+    typer.echo(f"wrote {out} (checksums in {manifest})")
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m runner.cli`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,171 @@
+"""Decoding: options, one timed translation through ESPnet's own `Speech2Text`.
+
+The runner never re-implements ESPnet's decoding: it calls `Speech2Text.__call__` and times
+its stages with forward hooks, so an fp32 translation is exactly what
+`espnet2.bin.st_inference` writes for the same model and options.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from runner.errors import RunnerError
+
+STAGES = ("frontend", "encoder", "asr_search", "md_encoder", "st_search")
+
+
+@dataclass
+class DecodeOptions:
+    """Beam-search settings, named as `espnet2.bin.st_inference` names them."""
+
+    beam_size: int = 5
+    asr_beam_size: int = 5
+    ctc_weight: float = 0.0
+    asr_ctc_weight: float = 0.3
+    penalty: float = 0.0
+    asr_penalty: float = 0.0
+    maxlenratio: float = 0.0
+    minlenratio: float = 0.0
+    asr_maxlenratio: float = 0.0
+    asr_minlenratio: float = 0.0
+    nbest: int = 1
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], origin: str = "decoding options") -> DecodeOptions:
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise RunnerError(f"{origin}: unknown decoding option(s) {unknown}; allowed: {sorted(known)}")
+        options = cls()
+        for name, value in values.items():
+            target = type(getattr(options, name))
+            try:
+                if target is int and (isinstance(value, bool) or float(value) != int(float(value))):
+                    raise ValueError
+                setattr(options, name, target(value))
+            except (TypeError, ValueError):
+                raise RunnerError(f"{origin}: {name} must be {target.__name__}, got {value!r}") from None
+        options.validate(origin)
+        return options
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> DecodeOptions:
+        path = Path(path)
+        if not path.is_file():
+            raise RunnerError(f"{path}: decoding config not found")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise RunnerError(f"{path}: invalid YAML ({getattr(error, 'problem', error)})") from None
+        if not isinstance(values, dict):
+            raise RunnerError(f"{path}: expected a mapping of decoding options")
+        values = values.get("decode", values)
+        return cls.from_dict({**values, **(overrides or {})}, origin=str(path))
+
+    def validate(self, origin: str) -> None:
+        for name in ("beam_size", "asr_beam_size", "nbest"):
+            if getattr(self, name) < 1:
+                raise RunnerError(f"{origin}: {name} must be at least 1")
+        for name in ("ctc_weight", "asr_ctc_weight"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise RunnerError(f"{origin}: {name} must lie in [0, 1]")
+
+    def speech2text_kwargs(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def keep_pre_x_on_retry(search: Any) -> None:
+    """Make ESPnet's no-n-best retry keep `pre_x`.
+
+    `BeamSearch.forward` retries with a smaller minlenratio as `self.forward(x, maxlenratio,
+    minlenratio)`, dropping `pre_x`, and the speech-attention decoder then fails on None.
+    An instance-level `forward` sees the retry (it goes through `self.forward`) and passes
+    the outer call's `pre_x` on; ESPnet's source stays untouched.
+    """
+    if search is None or "forward" in vars(search):
+        return
+    outer: list[torch.Tensor | None] = []
+
+    def forward(x: torch.Tensor, maxlenratio: float = 0.0, minlenratio: float = 0.0, pre_x: Any = None) -> Any:
+        if outer and pre_x is None:
+            pre_x = outer[-1]
+        outer.append(pre_x)
+        try:
+            return type(search).forward(search, x, maxlenratio, minlenratio, pre_x=pre_x)
+        finally:
+            outer.pop()
+
+    search.forward = forward
+
+
+@dataclass
+class Translation:
+    text: str
+    source_text: str | None  # the ASR decoder's transcript, for multi-decoder models
+    tokens: list[str]
+    seconds: float
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+class StageTimer:
+    """Adds up wall time spent inside named modules during one call, through forward hooks."""
+
+    def __init__(self, modules: dict[str, list[torch.nn.Module]]) -> None:
+        self.modules = modules
+        self.seconds = {name: 0.0 for name in modules}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> StageTimer:
+        for name, group in self.modules.items():
+            for module in group:
+                started: list[float] = []
+
+                def pre(_module: Any, _args: Any, started: list[float] = started) -> None:
+                    started.append(time.perf_counter())
+
+                def post(_module: Any, _args: Any, _out: Any, name: str = name, started: list[float] = started) -> None:
+                    self.seconds[name] += time.perf_counter() - started.pop()
+
+                self._handles.append(module.register_forward_pre_hook(pre))
+                self._handles.append(module.register_forward_hook(post))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def stage_modules(speech2text: Any) -> dict[str, list[torch.nn.Module]]:
+    model = speech2text.st_model
+    groups: dict[str, list[Any]] = {
+        "frontend": [getattr(model, "frontend", None), getattr(model, "normalize", None)],
+        "encoder": [getattr(model, "preencoder", None), model.encoder],
+        "asr_search": [speech2text.asr_beam_search if getattr(model, "use_multidecoder", False) else None],
+        "md_encoder": [getattr(model, "md_encoder", None)],
+        "st_search": [speech2text.beam_search],
+    }
+    return {name: [m for m in group if isinstance(m, torch.nn.Module)] for name, group in groups.items()}
+
+
+def translate(speech2text: Any, waveform: np.ndarray) -> Translation:
+    """One utterance through `Speech2Text.__call__`, with wall time in total and per stage."""
+    timer = StageTimer(stage_modules(speech2text))
+    with timer:
+        started = time.perf_counter()
+        output = speech2text(waveform)
+        seconds = time.perf_counter() - started
+    if isinstance(output, tuple):  # multi-decoder: (st results, asr results)
+        results, asr_results = output
+        source_text = asr_results[0][0] if asr_results else None
+    else:
+        results, source_text = output, None
+    text, tokens = (results[0][0] or "", results[0][1]) if results else ("", [])
+    return Translation(text, source_text, tokens, seconds, dict(timer.seconds))

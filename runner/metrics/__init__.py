@@ -1,0 +1,1 @@
+"""One metric per module: size, BLEU/chrF, WER, latency."""

@@ -1,0 +1,27 @@
+"""Corpus BLEU and chrF with sacrebleu, signature attached."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sacrebleu.metrics import BLEU, CHRF
+
+
+@dataclass(frozen=True)
+class CorpusScore:
+    score: float
+    signature: str
+    detail: str  # sacrebleu's formatted line (n-gram precisions, BP, lengths)
+
+
+def corpus_bleu(hypotheses: list[str], references: list[str]) -> CorpusScore:
+    """Case-sensitive BLEU with sacrebleu's defaults (13a tokenization), as `sacrebleu REF < HYP` gives."""
+    metric = BLEU()
+    result = metric.corpus_score(hypotheses, [references])
+    return CorpusScore(result.score, str(metric.get_signature()), str(result))
+
+
+def corpus_chrf(hypotheses: list[str], references: list[str]) -> CorpusScore:
+    metric = CHRF()
+    result = metric.corpus_score(hypotheses, [references])
+    return CorpusScore(result.score, str(metric.get_signature()), str(result))

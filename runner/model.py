@@ -1,0 +1,256 @@
+"""Finding, loading and describing ESPnet speech-translation models.
+
+Accepts an experiment directory (config.yaml + a .pth), a config or .pth file, or a packed
+archive written by `espnet2.bin.pack`. Paths inside config.yaml that were written relative to
+a recipe root are resolved against the model directory and its parents, so an experiment
+copied anywhere still loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from runner import _espnet
+from runner.decode import DecodeOptions, keep_pre_x_on_retry
+from runner.errors import RunnerError
+from runner.metrics.size import count_parameters, state_dict_bytes
+
+MODEL_FILE_NAMES = (
+    "valid.acc.ave.pth",
+    "valid.bleu.ave.pth",
+    "valid.acc.best.pth",
+    "valid.bleu.best.pth",
+    "valid.loss.ave.pth",
+    "valid.loss.best.pth",
+    "model.pth",
+)
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2")
+# Config keys that name files the model cannot load without.
+REQUIRED_PATH_KEYS = ("token_list", "src_token_list", "bpemodel", "src_bpemodel", "stats_file")
+PARTS = ("frontend", "normalize", "encoder", "extra_asr_decoder", "md_encoder", "decoder", "ctc", "st_ctc")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ST_RUNNER_CACHE") or Path.home() / ".cache" / "st-runner"
+    return Path(root)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where a model's config and weights are, after unpacking and path resolution."""
+
+    origin: Path  # what the user named
+    config: Path  # config.yaml to load (a resolved copy when paths had to be rewritten)
+    model_file: Path
+    packed: bool
+
+    @property
+    def file_bytes(self) -> int:
+        return self.model_file.stat().st_size
+
+
+def locate(path: str | Path, model_file: str | Path | None = None) -> ModelFiles:
+    origin = Path(path)
+    if not origin.exists():
+        raise RunnerError(f"{origin}: model path not found")
+    if origin.is_file() and origin.name.endswith(ARCHIVE_SUFFIXES):
+        config, weights = _unpack(origin)
+        packed = True
+    elif origin.is_dir():
+        config = origin / "config.yaml"
+        if not config.is_file():
+            yamls = sorted(p.name for p in origin.glob("*.yaml"))
+            raise RunnerError(f"{origin}: no config.yaml (found: {', '.join(yamls) or 'no YAML files'})")
+        weights = Path(model_file) if model_file else _pick_model_file(origin)
+        packed = False
+    elif origin.suffix == ".pth":
+        config, weights, packed = origin.parent / "config.yaml", origin, False
+        if not config.is_file():
+            raise RunnerError(f"{origin}: no config.yaml beside the model file")
+    elif origin.suffix in (".yaml", ".yml"):
+        config, packed = origin, False
+        weights = Path(model_file) if model_file else _pick_model_file(origin.parent)
+    else:
+        raise RunnerError(f"{origin}: not a model directory, config, .pth or packed archive")
+    if not weights.is_file():
+        raise RunnerError(f"{weights}: model file not found")
+    return ModelFiles(origin, _resolve_config_paths(config), weights, packed)
+
+
+def _pick_model_file(directory: Path) -> Path:
+    for name in MODEL_FILE_NAMES:
+        if (directory / name).is_file():
+            return directory / name
+    candidates = sorted(p for p in directory.glob("*.pth") if p.name != "checkpoint.pth")
+    averaged = [p for p in candidates if "ave" in p.name]
+    if len(averaged) == 1 or len(candidates) == 1:
+        return (averaged or candidates)[0]
+    if not candidates:
+        raise RunnerError(f"{directory}: no model file (*.pth)")
+    names = ", ".join(p.name for p in candidates)
+    raise RunnerError(f"{directory}: several model files ({names}); name one with --model-file")
+
+
+def file_hash(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _unpack(archive: Path) -> tuple[Path, Path]:
+    with _espnet.quiet():
+        from espnet2.main_funcs.pack_funcs import unpack
+    target = cache_dir() / "packed" / file_hash(archive)
+    try:
+        files = unpack(archive, target)
+    except Exception as error:
+        raise RunnerError(f"{archive}: not an ESPnet packed model ({str(error).splitlines()[0]})") from None
+    config = files.get("st_train_config") or next((v for k, v in files.items() if k.endswith("train_config")), None)
+    weights = files.get("st_model_file") or next((v for k, v in files.items() if k.endswith("model_file")), None)
+    if not config or not weights:
+        raise RunnerError(f"{archive}: meta.yaml names no st_train_config/st_model_file ({sorted(files)})")
+    return Path(config), Path(weights)
+
+
+def _resolve_config_paths(config: Path) -> Path:
+    """Rewrite relative file paths in config.yaml that do not exist from the current directory."""
+    try:
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise RunnerError(f"{config}: invalid YAML ({getattr(error, 'problem', error)})") from None
+    if not isinstance(data, dict):
+        raise RunnerError(f"{config}: not an ESPnet training config")
+    roots = [config.parent, *list(config.parent.resolve().parents)[:4]]
+    changed = False
+
+    def resolve(key: str, value: Any) -> Any:
+        nonlocal changed
+        if isinstance(value, dict):
+            return {k: resolve(k, v) for k, v in value.items()}
+        if not isinstance(value, str) or key not in REQUIRED_PATH_KEYS or Path(value).exists():
+            return value
+        for root in roots:
+            for candidate in (root / value, root / Path(value).name):
+                if candidate.exists():
+                    changed = True
+                    return str(candidate.resolve())
+        raise RunnerError(f"{config}: {key} '{value}' not found, relative to . or to {config.parent}")
+
+    resolved = {k: resolve(k, v) for k, v in data.items()}
+    if not changed:
+        return config
+    digest = hashlib.sha256(str(config.resolve()).encode() + config.read_bytes()).hexdigest()[:16]
+    target = cache_dir() / "configs" / digest / "config.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump(resolved, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return target
+
+
+class ModelBundle:
+    """A loaded ESPnet `Speech2Text`: the model, its two beam searches and its tokenizers."""
+
+    def __init__(self, speech2text: Any, files: ModelFiles, options: DecodeOptions) -> None:
+        self.speech2text = speech2text
+        self.files = files
+        self.options = options
+        self.float_parameters = count_parameters(self.model)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.speech2text.st_model
+
+    @property
+    def is_multidecoder(self) -> bool:
+        return bool(getattr(self.model, "use_multidecoder", False))
+
+    @property
+    def sample_rate(self) -> int:
+        frontend_conf = getattr(self.speech2text.st_train_args, "frontend_conf", None) or {}
+        return int(frontend_conf.get("fs", 16000))
+
+    def rewire_searches(self) -> None:
+        """Point both beam searches at the model's current modules.
+
+        `Speech2Text` hands module references to its BeamSearch objects once, so a plugin
+        that replaces a decoder (quantize_dynamic returns copies) would otherwise be bypassed.
+        """
+        model = self.model
+        wiring = [(self.speech2text.beam_search, model.decoder, getattr(model, "st_ctc", None))]
+        if self.is_multidecoder:
+            wiring.append((self.speech2text.asr_beam_search, model.extra_asr_decoder, model.ctc))
+        for search, decoder, ctc in wiring:
+            if search is None:
+                continue
+            for table in (search.scorers, search.full_scorers, search.nn_dict):
+                if "decoder" in table:
+                    table["decoder"] = decoder
+            ctc_scorer = search.scorers.get("ctc")
+            if ctc_scorer is not None and ctc is not None:
+                ctc_scorer.ctc = ctc
+
+    def summary(self) -> dict[str, Any]:
+        model = self.model
+        parts = {}
+        for name in PARTS:
+            module = getattr(model, name, None)
+            if isinstance(module, torch.nn.Module):
+                parts[name] = {"class": type(module).__name__, "parameters": count_parameters(module)}
+        decoder = getattr(model, "decoder", None)
+        return {
+            "model_class": type(model).__name__,
+            "multidecoder": self.is_multidecoder,
+            "speech_attention": bool(getattr(model, "use_speech_attn", False))
+            or bool(getattr(decoder, "use_speech_attn", False)),
+            "parts": parts,
+            "parameters": count_parameters(model),
+            "state_dict_bytes": state_dict_bytes(model),
+            "model_file_bytes": self.files.file_bytes,
+            "frontend": frontend_settings(model, self.speech2text.st_train_args),
+            "token_type": getattr(self.speech2text.st_train_args, "token_type", None),
+            "vocab_size": len(model.token_list),
+            "src_vocab_size": len(getattr(model, "src_token_list", None) or []) or None,
+        }
+
+
+def frontend_settings(model: torch.nn.Module, train_args: Any) -> dict[str, Any] | None:
+    frontend = getattr(model, "frontend", None)
+    if frontend is None:
+        return None
+    conf = dict(getattr(train_args, "frontend_conf", None) or {})
+    stft = getattr(frontend, "stft", None)
+    settings = {
+        "class": type(frontend).__name__,
+        "fs": conf.get("fs", 16000),
+        "n_fft": getattr(stft, "n_fft", conf.get("n_fft")),
+        "win_length": getattr(stft, "win_length", conf.get("win_length")),
+        "hop_length": getattr(stft, "hop_length", conf.get("hop_length")),
+        "n_mels": getattr(getattr(frontend, "logmel", None), "n_mels", conf.get("n_mels")),
+    }
+    return settings
+
+
+def load(path: str | Path, options: DecodeOptions | None = None, model_file: str | Path | None = None) -> ModelBundle:
+    """Load a model for decoding with `options` (defaults: configs/decode.yaml's values)."""
+    options = options or DecodeOptions()
+    files = locate(path, model_file)
+    module = _espnet.st_inference()
+    try:
+        with _espnet.quiet():
+            speech2text = module.Speech2Text(
+                st_train_config=str(files.config), st_model_file=str(files.model_file), **options.speech2text_kwargs()
+            )
+    except (FileNotFoundError, RuntimeError, KeyError, AssertionError, TypeError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RunnerError(f"{files.origin}: ESPnet could not load the model ({first})") from None
+    bundle = ModelBundle(speech2text, files, options)
+    keep_pre_x_on_retry(speech2text.beam_search)
+    return bundle

@@ -1,0 +1,83 @@
+"""A finished evaluation: every figure with the conditions it was measured under."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Report:
+    command: str | None
+    model: dict[str, Any]
+    data: dict[str, Any]
+    decode: dict[str, Any]
+    conditions: dict[str, Any]
+    metrics: dict[str, Any]
+    utterances: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> Path:
+        """Write JSON atomically: a crash mid-write never leaves a truncated results file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, ensure_ascii=False, indent=2)
+        os.replace(temporary, path)
+        return path
+
+    @property
+    def bleu(self) -> float:
+        return self.metrics["bleu"]["score"]
+
+    @property
+    def latency_mean(self) -> float:
+        return self.metrics["latency"]["mean"]
+
+    def hypotheses(self) -> list[str]:
+        return [u["hypothesis"] for u in self.utterances]
+
+    def references(self) -> list[str]:
+        return [u["reference"] for u in self.utterances]
+
+    def format(self) -> str:
+        """The terminal table: the four headline figures, then latency detail, then conditions."""
+        m, c, d = self.metrics, self.conditions, self.data
+        lat, summary = m["latency"], self.model["summary"]
+        plugins = ", ".join(p["name"] for p in c["plugins"]) or "none"
+        wer = f"{m['source_wer']:.1f} %" if m["source_wer"] is not None else "n/a (no ASR decoder or source text)"
+        stages = "  ".join(f"{name} {seconds:.3f}" for name, seconds in m["stages_mean"].items())
+        selection = f"{d['selection']} {d['n']} of {d['segments_in_split']}" + (
+            f", seed {d['seed']}" if d["selection"] == "random" else ""
+        )
+        rows = [
+            ("model", f"{self.model['path']}  (sha256 {self.model['content_hash']}, {summary['model_class']}"
+                      f"{', multi-decoder' if summary['multidecoder'] else ''})"),
+            ("data", f"{d['path']}  split {d['split']}, {selection}, {d['audio_seconds']:.1f} s audio, "
+                     f"preloaded {d['preload_memory_bytes'] / 1e6:.1f} MB"),
+            ("conditions", f"threads {c['threads']}, engine {c['quantized_engine']}, hop {c['hop_length']}, "
+                           f"plugins {plugins}, warm-up {c['warmup']}, beam {self.decode['beam_size']}/"
+                           f"asr {self.decode['asr_beam_size']}"),
+            ("size", f"{m['size_mb']:.2f} MB state_dict  ({m['model_file_bytes'] / 1e6:.2f} MB model file)"),
+            ("parameters", f"{m['parameters']:,}"),
+            ("BLEU", f"{m['bleu']['score']:.2f}  {m['bleu']['signature']}"),
+            ("chrF", f"{m['chrf']['score']:.2f}"),
+            ("source WER", wer),
+            ("latency", f"mean {lat['mean']:.3f} s  std {lat['std']:.3f}  p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  "
+                        f"p99 {lat['p99']:.3f}  total {lat['total']:.2f} s  RTF {lat['rtf']:.3f}  "
+                        f"({lat['count']} utterances after {c['warmup']} warm-up)"),
+            ("stages (mean s)", stages),
+            ("machine", f"{c['cpu']}, {c['cores']} cores; torch {c['versions']['torch']}, "
+                        f"espnet {c['versions']['espnet']}"),
+        ]
+        if self.model.get("note"):
+            rows.insert(0, ("note", self.model["note"]))
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

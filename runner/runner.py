@@ -1,0 +1,192 @@
+"""The library's front door: `Runner(model).evaluate(data)` and `Runner(model).translate(wave, rate)`."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runner import defaults
+from runner.audio import resample, to_mono_float
+from runner.data import PreloadedSet, load_test_set, preload
+from runner.decode import STAGES, DecodeOptions, Translation, translate
+from runner.environment import manifest, set_threads
+from runner.errors import RunnerError
+from runner.metrics.bleu import corpus_bleu, corpus_chrf
+from runner.metrics.latency import latency_stats
+from runner.metrics.wer import corpus_wer
+from runner.model import ModelBundle, file_hash, load
+from runner.report import Report
+
+
+@dataclass
+class EvaluateOptions:
+    """What to decode and how to time it."""
+
+    data: str | Path | None = None  # None: the embedded demo corpus
+    split: str = "tst-COMMON"
+    text: str | None = None  # reference file name inside a Kaldi data directory
+    limit: int | None = None
+    sample: bool = False  # draw `limit` utterances with `seed` instead of taking the first
+    seed: int = 0
+    warmup: int = 1
+    progress: bool = False
+    exclude_ids: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Runner:
+    """A loaded model, ready to translate single waveforms or evaluate a test set."""
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        decode: DecodeOptions | None = None,
+        threads: int | None = None,
+        model_file: str | Path | None = None,
+    ) -> None:
+        self.threads = set_threads(threads)
+        self.model_note: str | None = None
+        if model is None:
+            model, self.model_note = defaults.model_path()
+        self.decode = decode or DecodeOptions()
+        self.bundle: ModelBundle = load(model, self.decode, model_file)
+        self.plugins: list[dict[str, Any]] = []
+
+    @property
+    def sample_rate(self) -> int:
+        return self.bundle.sample_rate
+
+    def translate(self, waveform: np.ndarray | torch.Tensor, sample_rate: int) -> Translation:
+        """Translate one waveform (any rate, mono or multi-channel) for a demo."""
+        audio = resample(to_mono_float(waveform), sample_rate, self.sample_rate)
+        if audio.size == 0:
+            raise RunnerError("waveform: empty audio")
+        return translate(self.bundle.speech2text, audio)
+
+    def preload(self, options: EvaluateOptions) -> PreloadedSet:
+        data = options.data if options.data is not None else defaults.data_path()
+        test_set = load_test_set(data, options.split, options.text)
+        progress = _bar("preload", len(test_set.segments)) if options.progress else None
+        return preload(
+            test_set,
+            self.sample_rate,
+            limit=options.limit,
+            seed=options.seed if options.sample else None,
+            exclude_ids=options.exclude_ids,
+            progress=progress,
+        )
+
+    def evaluate(self, data: str | Path | None = None, **kwargs: Any) -> Report:
+        """Preload the test subset, decode every utterance, and measure. kwargs: EvaluateOptions fields."""
+        options = EvaluateOptions(data=data, **kwargs)
+        preloaded = self.preload(options)
+        return self.evaluate_preloaded(preloaded, options)
+
+    def evaluate_preloaded(self, preloaded: PreloadedSet, options: EvaluateOptions) -> Report:
+        utterances = preloaded.utterances
+        if options.warmup < 0:
+            raise RunnerError(f"--warmup must be 0 or more, got {options.warmup}")
+        if options.warmup >= len(utterances):
+            raise RunnerError(
+                f"--warmup {options.warmup} leaves no utterance to time out of {len(utterances)}; lower it or raise --limit"
+            )
+        torch.set_num_threads(self.threads)
+        iterator: Iterable = utterances
+        if options.progress:
+            iterator = _bar("decode", len(utterances))(utterances)
+        translations: list[Translation] = []
+        for utterance in iterator:
+            try:
+                translations.append(translate(self.bundle.speech2text, utterance.waveform))
+            except (IndexError, RuntimeError, ValueError) as error:
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise RunnerError(f"{utterance.segment.audio_path}: decoding '{utterance.segment.id}' failed ({reason})") from None
+        return self._report(preloaded, options, translations)
+
+    def _report(self, preloaded: PreloadedSet, options: EvaluateOptions, translations: list[Translation]) -> Report:
+        utterances = preloaded.utterances
+        hypotheses = [t.text for t in translations]
+        references = [u.segment.reference for u in utterances]
+        timed = list(range(options.warmup, len(utterances)))
+        latency = latency_stats([translations[i].seconds for i in timed], [utterances[i].seconds for i in timed])
+        stages = {name: sum(translations[i].stages.get(name, 0.0) for i in timed) / len(timed) for name in STAGES}
+        sources = [u.segment.source for u in utterances]
+        source_hyps = [t.source_text for t in translations]
+        wer = None
+        if self.bundle.is_multidecoder and all(s is not None for s in sources) and all(h is not None for h in source_hyps):
+            wer = corpus_wer(source_hyps, sources)
+        files = self.bundle.files
+        test_set = preloaded.test_set
+        summary = self.bundle.summary()
+        return Report(
+            command=shlex.join(sys.argv) if Path(sys.argv[0]).name == "runner" else None,
+            model={
+                "path": str(files.origin),
+                "config": str(files.config),
+                "model_file": str(files.model_file),
+                "packed": files.packed,
+                "content_hash": file_hash(files.model_file),
+                "note": self.model_note,
+                "summary": summary,
+            },
+            data={
+                "path": str(test_set.path),
+                "format": test_set.format,
+                "split": test_set.split,
+                "language_pair": f"{test_set.source_lang}-{test_set.target_lang}",
+                "segments_in_split": len(test_set.segments),
+                "n": len(utterances),
+                "selection": "random" if options.sample and options.limit else "first",
+                "seed": preloaded.seed,
+                "audio_seconds": preloaded.audio_seconds,
+                "preload_memory_bytes": preloaded.memory_bytes,
+                "content_hash": preloaded.content_hash,
+            },
+            decode=self.decode.speech2text_kwargs(),
+            conditions={
+                **manifest(),
+                "warmup": options.warmup,
+                "hop_length": (summary["frontend"] or {}).get("hop_length"),
+                "plugins": self.plugins,
+                "dtype": "float32",
+            },
+            metrics={
+                "size_mb": summary["state_dict_bytes"] / 1e6,
+                "model_file_bytes": files.file_bytes,
+                "parameters": summary["parameters"],
+                "bleu": corpus_bleu(hypotheses, references).__dict__,
+                "chrf": corpus_chrf(hypotheses, references).__dict__,
+                "source_wer": wer,
+                "latency": latency.as_dict(),
+                "stages_mean": stages,
+            },
+            utterances=[
+                {
+                    "id": u.segment.id,
+                    "audio_seconds": u.seconds,
+                    "reference": u.segment.reference,
+                    "hypothesis": t.text,
+                    "source_reference": u.segment.source,
+                    "source_hypothesis": t.source_text,
+                    "seconds": t.seconds,
+                    "stages": t.stages,
+                    "warmup": i < options.warmup,
+                }
+                for i, (u, t) in enumerate(zip(utterances, translations))
+            ],
+        )
+
+
+def _bar(description: str, total: int):
+    from tqdm import tqdm
+
+    def wrap(items: Iterable) -> Iterable:
+        return tqdm(items, desc=description, unit="utt", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    return wrap
