@@ -142,6 +142,26 @@ def demo_corpus(
     typer.echo(f"wrote {out} (checksums in {manifest})")
 
 
+@demo_app.command("train")
+def demo_train(
+    corpus: Path = typer.Option(defaults.DEMO_CORPUS, help="MuST-C-layout corpus with train and dev splits"),
+    work: Path = typer.Option(Path("exp/demo"), help="Scratch directory: dumps, stats, checkpoints"),
+    out: Path = typer.Option(defaults.DEMO_MODEL, help="Where to export the experiment directory"),
+    config: Path = typer.Option(defaults.REPO_ROOT / "configs" / "demo" / "train.yaml", help="ESPnet training config"),
+    max_epoch: Optional[int] = typer.Option(None, help="Override the config's max_epoch"),
+    src_vocab: int = typer.Option(250, help="English BPE vocabulary"),
+    tgt_vocab: int = typer.Option(300, help="German BPE vocabulary"),
+) -> None:
+    """Train the demo multi-decoder model with ESPnet's trainer and export it (about an hour on 2 cores)."""
+    from runner.demo.train import train
+
+    try:
+        exported = train(corpus, work, out, config, max_epoch, src_vocab, tgt_vocab)
+    except RunnerError as error:
+        fail(str(error))
+    typer.echo(f"exported {exported}")
+
+
 def main() -> None:  # pragma: no cover - console entry for `python -m runner.cli`
     app()
 

@@ -116,6 +116,8 @@ def md_config(
                         length_normalized_loss=False),
     )
     config.pop("extra_mt_decoder", None)
+    # get_default_config() fills in the preprocessor's class defaults; the trainer writes {}.
+    config["preprocessor_conf"] = {}
     return config
 
 

@@ -1,0 +1,132 @@
+"""Fixtures: tiny real ESPnet multi-decoder models and a tiny MuST-C-layout corpus, built here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import yaml
+
+from runner.demo.build import char_token_list, md_config, pack_experiment, write_experiment
+
+os.environ.setdefault("ST_RUNNER_CACHE", "/tmp/st-runner-test-cache")
+
+SEGMENTS = {
+    # talk name: (sample rate, [(offset s, duration s, english, german)])
+    "ted_1.wav": (16000, [(0.25, 1.0, "The dog sees a car.", "Der Hund sieht ein Auto."),
+                          (1.5, 1.25, "A cat has found the key.", "Eine Katze hat den Schlüssel gefunden."),
+                          (3.0, 0.8, "Today the man buys bread.", "Heute kauft der Mann Brot.")]),
+    "ted_2.flac": (8000, [(0.1, 1.1, "The girl can open the door.", "Das Mädchen kann die Tür öffnen."),
+                          (1.6, 0.9, "We know that the boy sings.", "Wir wissen, dass der Junge singt.")]),
+}
+TALK_SECONDS = 4.5
+
+
+def _tiny_config(**overrides: object) -> dict:
+    tokens = char_token_list()
+    config = md_config(tokens, tokens, "tiny")
+    config.update(overrides)
+    return config
+
+
+def _discourage_eos(exp: Path, model_name: str = "valid.acc.ave.pth") -> None:
+    """A random decoder ends at once; a low <sos/eos> bias makes both searches emit real tokens."""
+    state = torch.load(exp / model_name)
+    for key in ("decoder.output_layer.bias", "extra_asr_decoder.output_layer.bias"):
+        state[key][-1] = -4.0
+    torch.save(state, exp / model_name)
+
+
+@pytest.fixture(scope="session")
+def tiny_exp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    exp = write_experiment(tmp_path_factory.mktemp("tiny") / "exp", _tiny_config(), seed=0)
+    _discourage_eos(exp)
+    return exp
+
+
+@pytest.fixture(scope="session")
+def tiny_zip(tiny_exp: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return pack_experiment(tiny_exp, tmp_path_factory.mktemp("packed") / "tiny.zip")
+
+
+@pytest.fixture(scope="session")
+def recipe_exp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BPE model with global_mvn, its config naming files relative to a recipe root, as ESPnet writes it."""
+    import sentencepiece
+
+    recipe = tmp_path_factory.mktemp("recipe")
+    bpe_dir = recipe / "data" / "bpe"
+    bpe_dir.mkdir(parents=True)
+    text = bpe_dir / "train.txt"
+    text.write_text("\n".join(german for talk in SEGMENTS.values() for *_, german in talk[1]) * 20 + "\n")
+    sentencepiece.SentencePieceTrainer.train(input=str(text), model_prefix=str(bpe_dir / "bpe"), vocab_size=60,
+                                             model_type="unigram", character_coverage=1.0, minloglevel=2)
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(bpe_dir / "bpe.model"))
+    pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+    tokens = ["<blank>", "<unk>"] + [p for p in pieces if p not in ("<unk>", "<s>", "</s>")] + ["<sos/eos>"]
+    stats = recipe / "exp" / "stats" / "train"
+    stats.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.savez(stats / "feats_stats.npz", count=np.array(1000), sum=rng.normal(size=80) * 1000,
+             sum_square=np.full(80, 2000.0) + rng.random(80))
+    config = md_config(tokens, tokens, "tiny", token_type="bpe", bpemodel="data/bpe/bpe.model",
+                       src_bpemodel="data/bpe/bpe.model")
+    config.update(normalize="global_mvn", normalize_conf={"stats_file": "exp/stats/train/feats_stats.npz"})
+    cwd = Path.cwd()
+    os.chdir(recipe)  # ESPnet writes these paths relative to the recipe root it runs in
+    try:
+        exp = write_experiment(recipe / "exp" / "st_train_tiny", config)
+    finally:
+        os.chdir(cwd)
+    _discourage_eos(exp)
+    return exp
+
+
+def write_corpus(root: Path, version: int = 1, split: str = "tst-COMMON") -> Path:
+    """Two talks in MuST-C layout: one 16 kHz WAV, one 8 kHz FLAC; v1 or v2 YAML."""
+    split_dir = root / "en-de" / "data" / split
+    (split_dir / "wav").mkdir(parents=True, exist_ok=True)
+    (split_dir / "txt").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    yaml_lines, english, german = [], [], []
+    for name, (rate, segments) in SEGMENTS.items():
+        samples = (rng.normal(scale=0.1, size=int(TALK_SECONDS * rate)) * 32767).astype(np.int16)
+        soundfile.write(str(split_dir / "wav" / name), samples, rate, subtype="PCM_16")
+        for offset, duration, en, de in segments:
+            extra = "rW: 9, uW: 0, " if version == 2 else ""
+            yaml_lines.append(f"- {{duration: {duration:.6f}, offset: {offset:.6f}, {extra}speaker_id: spk.{name[4]}, "
+                              f"wav: {name}}}")
+            english.append(en)
+            german.append(de)
+    for suffix, lines in (("yaml", yaml_lines), ("en", english), ("de", german)):
+        (split_dir / "txt" / f"{split}.{suffix}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path) -> Path:
+    return write_corpus(tmp_path / "mustc")
+
+
+@pytest.fixture(scope="session")
+def shared_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("mustc-shared"))
+
+
+@pytest.fixture()
+def corpus_v2(tmp_path: Path) -> Path:
+    return write_corpus(tmp_path / "mustc-v2", version=2)
+
+
+def copy_tree(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def load_yaml(path: Path) -> object:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))

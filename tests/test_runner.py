@@ -1,0 +1,149 @@
+"""The library API and the CLI over it, on a real tiny ESPnet model and a MuST-C-layout corpus."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from typer.testing import CliRunner
+
+from runner.cli import app
+from runner.data import load_test_set
+from runner.decode import DecodeOptions
+from runner.errors import RunnerError
+from runner.metrics.bleu import corpus_bleu
+from runner.runner import EvaluateOptions, Runner
+
+RUNNER = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_runner(tiny_exp: Path) -> Runner:
+    return Runner(tiny_exp, threads=1)
+
+
+def test_evaluate_reports_every_figure(tiny_runner: Runner, shared_corpus: Path) -> None:
+    report = tiny_runner.evaluate(shared_corpus, warmup=2)
+    assert report.data["n"] == 5 and report.data["selection"] == "first"
+    assert report.metrics["bleu"]["score"] == corpus_bleu(report.hypotheses(), report.references()).score
+    assert report.metrics["parameters"] == sum(p.numel() for p in tiny_runner.bundle.model.parameters())
+    assert report.metrics["source_wer"] is not None
+    assert report.conditions["threads"] == 1 and report.conditions["warmup"] == 2
+    timed = [u["seconds"] for u in report.utterances if not u["warmup"]]
+    assert [u["warmup"] for u in report.utterances] == [True, True, False, False, False]
+    assert report.metrics["latency"]["count"] == 3
+    assert report.metrics["latency"]["mean"] == pytest.approx(sum(timed) / 3)
+    assert report.metrics["latency"]["total"] == pytest.approx(sum(timed))
+
+
+def test_translate_a_single_waveform_at_any_rate(tiny_runner: Runner, shared_corpus: Path) -> None:
+    wav = shared_corpus / "en-de/data/tst-COMMON/wav/ted_2.flac"
+    samples, rate = soundfile.read(str(wav), dtype="int16")
+    assert rate == 8000
+    stereo = np.stack([samples, samples], axis=1)
+    mono = tiny_runner.translate(samples, rate)
+    assert tiny_runner.translate(stereo, rate).text == mono.text
+    assert mono.tokens and mono.seconds > 0
+    with pytest.raises(RunnerError, match="empty audio"):
+        tiny_runner.translate(np.zeros(0, dtype=np.float32), 16000)
+
+
+def test_random_subset_is_reproducible(tiny_runner: Runner, shared_corpus: Path) -> None:
+    a = tiny_runner.preload(EvaluateOptions(
+        data=shared_corpus, limit=3, sample=True, seed=4))
+    b = tiny_runner.preload(EvaluateOptions(
+        data=shared_corpus, limit=3, sample=True, seed=4))
+    assert a.indices == b.indices and len(a.indices) == 3 and a.content_hash == b.content_hash
+
+
+def test_fp32_translations_equal_espnet_st_inference(tiny_exp: Path, shared_corpus: Path, tmp_path: Path) -> None:
+    """The runner is a measuring instrument: same model, same options, same words as ESPnet's CLI."""
+    options = DecodeOptions(beam_size=3, asr_beam_size=3)
+    runner = Runner(tiny_exp, options, threads=1)
+    report = runner.evaluate(shared_corpus, warmup=0)
+    test_set = load_test_set(shared_corpus, "tst-COMMON")
+    scp = tmp_path / "wav.scp"
+    lines = []
+    for utterance in runner.preload(EvaluateOptions(
+            data=shared_corpus)).utterances:
+        path = tmp_path / f"{utterance.segment.id}.wav"
+        soundfile.write(str(path), utterance.waveform, 16000, subtype="FLOAT")
+        lines.append(f"{utterance.segment.id} {path}")
+    scp.write_text("\n".join(lines) + "\n")
+    flags = [arg for name, value in options.speech2text_kwargs().items() for arg in (f"--{name}", str(value))]
+    subprocess.run(
+        [sys.executable, "-m", "espnet2.bin.st_inference", "--st_train_config", str(tiny_exp / "config.yaml"),
+         "--st_model_file", str(tiny_exp / "valid.acc.ave.pth"), "--data_path_and_name_and_type",
+         f"{scp},speech,sound", "--output_dir", str(tmp_path / "out"), "--ngpu", "0", *flags],
+        check=True, capture_output=True)
+    espnet_tokens = dict(
+        line.split(" ", 1) if " " in line else (line, "")
+        for line in (tmp_path / "out/1best_recog/token").read_text().splitlines())
+    espnet_asr = dict(
+        line.split(" ", 1) if " " in line else (line, "")
+        for line in (tmp_path / "out/1asr_best_recog/asr_token").read_text().splitlines())
+    assert len(espnet_tokens) == len(test_set.segments) == len(report.utterances)
+    for utterance in report.utterances:
+        translation = runner.translate(*soundfile.read(str(tmp_path / f"{utterance['id']}.wav"), dtype="float32"))
+        assert " ".join(translation.tokens) == espnet_tokens[utterance["id"]]
+        assert translation.text == utterance["hypothesis"]
+        assert utterance["source_hypothesis"] is not None
+    assert any(espnet_asr.values()) and any(espnet_tokens.values())
+
+
+def test_cli_translate_writes_json_with_every_field(tiny_exp: Path, shared_corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    result = RUNNER.invoke(app, ["translate", "--model", str(tiny_exp), "--data", str(shared_corpus), "--limit", "3",
+                                 "--threads", "1", "--warmup", "1", "--set", "beam_size=2", "--no-progress",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for label in ("size", "parameters", "BLEU", "latency", "stages (mean s)", "threads 1", "warm-up 1", "hop 160"):
+        assert label in result.stdout
+    document = json.loads(out.read_text())
+    assert document["decode"]["beam_size"] == 2
+    assert {"path", "content_hash", "summary"} <= set(document["model"])
+    assert {"split", "n", "seed", "selection", "content_hash", "preload_memory_bytes"} <= set(document["data"])
+    assert {"threads", "warmup", "quantized_engine", "cpu", "versions", "hop_length", "plugins"} <= set(
+        document["conditions"])
+    assert {"torch", "espnet", "torchaudio", "sacrebleu"} <= set(document["conditions"]["versions"])
+    assert {"size_mb", "parameters", "bleu", "chrf", "source_wer", "latency", "stages_mean"} <= set(document["metrics"])
+    assert len(document["utterances"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--data", "/nonexistent/mustc"], "/nonexistent/mustc: data path not found"),
+        (["--split", "tst-HE"], "no MuST-C split 'tst-HE'"),
+        (["--warmup", "9"], "leaves no utterance to time"),
+        (["--set", "beam_sise=3"], "unknown decoding option"),
+        (["--set", "beam_size=three"], "beam_size must be int"),
+        (["--quant", "dynamic-int8"], "--quant and --hop need the plugin system"),
+        (["--hop", "200"], "--quant and --hop need the plugin system"),
+    ],
+)
+def test_cli_bad_input_is_a_one_line_error(tiny_exp: Path, shared_corpus: Path, arguments: list[str],
+                                           message: str) -> None:
+    base = ["translate", "--model", str(tiny_exp), "--data", str(shared_corpus), "--no-progress"]
+    if "--data" in arguments:
+        base = ["translate", "--model", str(tiny_exp), "--no-progress"]
+    result = RUNNER.invoke(app, base + arguments)
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in result.output
+
+
+def test_cli_info(tiny_zip: Path) -> None:
+    result = RUNNER.invoke(app, ["info", str(tiny_zip)])
+    assert result.exit_code == 0, result.output
+    for name in ("encoder", "extra_asr_decoder", "md_encoder", "decoder", "hop_length 160", "speech-attention decoder yes"):
+        assert name in result.stdout
+    as_json = json.loads(RUNNER.invoke(app, ["info", str(tiny_zip), "--json"]).stdout)
+    assert as_json["multidecoder"] is True
+    assert RUNNER.invoke(app, ["info", "/nonexistent"]).exit_code == 2
