@@ -47,31 +47,39 @@ def translate(
     model: Optional[Path] = typer.Option(None, help="Experiment dir, config.yaml, .pth or packed .zip [default: data/model]"),
     model_file: Optional[Path] = typer.Option(None, help="Model weights, when the directory holds several .pth"),
     data: Optional[Path] = typer.Option(None, help="MuST-C root or ESPnet/Kaldi data dir [default: data/mustc-demo]"),
-    split: str = typer.Option("tst-COMMON", help="MuST-C split"),
+    split: Optional[str] = typer.Option(None, help="MuST-C split [default: tst-COMMON]"),
     text: Optional[str] = typer.Option(None, help="Reference file inside a Kaldi data dir (e.g. text.tc.de)"),
     limit: Optional[int] = typer.Option(None, help="Decode only N utterances"),
-    sample: bool = typer.Option(False, "--sample", help="Draw the N utterances with --seed instead of taking the first N"),
-    seed: int = typer.Option(0, help="Seed for --sample"),
-    quant: Optional[str] = typer.Option(None, help="Quantization plugin (dynamic-int8, dynamic-fp16, static-int8)"),
-    hop: Optional[int] = typer.Option(None, help="Frontend STFT hop length in samples"),
+    sample: Optional[bool] = typer.Option(None, "--sample/--first", help="Draw the N utterances with --seed, or take the first N"),
+    seed: Optional[int] = typer.Option(None, help="Seed for --sample [default: 0]"),
+    quant: Optional[str] = typer.Option(None, help="Quantization plugin: dynamic-int8, dynamic-fp16, static-int8, bf16"),
+    hop: Optional[int] = typer.Option(None, help="Frontend STFT hop length in samples (the hop plugin)"),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads [default: all cores]"),
-    warmup: int = typer.Option(1, help="Leading utterances decoded but left out of latency statistics"),
+    warmup: Optional[int] = typer.Option(None, help="Leading utterances decoded but left out of latency [default: 1]"),
+    config: Optional[Path] = typer.Option(None, help="Run YAML (model, data, decode, plugins, ...); options override it"),
     decode_config: Optional[Path] = typer.Option(None, help="Decoding YAML [default: configs/decode.yaml]"),
     set_: list[str] = typer.Option([], "--set", help="Override a decoding option, e.g. --set beam_size=4"),
     out: Optional[Path] = typer.Option(None, help="Write every figure and condition to this JSON file"),
     progress: bool = typer.Option(True, help="Show progress bars"),
 ) -> None:
     """Translate a test set and report size, parameters, BLEU, chrF, source WER and latency."""
+    from runner.config import RunConfig, plugin_specs
     from runner.runner import EvaluateOptions, Runner
 
-    if quant is not None or hop is not None:
-        fail("--quant and --hop need the plugin system (issue #4), which is not in this release yet")
     try:
-        runner = Runner(model, decode_options(decode_config, set_), threads=threads, model_file=model_file)
+        run = RunConfig.from_yaml(config) if config else RunConfig()
+        given = dict(model=model, data=data, split=split, text=text, limit=limit, sample=sample, seed=seed,
+                     threads=threads, warmup=warmup)
+        for name, value in given.items():
+            if value is not None:
+                setattr(run, name, str(value) if isinstance(value, Path) else value)
+        decode = decode_options(decode_config, [*(f"{k}={v}" for k, v in run.decode.items()), *set_])
+        runner = Runner(run.model, decode, threads=run.threads, model_file=model_file,
+                        plugins=plugin_specs(run.plugins, quant, hop), calibration_data=run.data)
         if runner.model_note:
             typer.echo(f"note: {runner.model_note}", err=True)
-        options = EvaluateOptions(data=data, split=split, text=text, limit=limit, sample=sample, seed=seed,
-                                  warmup=warmup, progress=progress)
+        options = EvaluateOptions(data=run.data, split=run.split, text=run.text, limit=run.limit, sample=run.sample,
+                                  seed=run.seed, warmup=run.warmup, progress=progress)
         preloaded = runner.preload(options)
         typer.echo(f"preloaded {len(preloaded.utterances)} utterances ({preloaded.audio_seconds:.1f} s audio, "
                    f"{preloaded.memory_bytes / 1e6:.1f} MB in memory)", err=True)
@@ -82,6 +90,21 @@ def translate(
     if out is not None:
         report.save(out)
         typer.echo(f"wrote {out}", err=True)
+
+
+@app.command("plugins")
+def list_plugins() -> None:
+    """List the plugins registered under the `runner.plugins` entry-point group, with their options."""
+    from runner.plugin import available, config_fields
+
+    try:
+        registry = available()
+    except RunnerError as error:
+        fail(str(error))
+    for name, plugin in registry.items():
+        typer.echo(f"{name}: {plugin.description}")
+        for field_name, kind, default in config_fields(plugin):
+            typer.echo(f"    {field_name:<20} {kind:<22} default {default!r}")
 
 
 @app.command()

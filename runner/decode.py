@@ -7,6 +7,7 @@ its stages with forward hooks, so an fp32 translation is exactly what
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -158,7 +159,9 @@ def stage_modules(speech2text: Any) -> dict[str, list[torch.nn.Module]]:
 def translate(speech2text: Any, waveform: np.ndarray) -> Translation:
     """One utterance through `Speech2Text.__call__`, with wall time in total and per stage."""
     timer = StageTimer(stage_modules(speech2text))
-    with timer:
+    autocast_dtype = getattr(speech2text, "runner_autocast", None)  # set by the bf16 plugin
+    autocast = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    with timer, autocast:
         started = time.perf_counter()
         output = speech2text(waveform)
         seconds = time.perf_counter() - started

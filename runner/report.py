@@ -51,7 +51,7 @@ class Report:
         """The terminal table: the four headline figures, then latency detail, then conditions."""
         m, c, d = self.metrics, self.conditions, self.data
         lat, summary = m["latency"], self.model["summary"]
-        plugins = ", ".join(p["name"] for p in c["plugins"]) or "none"
+        plugins = ", ".join(_plugin_label(p) for p in c["plugins"]) or "none"
         wer = f"{m['source_wer']:.1f} %" if m["source_wer"] is not None else "n/a (no ASR decoder or source text)"
         stages = "  ".join(f"{name} {seconds:.3f}" for name, seconds in m["stages_mean"].items())
         selection = f"{d['selection']} {d['n']} of {d['segments_in_split']}" + (
@@ -63,8 +63,8 @@ class Report:
             ("data", f"{d['path']}  split {d['split']}, {selection}, {d['audio_seconds']:.1f} s audio, "
                      f"preloaded {d['preload_memory_bytes'] / 1e6:.1f} MB"),
             ("conditions", f"threads {c['threads']}, engine {c['quantized_engine']}, hop {c['hop_length']}, "
-                           f"plugins {plugins}, warm-up {c['warmup']}, beam {self.decode['beam_size']}/"
-                           f"asr {self.decode['asr_beam_size']}"),
+                           f"dtype {c['dtype']}, plugins {plugins}, warm-up {c['warmup']}, "
+                           f"beam {self.decode['beam_size']}/asr {self.decode['asr_beam_size']}"),
             ("size", f"{m['size_mb']:.2f} MB state_dict  ({m['model_file_bytes'] / 1e6:.2f} MB model file)"),
             ("parameters", f"{m['parameters']:,}"),
             ("BLEU", f"{m['bleu']['score']:.2f}  {m['bleu']['signature']}"),
@@ -77,7 +77,21 @@ class Report:
             ("machine", f"{c['cpu']}, {c['cores']} cores; torch {c['versions']['torch']}, "
                         f"espnet {c['versions']['espnet']}"),
         ]
+        calibrated = [p for p in c["plugins"] if "calibration_seconds" in p]
+        for p in calibrated:
+            rows.append(("calibration", f"{p['name']}: {p['calibration_utterances']} utterances of "
+                                        f"{p['calibration_split']} in {p['calibration_seconds']:.1f} s "
+                                        f"(not part of latency)"))
         if self.model.get("note"):
             rows.insert(0, ("note", self.model["note"]))
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _plugin_label(plugin: dict[str, Any]) -> str:
+    config = plugin["config"]
+    if plugin["name"] == "hop":
+        return f"hop({config['hop_length']})"
+    if "parts" in config:
+        return f"{plugin['name']}({','.join(config['parts'])})"
+    return plugin["name"]

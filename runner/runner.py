@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import torch
 
 from runner import defaults
 from runner.audio import resample, to_mono_float
-from runner.data import PreloadedSet, load_test_set, preload
+from runner.data import PreloadedSet, Segment, load_test_set, preload
 from runner.decode import STAGES, DecodeOptions, Translation, translate
 from runner.environment import manifest, set_threads
 from runner.errors import RunnerError
@@ -22,6 +23,8 @@ from runner.metrics.bleu import corpus_bleu, corpus_chrf
 from runner.metrics.latency import latency_stats
 from runner.metrics.wer import corpus_wer
 from runner.model import ModelBundle, file_hash, load
+from runner.plugin import Plugin, PluginSpec
+from runner.plugin import resolve as resolve_plugins
 from runner.report import Report
 
 
@@ -49,14 +52,39 @@ class Runner:
         decode: DecodeOptions | None = None,
         threads: int | None = None,
         model_file: str | Path | None = None,
+        plugins: Sequence[str | dict[str, Any] | PluginSpec] = (),
+        calibration_data: str | Path | None = None,
     ) -> None:
+        """Load `model` and apply `plugins` (names, {name: ..., option: ...} dicts or PluginSpecs).
+
+        Plugins that calibrate read `calibration_data` (default: the demo corpus), split
+        `calibration_split` of their config; `evaluate` refuses test utterances they calibrated on.
+        """
         self.threads = set_threads(threads)
         self.model_note: str | None = None
         if model is None:
             model, self.model_note = defaults.model_path()
         self.decode = decode or DecodeOptions()
         self.bundle: ModelBundle = load(model, self.decode, model_file)
-        self.plugins: list[dict[str, Any]] = []
+        specs = [p if isinstance(p, PluginSpec) else PluginSpec.parse(p, "plugins") for p in plugins]
+        self.plugins: list[Plugin] = resolve_plugins(specs)
+        self._calibration_keys: set[tuple[str, int, int]] = set()
+        for plugin in self.plugins:
+            started = time.perf_counter()
+            plugin.apply(self.bundle)
+            self.bundle.rewire_searches()
+            plugin.details["apply_seconds"] = time.perf_counter() - started
+            if plugin.needs_calibration:
+                self._calibrate(plugin, calibration_data)
+
+    def _calibrate(self, plugin: Plugin, calibration_data: str | Path | None) -> None:
+        config = plugin.config
+        data = config.calibration_data or calibration_data or defaults.data_path()
+        test_set = load_test_set(data, config.calibration_split)
+        calibration = preload(test_set, self.sample_rate, limit=config.calibration_size, seed=config.calibration_seed)
+        plugin.calibrate(self.bundle, calibration.utterances)
+        plugin.details.update(calibration_data=str(data), calibration_split=config.calibration_split)
+        self._calibration_keys |= {_segment_key(u.segment) for u in calibration.utterances}
 
     @property
     def sample_rate(self) -> int:
@@ -90,6 +118,12 @@ class Runner:
 
     def evaluate_preloaded(self, preloaded: PreloadedSet, options: EvaluateOptions) -> Report:
         utterances = preloaded.utterances
+        overlap = [u.segment.id for u in utterances if _segment_key(u.segment) in self._calibration_keys]
+        if overlap:
+            raise RunnerError(
+                f"{preloaded.test_set.path}: refusing to evaluate on {len(overlap)} utterance(s) the model was "
+                f"calibrated on (e.g. '{overlap[0]}'); calibrate on another split (calibration_split)"
+            )
         if options.warmup < 0:
             raise RunnerError(f"--warmup must be 0 or more, got {options.warmup}")
         if options.warmup >= len(utterances):
@@ -153,8 +187,8 @@ class Runner:
                 **manifest(),
                 "warmup": options.warmup,
                 "hop_length": (summary["frontend"] or {}).get("hop_length"),
-                "plugins": self.plugins,
-                "dtype": "float32",
+                "plugins": [p.describe() for p in self.plugins],
+                "dtype": next((p.details["dtype"] for p in reversed(self.plugins) if "dtype" in p.details), "float32"),
             },
             metrics={
                 "size_mb": summary["state_dict_bytes"] / 1e6,
@@ -181,6 +215,10 @@ class Runner:
                 for i, (u, t) in enumerate(zip(utterances, translations))
             ],
         )
+
+
+def _segment_key(segment: Segment) -> tuple[str, int, int]:
+    return (str(segment.audio_path.resolve()), segment.start, segment.frames)
 
 
 def _bar(description: str, total: int):

@@ -1,0 +1,46 @@
+"""Dynamic int8 quantization: int8 weights, activations quantized on the fly per call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from runner.plugin import MODEL_PARTS, Plugin
+from runner.quantize import MODULE_TYPES, check_parts, named_targets, select_engine
+
+
+@dataclass
+class DynamicConfig:
+    parts: list[str] = field(default_factory=lambda: list(MODEL_PARTS))
+    module_types: list[str] = field(default_factory=lambda: ["Linear", "LSTM", "GRU"])
+    engine: str = "auto"  # x86, fbgemm, onednn, qnnpack or auto (the best this CPU supports)
+    skip: list[str] = field(default_factory=list)  # module-name globs left in float, e.g. decoder.output_layer
+
+    def validate(self) -> None:
+        check_parts(self.parts)
+        unknown = sorted(set(self.module_types) - set(MODULE_TYPES))
+        if unknown:
+            raise ValueError(f"unknown module type(s) {unknown}; allowed: {sorted(MODULE_TYPES)}")
+
+
+class DynamicInt8(Plugin):
+    name = "dynamic-int8"
+    description = "torch.ao dynamic quantization: qint8 weights for Linear (and LSTM/GRU) modules"
+    Config = DynamicConfig
+    dtype = torch.qint8
+
+    def quantized_parts(self) -> tuple[str, ...]:
+        return tuple(self.config.parts)
+
+    def apply(self, bundle: Any) -> None:
+        engine = select_engine(self.config.engine)
+        types = tuple(MODULE_TYPES[t] for t in self.config.module_types)
+        names = [name for name, _ in named_targets(bundle.model, self.config.parts, types, self.config.skip)]
+        qconfig = (torch.ao.quantization.default_dynamic_qconfig if self.dtype == torch.qint8
+                   else torch.ao.quantization.float16_dynamic_qconfig)
+        # In place, on the model Speech2Text holds: its beam searches keep seeing the same decoders.
+        torch.ao.quantization.quantize_dynamic(bundle.model, {name: qconfig for name in names}, dtype=self.dtype,
+                                               inplace=True)
+        self.details.update(engine=engine, dtype=str(self.dtype).replace("torch.", ""), modules_quantized=len(names))

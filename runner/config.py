@@ -1,0 +1,80 @@
+"""Run configs in YAML: model, data, decoding options, threads, warm-up and plugins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runner.decode import DecodeOptions
+from runner.errors import RunnerError
+from runner.plugin import PluginSpec
+
+QUANT_PLUGINS = ("dynamic-int8", "dynamic-fp16", "static-int8", "bf16")
+
+
+@dataclass
+class RunConfig:
+    model: str | None = None
+    data: str | None = None
+    split: str = "tst-COMMON"
+    text: str | None = None
+    limit: int | None = None
+    sample: bool = False
+    seed: int = 0
+    threads: int | None = None
+    warmup: int = 1
+    decode: dict[str, Any] = field(default_factory=dict)
+    plugins: list[PluginSpec] = field(default_factory=list)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise RunnerError(f"{path}: run config not found")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise RunnerError(f"{path}{where}: invalid YAML ({getattr(error, 'problem', error)})") from None
+        if not isinstance(values, dict):
+            raise RunnerError(f"{path}: expected a mapping at the top level")
+        return cls.from_dict(values, str(path))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], origin: str) -> RunConfig:
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise RunnerError(f"{origin}: unknown key(s) {unknown}; allowed: {known}")
+        config = cls(**{k: v for k, v in values.items() if k not in ("plugins", "decode")})
+        for name, kind in (("split", str), ("sample", bool), ("seed", int), ("warmup", int)):
+            if not isinstance(getattr(config, name), kind):
+                raise RunnerError(f"{origin}: {name} must be {kind.__name__}, got {getattr(config, name)!r}")
+        for name in ("limit", "threads"):
+            value = getattr(config, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise RunnerError(f"{origin}: {name} must be a positive integer, got {value!r}")
+        decode = values.get("decode") or {}
+        if not isinstance(decode, dict):
+            raise RunnerError(f"{origin}: decode must be a mapping of decoding options")
+        DecodeOptions.from_dict(decode, origin=f"{origin}: decode")  # validate early
+        config.decode = decode
+        plugins = values.get("plugins") or []
+        if not isinstance(plugins, list):
+            raise RunnerError(f"{origin}: plugins must be a list, e.g. [{{name: dynamic-int8}}]")
+        config.plugins = [PluginSpec.parse(entry, origin) for entry in plugins]
+        return config
+
+
+def plugin_specs(base: list[PluginSpec], quant: str | None, hop: int | None) -> list[PluginSpec]:
+    """Command-line --quant/--hop on top of a config's plugin list (the command line wins)."""
+    specs = list(base)
+    if hop is not None:
+        specs = [s for s in specs if s.name != "hop"] + [PluginSpec("hop", {"hop_length": hop})]
+    if quant is not None and quant != "none":
+        specs = [s for s in specs if s.name not in QUANT_PLUGINS] + [PluginSpec(quant)]
+    return specs

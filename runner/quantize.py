@@ -1,0 +1,79 @@
+"""Shared pieces of the quantization plugins: engines, part selection, module naming."""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from collections.abc import Iterator
+
+import torch
+
+from runner.errors import RunnerError
+from runner.plugin import MODEL_PARTS
+
+ENGINE_PREFERENCE = ("x86", "fbgemm", "onednn", "qnnpack")
+MODULE_TYPES: dict[str, type[torch.nn.Module]] = {"Linear": torch.nn.Linear, "LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
+# A model part may hold several attributes of the ESPnet model (both CTC heads).
+PART_ATTRIBUTES = {"encoder": ("preencoder", "encoder"), "ctc": ("ctc", "st_ctc")}
+
+# torch 2.11 warns on every eager-mode call that torch.ao.quantization is deprecated (it works).
+warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization.*", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization.*", category=UserWarning)
+warnings.filterwarnings("ignore", message=r".*deprecated.*", module=r"torch\.ao\.quantization")
+
+
+def select_engine(name: str) -> str:
+    """Set the quantized engine; 'auto' takes the best one this CPU's torch supports."""
+    supported = torch.backends.quantized.supported_engines
+    if name == "auto":
+        name = next((e for e in ENGINE_PREFERENCE if e in supported), "none")
+    if name not in supported or name == "none":
+        raise RunnerError(f"quantized engine '{name}' is not supported here; supported: {supported}")
+    torch.backends.quantized.engine = name
+    return name
+
+
+def check_parts(parts: list[str]) -> None:
+    unknown = sorted(set(parts) - set(MODEL_PARTS))
+    if unknown:
+        raise ValueError(f"unknown part(s) {unknown}; parts are {list(MODEL_PARTS)}")
+    if not parts:
+        raise ValueError("parts must name at least one of " + ", ".join(MODEL_PARTS))
+
+
+def part_prefixes(model: torch.nn.Module, parts: list[str]) -> list[str]:
+    """Attribute names of the model that exist for the requested parts."""
+    prefixes = []
+    for part in parts:
+        for attribute in PART_ATTRIBUTES.get(part, (part,)):
+            if isinstance(getattr(model, attribute, None), torch.nn.Module):
+                prefixes.append(attribute)
+    return prefixes
+
+
+def named_targets(model: torch.nn.Module, parts: list[str], types: tuple[type, ...],
+                  skip: list[str]) -> Iterator[tuple[str, torch.nn.Module]]:
+    """Modules of `types` inside `parts`, by full name, minus names matching a `skip` glob."""
+    prefixes = part_prefixes(model, parts)
+    for name, module in model.named_modules():
+        if not isinstance(module, types) or not any(name == p or name.startswith(p + ".") for p in prefixes):
+            continue
+        if any(fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, f"*.{pattern}") for pattern in skip):
+            continue
+        yield name, module
+
+
+def set_submodule(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def count_types(model: torch.nn.Module) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        kind = type(module)
+        if "quantized" in kind.__module__ or kind.__name__ in ("Quantize", "DeQuantize"):
+            key = f"{kind.__module__.split('.')[-1]}.{kind.__name__}"
+            counts[key] = counts.get(key, 0) + 1
+    return counts

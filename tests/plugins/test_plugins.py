@@ -1,0 +1,219 @@
+"""Each built-in plugin on a real tiny ESPnet model: what it changes, that it runs in beam search."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import write_corpus
+from runner.cli import app
+from runner.decode import translate
+from runner.demo.build import char_token_list, md_config, write_experiment
+from runner.errors import RunnerError
+from runner.metrics.size import count_parameters, state_dict_bytes
+from runner.plugin import PluginSpec, available, resolve
+from runner.runner import Runner
+
+SPEECH = (np.random.default_rng(0).normal(scale=0.1, size=16000)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def corpus_with_dev(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("mustc-dev")
+    write_corpus(root, split="tst-COMMON")
+    return write_corpus(root, split="dev")
+
+
+def _types(model: torch.nn.Module, prefix: str) -> dict[str, str]:
+    return {name: type(m).__name__ for name, m in model.named_modules() if name.startswith(prefix)}
+
+
+def test_dynamic_int8_quantizes_exactly_the_linears_of_the_chosen_parts(tiny_exp: Path) -> None:
+    runner = Runner(tiny_exp, threads=1, plugins=[{"name": "dynamic-int8", "parts": ["decoder"],
+                                                   "skip": ["decoder.output_layer"]}])
+    model = runner.bundle.model
+    decoder_linears = [n for n, m in model.decoder.named_modules() if type(m) is torch.nn.Linear]
+    assert decoder_linears == ["output_layer"]  # the skipped one stays float
+    assert all("quantized.dynamic" in type(m).__module__ for n, m in model.decoder.named_modules()
+               if n.endswith(("linear_q", "linear_k", "linear_v", "linear_out", "w_1", "w_2")))
+    assert all(type(m) is torch.nn.Linear for m in model.extra_asr_decoder.modules() if "Linear" in type(m).__name__)
+    assert type(model.encoder.embed.conv[0]) is torch.nn.Conv2d
+    assert runner.plugins[0].details["modules_quantized"] == len(
+        [m for m in model.decoder.modules() if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")])
+    assert translate(runner.bundle.speech2text, SPEECH).tokens
+
+
+def test_dynamic_int8_shrinks_a_linear_dominated_model_threefold(tmp_path: Path) -> None:
+    tokens = char_token_list()
+    config = md_config(tokens, tokens, "tiny")
+    for part in ("encoder_conf", "extra_asr_decoder_conf", "decoder_conf", "md_encoder_conf"):
+        config[part]["linear_units"] = 4096
+    exp = write_experiment(tmp_path / "wide", config)
+    float_runner = Runner(exp, threads=1)
+    quantized = Runner(exp, threads=1, plugins=["dynamic-int8"])
+    float_bytes, int8_bytes = state_dict_bytes(float_runner.bundle.model), state_dict_bytes(quantized.bundle.model)
+    assert float_bytes / int8_bytes >= 3.0
+    assert count_parameters(quantized.bundle.model) == count_parameters(float_runner.bundle.model)
+
+
+def test_dynamic_fp16_uses_float16_weights(tiny_exp: Path) -> None:
+    runner = Runner(tiny_exp, threads=1, plugins=["dynamic-fp16"])
+    layer = runner.bundle.model.decoder.output_layer
+    assert "quantized.dynamic" in type(layer).__module__ and layer._packed_params.dtype == torch.float16
+    # fbgemm keeps the fp16 copy packed; the state_dict stores float32 weights: no size gain to report.
+    assert state_dict_bytes(runner.bundle.model) >= 0.95 * state_dict_bytes(Runner(tiny_exp, threads=1).bundle.model)
+    assert runner.plugins[0].details["dtype"] == "float16"
+    assert translate(runner.bundle.speech2text, SPEECH).tokens
+
+
+def test_static_int8_runs_quantized_kernels_inside_beam_search(tiny_exp: Path, corpus_with_dev: Path) -> None:
+    runner = Runner(tiny_exp, threads=1, plugins=[{"name": "static-int8", "calibration_size": 3}],
+                    calibration_data=corpus_with_dev)
+    model = runner.bundle.model
+    quantized = [m for m in model.decoder.modules() if type(m) is torch.ao.nn.quantized.Linear]
+    stubs = [m for m in model.decoder.modules() if type(m).__name__ == "Quantize"]
+    assert quantized and len(stubs) == len(quantized)
+    assert all(type(m) is torch.nn.Linear for m in model.extra_asr_decoder.modules() if "Linear" in type(m).__name__)
+    assert type(model.decoder.embed[0]) is torch.nn.Embedding  # left in float
+    details = runner.plugins[0].details
+    assert details["calibration_utterances"] == 3 and details["calibration_split"] == "dev"
+    assert details["calibration_seconds"] > 0
+
+    calls = []
+    for module in quantized:
+        module.register_forward_hook(lambda *args: calls.append(1))
+    result = translate(runner.bundle.speech2text, SPEECH)
+    assert result.tokens and len(calls) > len(quantized)  # every step of the search ran int8 Linears
+    report = runner.evaluate(corpus_with_dev, split="tst-COMMON", warmup=1)
+    assert report.conditions["dtype"] == "qint8" and len(report.hypotheses()) == 5
+
+
+def test_static_int8_block_granularity_fuses_feed_forward_blocks(tiny_exp: Path, corpus_with_dev: Path) -> None:
+    runner = Runner(tiny_exp, threads=1, calibration_data=corpus_with_dev,
+                    plugins=[{"name": "static-int8", "granularity": "block", "calibration_size": 2,
+                              "observer": "minmax", "per_channel": False}])
+    ffn = runner.bundle.model.decoder.decoders[0].feed_forward
+    assert type(ffn).__name__ == "QuantWrapper" and type(ffn.module.w_1).__name__ == "LinearReLU"
+    assert runner.plugins[0].details["feed_forward_blocks"] == 1
+    assert translate(runner.bundle.speech2text, SPEECH).tokens
+
+
+def test_calibration_must_not_touch_the_test_utterances(tiny_exp: Path, corpus_with_dev: Path) -> None:
+    runner = Runner(tiny_exp, threads=1, calibration_data=corpus_with_dev,
+                    plugins=[{"name": "static-int8", "calibration_size": 2}])
+    with pytest.raises(RunnerError, match="refusing to evaluate on 2 utterance"):
+        runner.evaluate(corpus_with_dev, split="dev")
+
+
+def test_hop_changes_the_number_of_encoder_input_frames(tiny_exp: Path) -> None:
+    frames = {}
+    for hop in (160, 320):
+        runner = Runner(tiny_exp, threads=1, plugins=[{"name": "hop", "hop_length": hop}])
+        seen = []
+        runner.bundle.model.encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+        translate(runner.bundle.speech2text, SPEECH)
+        frames[hop] = seen[0]
+        assert runner.bundle.summary()["frontend"]["hop_length"] == hop
+    assert frames[160] == 16000 // 160 + 1 and frames[320] == 16000 // 320 + 1
+
+
+def test_plugins_compose_in_a_defined_order(tiny_exp: Path) -> None:
+    runner = Runner(tiny_exp, threads=1, plugins=["dynamic-int8", {"name": "hop", "hop_length": 200}])
+    assert [p.name for p in runner.plugins] == ["hop", "dynamic-int8"]
+    assert runner.bundle.summary()["frontend"]["hop_length"] == 200
+    assert "quantized" in type(runner.bundle.model.decoder.output_layer).__module__
+    assert translate(runner.bundle.speech2text, SPEECH).tokens
+
+
+@pytest.mark.parametrize(
+    ("specs", "message"),
+    [
+        ([PluginSpec("dynamic-int9")], "unknown plugin 'dynamic-int9'; available: bf16, dynamic-fp16, dynamic-int8"),
+        ([PluginSpec("hop", {"hop_length": 0})], "hop_length must be positive"),
+        ([PluginSpec("hop", {"hop_lenght": 200})], "unknown option(s) ['hop_lenght']; allowed: ['hop_length']"),
+        ([PluginSpec("dynamic-int8", {"parts": ["decoders"]})], "unknown part(s) ['decoders']"),
+        ([PluginSpec("static-int8", {"observer": "mse"})], "must be one of ['minmax', 'histogram']"),
+        ([PluginSpec("dynamic-int8"), PluginSpec("static-int8")], "both change the number format of the decoder"),
+        ([PluginSpec("hop"), PluginSpec("hop")], "given more than once"),
+    ],
+)
+def test_bad_plugin_lists_are_one_line_errors(specs: list[PluginSpec], message: str) -> None:
+    with pytest.raises(RunnerError) as error:
+        resolve(specs)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_hop_beyond_the_window_and_unknown_engine_are_rejected(tiny_exp: Path) -> None:
+    with pytest.raises(RunnerError, match=r"exceeds the window length 400; allowed: 1..400"):
+        Runner(tiny_exp, threads=1, plugins=[{"name": "hop", "hop_length": 401}])
+    with pytest.raises(RunnerError, match="quantized engine 'tpu' is not supported"):
+        Runner(tiny_exp, threads=1, plugins=[{"name": "dynamic-int8", "engine": "tpu"}])
+
+
+def test_cli_quant_hop_and_yaml_plugins(tiny_exp: Path, corpus_with_dev: Path, tmp_path: Path) -> None:
+    cli = CliRunner()
+    result = cli.invoke(app, ["translate", "--model", str(tiny_exp), "--data", str(corpus_with_dev), "--limit", "2",
+                              "--quant", "dynamic-int8", "--hop", "250", "--threads", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "hop 250" in result.stdout and "dtype qint8" in result.stdout and "hop(250), dynamic-int8" in result.stdout
+    run = tmp_path / "run.yaml"
+    run.write_text(f"model: {tiny_exp}\ndata: {corpus_with_dev}\nlimit: 2\nthreads: 1\n"
+                   "plugins:\n  - {name: hop, hop_length: 300}\n  - {name: dynamic-fp16, parts: [decoder]}\n")
+    result = cli.invoke(app, ["translate", "--config", str(run), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "hop 300" in result.stdout and "dynamic-fp16(decoder)" in result.stdout
+    run.write_text("modle: x\n")
+    result = cli.invoke(app, ["translate", "--config", str(run), "--no-progress"])
+    assert result.exit_code == 2 and f"{run}: unknown key(s) ['modle']" in result.stderr
+    listing = cli.invoke(app, ["plugins"])
+    assert all(name in listing.stdout for name in ("dynamic-int8", "dynamic-fp16", "static-int8", "hop", "bf16"))
+    assert "calibration_size" in listing.stdout and "hop_length" in listing.stdout
+
+
+def test_a_third_party_plugin_installs_through_the_entry_point_group(tiny_exp: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "thirdparty"
+    (package / "halve_beam").mkdir(parents=True)
+    (package / "halve_beam" / "__init__.py").write_text(textwrap.dedent('''
+        from dataclasses import dataclass
+        from runner.plugin import Plugin
+
+        @dataclass
+        class Config:
+            factor: int = 2
+
+        class HalveBeam(Plugin):
+            name = "halve-beam"
+            description = "Divide the ST beam size by factor"
+            Config = Config
+
+            def apply(self, bundle):
+                search = bundle.speech2text.beam_search
+                search.beam_size = max(1, search.beam_size // self.config.factor)
+                self.details["beam_size"] = search.beam_size
+    '''))
+    (package / "pyproject.toml").write_text(textwrap.dedent('''
+        [build-system]
+        requires = ["setuptools"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "halve-beam"
+        version = "0.1"
+        [project.entry-points."runner.plugins"]
+        halve-beam = "halve_beam:HalveBeam"
+    '''))
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "--target", str(site), str(package)], check=True, capture_output=True)
+    monkeypatch.syspath_prepend(str(site))
+    assert "halve-beam" in available()
+    runner = Runner(tiny_exp, threads=1, plugins=[{"name": "halve-beam", "factor": 5}])
+    assert runner.bundle.speech2text.beam_search.beam_size == 1
+    assert runner.plugins[0].describe()["beam_size"] == 1
