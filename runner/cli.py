@@ -84,8 +84,13 @@ def translate(
         typer.echo(f"preloaded {len(preloaded.utterances)} utterances ({preloaded.audio_seconds:.1f} s audio, "
                    f"{preloaded.memory_bytes / 1e6:.1f} MB in memory)", err=True)
         report = runner.evaluate_preloaded(preloaded, options)
-    except RunnerError as error:
-        fail(str(error))
+    except (RunnerError, KeyboardInterrupt) as error:
+        partial = getattr(error, "partial_report", None)
+        if partial is not None and out is not None:
+            partial.save(out)
+            typer.echo(f"wrote the {partial.data['n']} finished utterances of {partial.data['planned_n']} to {out}",
+                       err=True)
+        fail(str(error) or "interrupted", 2 if isinstance(error, RunnerError) else 130)
     typer.echo(report.format())
     if out is not None:
         report.save(out)

@@ -135,13 +135,31 @@ class Runner:
         if options.progress:
             iterator = _bar("decode", len(utterances))(utterances)
         translations: list[Translation] = []
-        for utterance in iterator:
-            try:
-                translations.append(translate(self.bundle.speech2text, utterance.waveform))
-            except (IndexError, RuntimeError, ValueError) as error:
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise RunnerError(f"{utterance.segment.audio_path}: decoding '{utterance.segment.id}' failed ({reason})") from None
+        try:
+            for utterance in iterator:
+                try:
+                    translations.append(translate(self.bundle.speech2text, utterance.waveform))
+                except Exception as error:  # ESPnet's TooShortUttError, shape errors, ...: name the utterance
+                    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                    raise RunnerError(
+                        f"{utterance.segment.audio_path}: decoding '{utterance.segment.id}' failed ({reason})") from None
+        except (RunnerError, KeyboardInterrupt) as error:
+            # Keep what finished: the caller can still save these utterances' figures.
+            error.partial_report = self._partial_report(preloaded, options, translations)  # type: ignore[union-attr]
+            raise
         return self._report(preloaded, options, translations)
+
+    def _partial_report(self, preloaded: PreloadedSet, options: EvaluateOptions,
+                        translations: list[Translation]) -> Report | None:
+        if len(translations) <= options.warmup:
+            return None
+        done = len(translations)
+        subset = PreloadedSet(preloaded.test_set, preloaded.utterances[:done], preloaded.indices[:done],
+                              preloaded.seed, preloaded.memory_bytes, preloaded.content_hash)
+        report = self._report(subset, options, translations)
+        report.data["complete"] = False
+        report.data["planned_n"] = len(preloaded.utterances)
+        return report
 
     def _report(self, preloaded: PreloadedSet, options: EvaluateOptions, translations: list[Translation]) -> Report:
         utterances = preloaded.utterances

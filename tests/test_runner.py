@@ -147,3 +147,17 @@ def test_cli_info(tiny_zip: Path) -> None:
     as_json = json.loads(RUNNER.invoke(app, ["info", str(tiny_zip), "--json"]).stdout)
     assert as_json["multidecoder"] is True
     assert RUNNER.invoke(app, ["info", "/nonexistent"]).exit_code == 2
+
+
+def test_a_failing_utterance_keeps_the_finished_results(tiny_exp: Path, corpus: Path, tmp_path: Path) -> None:
+    yaml_path = corpus / "en-de/data/tst-COMMON/txt/tst-COMMON.yaml"
+    # 30 ms is too short for the conv2d subsampling: ESPnet raises TooShortUttError on the third utterance.
+    yaml_path.write_text(yaml_path.read_text().replace("duration: 0.800000", "duration: 0.030000"))
+    out = tmp_path / "partial.json"
+    result = RUNNER.invoke(app, ["translate", "--model", str(tiny_exp), "--data", str(corpus), "--threads", "1",
+                                 "--no-progress", "--out", str(out)])
+    assert result.exit_code == 2
+    assert "ted_1.wav: decoding 'ted_1_0003000_0003030' failed" in result.stderr
+    document = json.loads(out.read_text())
+    assert document["data"]["complete"] is False and document["data"]["planned_n"] == 5
+    assert len(document["utterances"]) == 2 and document["metrics"]["latency"]["count"] == 1
