@@ -97,6 +97,37 @@ def translate(
         typer.echo(f"wrote {out}", err=True)
 
 
+@app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="Sweep YAML, e.g. configs/hop.yaml"),
+    out: Optional[Path] = typer.Option(None, help="Output directory [default: results/<config name>]"),
+    resume: bool = typer.Option(False, help="Skip rows already in <out>/results.jsonl (same config hash)"),
+    repeats: Optional[int] = typer.Option(None, help="Repeat every run R times in interleaved order"),
+    progress: bool = typer.Option(True, help="Show progress bars"),
+) -> None:
+    """Measure a grid of plugin configurations (e.g. hop x quantization) into a table, CSV/JSON and plots."""
+    from runner.sweep import Sweep, SweepConfig
+
+    out = out or Path("results") / config.stem
+    try:
+        sweep_config = SweepConfig.from_yaml(config)
+        if repeats is not None:
+            if repeats < 1:
+                fail(f"--repeats must be at least 1, got {repeats}")
+            sweep_config.repeats = repeats
+        runner_sweep = Sweep(sweep_config, out, resume=resume, progress=progress)
+        rows = runner_sweep.run()
+    except RunnerError as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        fail(f"interrupted; finished rows are kept in {out / 'results.jsonl'}: rerun with --resume", 130)
+    typer.echo((out / "summary.md").read_text(encoding="utf-8"))
+    failed = [r for r in rows if r.get("status") != "ok"]
+    typer.echo(f"wrote {out}/summary.md, results.csv, results.json, bleu_latency.png, size.png, env.json", err=True)
+    if failed:
+        fail(f"{len(failed)} run(s) failed (see summary.md); rerun with --resume to retry them", 1)
+
+
 @app.command("plugins")
 def list_plugins() -> None:
     """List the plugins registered under the `runner.plugins` entry-point group, with their options."""

@@ -11,6 +11,7 @@ import yaml
 from runner.decode import DecodeOptions
 from runner.errors import RunnerError
 from runner.plugin import PluginSpec
+from runner.plugin import resolve as resolve_plugins
 
 QUANT_PLUGINS = ("dynamic-int8", "dynamic-fp16", "static-int8", "bf16")
 
@@ -67,6 +68,10 @@ class RunConfig:
         if not isinstance(plugins, list):
             raise RunnerError(f"{origin}: plugins must be a list, e.g. [{{name: dynamic-int8}}]")
         config.plugins = [PluginSpec.parse(entry, origin) for entry in plugins]
+        try:
+            resolve_plugins(config.plugins)  # a typo in a plugin fails here, naming this file
+        except RunnerError as error:
+            raise RunnerError(f"{origin}: {error}") from None
         return config
 
 

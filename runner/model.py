@@ -8,6 +8,7 @@ copied anywhere still loads.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from dataclasses import dataclass
@@ -196,6 +197,17 @@ class ModelBundle:
             ctc_scorer = search.scorers.get("ctc")
             if ctc_scorer is not None and ctc is not None:
                 ctc_scorer.ctc = ctc
+
+    def copy(self) -> ModelBundle:
+        """An independent deep copy (model, searches, tokenizers) for a plugin to change."""
+        speech2text = copy.deepcopy(self.speech2text)
+        # The pre_x fix is a closure over the original search: install a fresh one on the copy.
+        vars(speech2text.beam_search).pop("forward", None)
+        keep_pre_x_on_retry(speech2text.beam_search)
+        clone = ModelBundle.__new__(ModelBundle)
+        clone.speech2text, clone.files, clone.options = speech2text, self.files, self.options
+        clone.float_parameters = self.float_parameters
+        return clone
 
     def summary(self) -> dict[str, Any]:
         model = self.model

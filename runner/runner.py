@@ -48,7 +48,7 @@ class Runner:
 
     def __init__(
         self,
-        model: str | Path | None = None,
+        model: str | Path | ModelBundle | None = None,
         decode: DecodeOptions | None = None,
         threads: int | None = None,
         model_file: str | Path | None = None,
@@ -62,10 +62,13 @@ class Runner:
         """
         self.threads = set_threads(threads)
         self.model_note: str | None = None
-        if model is None:
-            model, self.model_note = defaults.model_path()
-        self.decode = decode or DecodeOptions()
-        self.bundle: ModelBundle = load(model, self.decode, model_file)
+        if isinstance(model, ModelBundle):  # see from_bundle
+            self.decode, self.bundle = model.options, model
+        else:
+            if model is None:
+                model, self.model_note = defaults.model_path()
+            self.decode = decode or DecodeOptions()
+            self.bundle = load(model, self.decode, model_file)
         specs = [p if isinstance(p, PluginSpec) else PluginSpec.parse(p, "plugins") for p in plugins]
         self.plugins: list[Plugin] = resolve_plugins(specs)
         self._calibration_keys: set[tuple[str, int, int]] = set()
@@ -85,6 +88,13 @@ class Runner:
         plugin.calibrate(self.bundle, calibration.utterances)
         plugin.details.update(calibration_data=str(data), calibration_split=config.calibration_split)
         self._calibration_keys |= {_segment_key(u.segment) for u in calibration.utterances}
+
+    @classmethod
+    def from_bundle(cls, bundle: ModelBundle, threads: int | None = None,
+                    plugins: Sequence[str | dict[str, Any] | PluginSpec] = (),
+                    calibration_data: str | Path | None = None) -> Runner:
+        """A runner over a copy of an already loaded float model (a sweep loads the model once)."""
+        return cls(bundle.copy(), threads=threads, plugins=plugins, calibration_data=calibration_data)
 
     @property
     def sample_rate(self) -> int:

@@ -1,0 +1,138 @@
+"""A sweep's outputs: summary.md, results.csv, results.json, bleu_latency.png and size.png."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from runner.metrics.bleu import paired_bootstrap
+
+CSV_COLUMNS = ("label", "status", "hop", "quant", "dtype", "size_mb", "parameters", "bleu", "bleu_delta", "p_value",
+               "chrf", "source_wer", "latency_mean", "latency_std", "latency_p50", "latency_p90", "latency_p99", "rtf",
+               "cv", "repeats", "calibration_seconds", "n", "timed", "threads", "warmup", "engine", "cpu",
+               "config_hash", "reason")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(temporary, path)
+
+
+def add_comparisons(rows: list[dict[str, Any]], references: list[str]) -> None:
+    """BLEU difference to the float row of the same hop, with sacrebleu's paired-bootstrap p-value."""
+    floats = {r["hop"]: r for r in rows if r.get("status") == "ok" and r["quant"] == "none"}
+    for row in rows:
+        baseline = floats.get(row.get("hop"))
+        if row.get("status") != "ok" or baseline is None or baseline is row:
+            row["bleu_delta"], row["p_value"] = None, None
+            continue
+        row["bleu_delta"] = row["bleu"] - baseline["bleu"]
+        same = row["hypotheses"] == baseline["hypotheses"]  # no difference to test: p is 1 by definition
+        row["p_value"] = 1.0 if same else paired_bootstrap(baseline["hypotheses"], row["hypotheses"], references)
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], config: Any) -> str:
+    repeats = config.repeats
+    lines = [
+        f"# Sweep: {config.source}",
+        "",
+        f"Model `{env['model']}` (sha256 {env['model_content_hash']}), data `{env['data']}` split {env['split']}, "
+        f"N={env['n']} (audio hash {env['data_content_hash']}); threads {env['threads']}, "
+        f"warm-up {config.run.warmup}, {repeats} repeat(s) interleaved; CPU {env['cpu']}; torch "
+        f"{env['versions']['torch']}, espnet {env['versions']['espnet']}.",
+        "",
+        "Latency: mean seconds per utterance over the timed utterances"
+        + (" (median of the per-repeat means; CV across repeats)" if repeats > 1 else "")
+        + ". ΔBLEU: against the float row of the same hop; p: sacrebleu paired bootstrap (1000 samples).",
+        "",
+        "| config | Q | dtype | size MB | params | BLEU | ΔBLEU (p) | latency mean s | std | p90 | RTF |"
+        + (" CV |" if repeats > 1 else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if repeats > 1 else ""),
+    ]
+    for r in rows:
+        if r.get("status") != "ok":
+            lines.append(f"| {r['label']} | failed: {r.get('reason', '')} |" + " |" * 9)
+            continue
+        delta = "-" if r["bleu_delta"] is None else f"{r['bleu_delta']:+.2f} ({r['p_value']:.3f})"
+        q = "-" if r["quant"] == "none" else r["quant"]
+        cells = [r["label"], q, r["dtype"], _fmt(r["size_mb"]), _fmt(r["parameters"]), _fmt(r["bleu"]), delta,
+                 _fmt(r["latency_mean"], 3), _fmt(r["latency_std"], 3), _fmt(r["latency_p90"], 3), _fmt(r["rtf"], 3)]
+        if repeats > 1:
+            cells.append(_fmt(r["cv"], 3))
+        lines.append("| " + " | ".join(cells) + " |")
+    calibrated = [r for r in rows if r.get("calibration_seconds")]
+    if calibrated:
+        lines += ["", "Calibration time (not part of latency): "
+                  + "; ".join(f"{r['label']}: {r['calibration_seconds']:.1f} s" for r in calibrated) + "."]
+    lines += ["", f"Reproduce: `{env['command']}`", ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r.get("status") == "ok"]
+    schemes = sorted({r["quant"] for r in ok}, key=lambda q: (q != "none", q))
+    hops = sorted({r["hop"] for r in ok if r["hop"] is not None})
+    colours = dict(zip(schemes, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    markers = dict(zip(hops, "osD^v<>ph*"))
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for r in ok:
+        axes.scatter(r["latency_mean"], r["bleu"], color=colours[r["quant"]], marker=markers.get(r["hop"], "o"), s=60)
+    for q in schemes:
+        axes.scatter([], [], color=colours[q], marker="s", label="float32" if q == "none" else q)
+    for h in hops:
+        axes.scatter([], [], color="grey", marker=markers[h], label=f"hop {h}")
+    axes.set_xlabel("mean latency per utterance (s)")
+    axes.set_ylabel("BLEU")
+    axes.set_title("BLEU against latency")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    figure.savefig(out / "bleu_latency.png", dpi=120)
+    plt.close(figure)
+
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    sizes = {q: max(r["size_mb"] for r in ok if r["quant"] == q) for q in schemes}
+    axes.bar([("float32" if q == "none" else q) for q in schemes], [sizes[q] for q in schemes],
+             color=[colours[q] for q in schemes])
+    axes.set_ylabel("state_dict size (MB)")
+    axes.set_title("Model size per scheme")
+    figure.tight_layout()
+    figure.savefig(out / "size.png", dpi=120)
+    plt.close(figure)
+
+
+def write_outputs(out: Path, rows: list[dict[str, Any]], preloaded: Any, config: Any, base: Any) -> None:
+    references = [u.segment.reference for u in preloaded.utterances]
+    add_comparisons(rows, references)
+    env = json.loads((out / "env.json").read_text(encoding="utf-8"))
+    _atomic_write(out / "summary.md", summary_markdown(rows, env, config))
+    document = {"env": env, "references": references, "ids": [u.segment.id for u in preloaded.utterances],
+                "rows": rows}
+    _atomic_write(out / "results.json", json.dumps(document, ensure_ascii=False, indent=2))
+    handle, temporary = tempfile.mkstemp(dir=out, prefix=".results.csv.", suffix=".tmp")
+    with os.fdopen(handle, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temporary, out / "results.csv")
+    if any(r.get("status") == "ok" for r in rows):
+        plot(rows, out)
