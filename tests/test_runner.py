@@ -123,8 +123,9 @@ def test_cli_translate_writes_json_with_every_field(tiny_exp: Path, shared_corpu
         (["--warmup", "9"], "leaves no utterance to time"),
         (["--set", "beam_sise=3"], "unknown decoding option"),
         (["--set", "beam_size=three"], "beam_size must be int"),
-        (["--quant", "dynamic-int8"], "--quant and --hop need the plugin system"),
-        (["--hop", "200"], "--quant and --hop need the plugin system"),
+        (["--quant", "dynamic-int9"], "unknown plugin 'dynamic-int9'; available:"),
+        (["--hop", "0"], "hop_length must be positive"),
+        (["--hop", "512"], "exceeds the window length 400; allowed: 1..400"),
     ],
 )
 def test_cli_bad_input_is_a_one_line_error(tiny_exp: Path, shared_corpus: Path, arguments: list[str],

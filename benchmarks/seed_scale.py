@@ -1,0 +1,156 @@
+"""Size and latency of every plugin on a seed-scale (about 58 M parameter) multi-decoder model.
+
+    python -m benchmarks.seed_scale                      # 20 utterances, threads 1 and 2, 3 repeats
+    python -m benchmarks.seed_scale --utterances 2 --repeats 1 --threads 2 --schemes fp32,dynamic-int8
+
+Schemes run in interleaved order (fp32, int8, ..., fp32, int8, ...) on the same preloaded
+utterances; every ratio is taken against the fp32 run of the same repeat and thread count,
+then summarised as min / median / max over repeats. Results and the environment manifest are
+written to docs/benchmarks.md (or --doc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from runner import defaults
+from runner.data import load_test_set, preload
+from runner.decode import STAGES, DecodeOptions, translate
+from runner.demo.build import SPECIALS_HEAD, SPECIALS_TAIL, md_config, write_experiment
+from runner.environment import manifest
+from runner.metrics.size import count_parameters, state_dict_bytes
+from runner.model import cache_dir, load
+from runner.runner import Runner
+
+SCHEMES: dict[str, list[Any]] = {
+    "fp32": [],
+    "dynamic-int8": ["dynamic-int8"],
+    "dynamic-int8-decoders": [{"name": "dynamic-int8", "parts": ["extra_asr_decoder", "decoder", "ctc"]}],
+    "dynamic-fp16": ["dynamic-fp16"],
+    "static-int8": [{"name": "static-int8", "calibration_size": 4, "granularity": "block"}],
+    "bf16": ["bf16"],
+}
+CONFIG = defaults.REPO_ROOT / "configs" / "models" / "seed-scale.yaml"
+
+
+def build_model(config: dict[str, Any]) -> Path:
+    """The random-weight seed-scale experiment directory (built once, cached by its config)."""
+    import hashlib
+    import json
+
+    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    exp = cache_dir() / "seed-scale" / key
+    if (exp / "valid.acc.ave.pth").is_file():
+        return exp
+    def tokens(n: int, prefix: str) -> list[str]:
+        return SPECIALS_HEAD[:2] + [f"▁{prefix}{i}" for i in range(n - 3)] + SPECIALS_TAIL
+    model_config = md_config(tokens(config["tgt_vocab"], "de"), tokens(config["src_vocab"], "en"),
+                             config["architecture"], token_type="word")
+    write_experiment(exp, model_config, seed=config["seed"])
+    state = torch.load(exp / "valid.acc.ave.pth")
+    for name in ("decoder.output_layer.bias", "extra_asr_decoder.output_layer.bias"):
+        state[name][-1] = -1e4  # <sos/eos> is never the best token: every search runs its full length
+    torch.save(state, exp / "valid.acc.ave.pth")
+    return exp
+
+
+def measure(runner: Runner, utterances: list[Any], warmup: int) -> dict[str, Any]:
+    for utterance in utterances[:warmup]:
+        translate(runner.bundle.speech2text, utterance.waveform)
+    results = [translate(runner.bundle.speech2text, u.waveform) for u in utterances]
+    return {"mean": statistics.mean(r.seconds for r in results),
+            "stages": {s: statistics.mean(r.stages.get(s, 0.0) for r in results) for s in STAGES},
+            "st_tokens": statistics.mean(len(r.tokens) for r in results)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--utterances", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--schemes", default=",".join(SCHEMES))
+    parser.add_argument("--warmup", type=int, default=1, help="untimed utterances before each scheme's timing")
+    parser.add_argument("--doc", type=Path, default=defaults.REPO_ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args(argv)
+    schemes = args.schemes.split(",")
+    unknown = [s for s in schemes if s not in SCHEMES]
+    if unknown or "fp32" not in schemes:
+        parser.error(f"--schemes must include fp32 and name only {list(SCHEMES)}; got {unknown}")
+    config = yaml.safe_load(CONFIG.read_text())
+    exp = build_model(config)
+    options = DecodeOptions(beam_size=config["beam_size"], asr_beam_size=config["asr_beam_size"],
+                            asr_ctc_weight=config["asr_ctc_weight"], maxlenratio=-float(config["st_steps"]),
+                            asr_maxlenratio=-float(config["asr_steps"]))
+    float_bundle = load(exp, options)
+    test = preload(load_test_set(defaults.data_path(), "tst-COMMON"), float_bundle.sample_rate, limit=args.utterances)
+    print(f"seed-scale model: {count_parameters(float_bundle.model):,} parameters; "
+          f"{len(test.utterances)} utterances, {test.audio_seconds:.1f} s audio", file=sys.stderr)
+
+    runners: dict[str, Runner] = {}
+    sizes: dict[str, tuple[float, int]] = {}
+    for scheme in schemes:
+        started = time.perf_counter()
+        runners[scheme] = Runner.from_bundle(float_bundle, plugins=SCHEMES[scheme])
+        model = runners[scheme].bundle.model
+        sizes[scheme] = (state_dict_bytes(model) / 1e6, count_parameters(model))
+        print(f"prepared {scheme} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+
+    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for threads in [int(t) for t in args.threads.split(",")]:
+        torch.set_num_threads(threads)
+        for repeat in range(args.repeats):
+            for scheme in schemes:  # interleaved
+                results.setdefault((scheme, threads), []).append(measure(runners[scheme], test.utterances, args.warmup))
+                last = results[(scheme, threads)][-1]
+                print(f"threads {threads} repeat {repeat + 1} {scheme}: {last['mean']:.3f} s", file=sys.stderr)
+    text = render(results, sizes, schemes, args, config, count_parameters(float_bundle.model), len(test.utterances))
+    args.doc.parent.mkdir(parents=True, exist_ok=True)
+    args.doc.write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+def render(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: dict[str, tuple[float, int]],
+           schemes: list[str], args: argparse.Namespace, config: dict[str, Any], parameters: int, n: int) -> str:
+    env = manifest()
+    command = "python -m benchmarks.seed_scale " + " ".join(sys.argv[1:])
+    lines = [
+        "# Benchmarks at the seed's model scale",
+        "",
+        f"Generated by `{command.strip()}`. Model: `configs/models/seed-scale.yaml` ({parameters:,} parameters, "
+        f"random weights, seed {config['seed']}); {n} utterances of the embedded tst-COMMON; beam {config['beam_size']}"
+        f"/ASR beam {config['asr_beam_size']}, exactly {config['asr_steps']} ASR and {config['st_steps']} ST decoding "
+        f"steps per utterance; {args.warmup} warm-up utterance(s) per measurement; {args.repeats} repeat(s) in "
+        "interleaved order. Ratios are to fp32 in the same repeat and thread count: min / median / max.",
+        "",
+        "| scheme | threads | size MB | size ratio | params | latency s (median) | latency ratio min / med / max |"
+        + "".join(f" {s} |" for s in STAGES),
+        "|---|---|---|---|---|---|---|" + "---|" * len(STAGES),
+    ]
+    for threads in sorted({t for _, t in results}):
+        base = results[("fp32", threads)]
+        for scheme in schemes:
+            runs = results[(scheme, threads)]
+            ratios = sorted(r["mean"] / b["mean"] for r, b in zip(runs, base))
+            median = statistics.median(r["mean"] for r in runs)
+            stages = {s: statistics.median(r["stages"][s] for r in runs) for s in STAGES}
+            size, params = sizes[scheme]
+            lines.append(
+                f"| {scheme} | {threads} | {size:.1f} | {size / sizes['fp32'][0]:.2f}x | {params:,} | {median:.3f} | "
+                f"{ratios[0]:.2f} / {statistics.median(ratios):.2f} / {ratios[-1]:.2f} |"
+                + "".join(f" {stages[s]:.3f} |" for s in STAGES))
+    lines += ["", "Stage columns are mean seconds per utterance (median over repeats).", "",
+              "## Environment", "", "```", *(f"{k}: {v}" for k, v in env.items()), "```", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
