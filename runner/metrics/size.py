@@ -28,9 +28,9 @@ def count_parameters(model: torch.nn.Module) -> int:
     """
     total = sum(p.numel() for p in model.parameters())
     for module in model.modules():
-        if type(module).__module__.startswith("torch.ao.nn.quantized") and not isinstance(
-            getattr(module, "weight", None), torch.nn.Parameter
-        ):
+        kind = type(module).__module__
+        # torch.ao.nn.quantized.* and fused torch.ao.nn.intrinsic.quantized.* (LinearReLU, ...)
+        if kind.startswith("torch.ao.nn.") and ".quantized" in kind and callable(getattr(module, "weight", None)):
             total += _tensor_numel(getattr(module, "weight", None))
             total += _tensor_numel(getattr(module, "bias", None))
     return total

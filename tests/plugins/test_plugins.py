@@ -91,6 +91,7 @@ def test_static_int8_runs_quantized_kernels_inside_beam_search(tiny_exp: Path, c
         module.register_forward_hook(lambda *args: calls.append(1))
     result = translate(runner.bundle.speech2text, SPEECH)
     assert result.tokens and len(calls) > len(quantized)  # every step of the search ran int8 Linears
+    assert count_parameters(model) == runner.bundle.float_parameters
     report = runner.evaluate(corpus_with_dev, split="tst-COMMON", warmup=1)
     assert report.conditions["dtype"] == "qint8" and len(report.hypotheses()) == 5
 
@@ -102,6 +103,7 @@ def test_static_int8_block_granularity_fuses_feed_forward_blocks(tiny_exp: Path,
     ffn = runner.bundle.model.decoder.decoders[0].feed_forward
     assert type(ffn).__name__ == "QuantWrapper" and type(ffn.module.w_1).__name__ == "LinearReLU"
     assert runner.plugins[0].details["feed_forward_blocks"] == 1
+    assert count_parameters(runner.bundle.model) == runner.bundle.float_parameters
     assert translate(runner.bundle.speech2text, SPEECH).tokens
 
 
