@@ -6,11 +6,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from runner.decode import DecodeOptions
 from runner.errors import RunnerError
 from runner.plugin import PluginSpec
+from runner.yamlio import read_yaml_mapping
 from runner.plugin import resolve as resolve_plugins
 
 QUANT_PLUGINS = ("dynamic-int8", "dynamic-fp16", "static-int8", "bf16")
@@ -32,18 +31,7 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise RunnerError(f"{path}: run config not found")
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark else ""
-            raise RunnerError(f"{path}{where}: invalid YAML ({getattr(error, 'problem', error)})") from None
-        if not isinstance(values, dict):
-            raise RunnerError(f"{path}: expected a mapping at the top level")
-        return cls.from_dict(values, str(path))
+        return cls.from_dict(read_yaml_mapping(path, "run config"), str(path))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], origin: str) -> RunConfig:

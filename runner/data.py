@@ -19,6 +19,7 @@ import yaml
 
 from runner.audio import audio_info, read_audio, resample
 from runner.errors import RunnerError
+from runner.yamlio import read_yaml
 
 _YamlLoader = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
 _PAIR = re.compile(r"^([a-z]{2,3})-([a-z]{2,3})$")
@@ -160,12 +161,7 @@ def _languages_from_files(txt: Path, split: str) -> tuple[str, str]:
 
 
 def _read_segment_yaml(path: Path) -> list[dict]:
-    try:
-        entries = yaml.load(path.read_text(encoding="utf-8"), Loader=_YamlLoader)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise RunnerError(f"{path}{where}: invalid YAML ({getattr(error, 'problem', error)})") from None
+    entries = read_yaml(path, "segment list", loader=_YamlLoader)  # all strings, as fairseq's prep reads it
     if entries is None:
         return []
     if not isinstance(entries, list):

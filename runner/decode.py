@@ -15,8 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
-
 from runner.errors import RunnerError
 
 STAGES = ("frontend", "encoder", "asr_search", "md_encoder", "st_search")
@@ -58,15 +56,9 @@ class DecodeOptions:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> DecodeOptions:
-        path = Path(path)
-        if not path.is_file():
-            raise RunnerError(f"{path}: decoding config not found")
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise RunnerError(f"{path}: invalid YAML ({getattr(error, 'problem', error)})") from None
-        if not isinstance(values, dict):
-            raise RunnerError(f"{path}: expected a mapping of decoding options")
+        from runner.yamlio import read_yaml_mapping
+
+        values = read_yaml_mapping(path, "decoding config")
         values = values.get("decode", values)
         return cls.from_dict({**values, **(overrides or {})}, origin=str(path))
 

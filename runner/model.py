@@ -22,6 +22,7 @@ from runner import _espnet
 from runner.decode import DecodeOptions, keep_pre_x_on_retry
 from runner.errors import RunnerError
 from runner.metrics.size import count_parameters, state_dict_bytes
+from runner.yamlio import read_yaml
 
 MODEL_FILE_NAMES = (
     "valid.acc.ave.pth",
@@ -124,10 +125,7 @@ def _unpack(archive: Path) -> tuple[Path, Path]:
 
 def _resolve_config_paths(config: Path) -> Path:
     """Rewrite relative file paths in config.yaml that do not exist from the current directory."""
-    try:
-        data = yaml.safe_load(config.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise RunnerError(f"{config}: invalid YAML ({getattr(error, 'problem', error)})") from None
+    data = read_yaml(config, "training config")
     if not isinstance(data, dict):
         raise RunnerError(f"{config}: not an ESPnet training config")
     roots = [config.parent, *list(config.parent.resolve().parents)[:4]]

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from runner import defaults
 from runner.config import QUANT_PLUGINS, RunConfig
 from runner.data import PreloadedSet
@@ -28,6 +26,7 @@ from runner.errors import RunnerError
 from runner.plugin import PluginSpec
 from runner.plugin import resolve as resolve_plugins
 from runner.report import Report
+from runner.yamlio import read_yaml_mapping
 
 SWEEP_KEYS = ("repeats", "grid")
 
@@ -42,16 +41,7 @@ class SweepConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> SweepConfig:
         path = Path(path)
-        if not path.is_file():
-            raise RunnerError(f"{path}: sweep config not found")
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark else ""
-            raise RunnerError(f"{path}{where}: invalid YAML ({getattr(error, 'problem', error)})") from None
-        if not isinstance(values, dict):
-            raise RunnerError(f"{path}: expected a mapping at the top level")
+        values = read_yaml_mapping(path, "sweep config")
         run = RunConfig.from_dict({k: v for k, v in values.items() if k not in SWEEP_KEYS}, str(path))
         grid = values.get("grid") or {}
         if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
@@ -181,7 +171,7 @@ class Sweep:
         return self.out / "results.jsonl"
 
     def run(self) -> list[dict[str, Any]]:
-        from runner.model import file_hash, load
+        from runner.model import file_hash
         from runner.runner import EvaluateOptions, Runner
 
         run = self.config.run
