@@ -221,6 +221,20 @@ def demo_train(
     typer.echo(f"exported {exported}")
 
 
+@demo_app.command("export")
+def demo_export(
+    work: Path = typer.Option(Path("exp/demo"), help="The training scratch directory"),
+    out: Path = typer.Option(defaults.DEMO_MODEL, help="Where to export the experiment directory"),
+) -> None:
+    """Export a (possibly stopped) training run: average its kept epoch snapshots, copy what the config names."""
+    from runner.demo.train import export
+
+    try:
+        typer.echo(f"exported {export(work / 'exp', out)}")
+    except RunnerError as error:
+        fail(str(error))
+
+
 def main() -> None:  # pragma: no cover - console entry for `python -m runner.cli`
     app()
 

@@ -21,11 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import soundfile
+import torch
 import yaml
 
 from runner import _espnet
 from runner.audio import read_audio
 from runner.data import read_mustc
+from runner.errors import RunnerError
 from runner.metrics.wer import normalize
 
 SPLITS = {"train": "train", "valid": "dev"}
@@ -165,5 +167,22 @@ def export(exp: Path, out: Path) -> Path:
         config.pop(key, None)
     (out / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
     averaged = exp / "valid.acc.ave.pth"
-    shutil.copyfile(averaged.resolve(), out / "valid.acc.ave.pth")
+    if averaged.exists():
+        shutil.copyfile(averaged.resolve(), out / "valid.acc.ave.pth")
+    else:  # training stopped early: average the kept (n-best by valid acc) epoch snapshots ourselves
+        torch.save(average_snapshots(sorted(exp.glob("*epoch.pth"))), out / "valid.acc.ave.pth")
     return out
+
+
+def average_snapshots(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of state_dicts, as ESPnet's average_nbest_models does (integer buffers summed as ints)."""
+    if not paths:
+        raise RunnerError("no epoch snapshots (*epoch.pth) to average")
+    states = [torch.load(p, map_location="cpu") for p in paths]
+    averaged = {}
+    for key, value in states[0].items():
+        if value.is_floating_point():
+            averaged[key] = sum(s[key] for s in states) / len(states)
+        else:
+            averaged[key] = value  # e.g. num_batches_tracked
+    return averaged
