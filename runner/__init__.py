@@ -1,3 +1,29 @@
-"""st-runner: load an ESPnet speech-translation model, change it with plugins, measure it."""
+"""st-runner: load an ESPnet speech-translation model, change it with plugins, measure it.
+
+    from runner import Runner
+    report = Runner("data/model", plugins=["dynamic-int8"]).evaluate("data/mustc-demo", limit=20)
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["DecodeOptions", "Report", "Runner", "RunnerError", "Translation"]
+
+_EXPORTS = {
+    "Runner": "runner.runner",
+    "DecodeOptions": "runner.decode",
+    "Translation": "runner.decode",
+    "Report": "runner.report",
+    "RunnerError": "runner.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `runner --help` does not pay for importing torch and ESPnet.
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'runner' has no attribute {name!r}")

@@ -162,3 +162,10 @@ def test_a_failing_utterance_keeps_the_finished_results(tiny_exp: Path, corpus: 
     document = json.loads(out.read_text())
     assert document["data"]["complete"] is False and document["data"]["planned_n"] == 5
     assert len(document["utterances"]) == 2 and document["metrics"]["latency"]["count"] == 1
+
+
+def test_package_exports_the_library_api() -> None:
+    import runner as package
+
+    assert package.Runner is Runner and package.DecodeOptions is DecodeOptions
+    assert package.RunnerError is RunnerError
