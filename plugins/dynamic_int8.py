@@ -17,6 +17,7 @@ class DynamicConfig:
     module_types: list[str] = field(default_factory=lambda: ["Linear", "LSTM", "GRU"])
     engine: str = "auto"  # x86, fbgemm, onednn, qnnpack or auto (the best this CPU supports)
     skip: list[str] = field(default_factory=list)  # module-name globs left in float, e.g. decoder.output_layer
+    per_channel: bool = False  # int8 only: a scale per output channel (more accurate, larger: float64+int64 per channel)
 
     def validate(self) -> None:
         check_parts(self.parts)
@@ -38,8 +39,12 @@ class DynamicInt8(Plugin):
         engine = select_engine(self.config.engine)
         types = tuple(MODULE_TYPES[t] for t in self.config.module_types)
         names = [name for name, _ in named_targets(bundle.model, self.config.parts, types, self.config.skip)]
-        qconfig = (torch.ao.quantization.default_dynamic_qconfig if self.dtype == torch.qint8
-                   else torch.ao.quantization.float16_dynamic_qconfig)
+        if self.dtype == torch.float16:
+            qconfig = torch.ao.quantization.float16_dynamic_qconfig
+        elif self.config.per_channel:
+            qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+        else:
+            qconfig = torch.ao.quantization.default_dynamic_qconfig
         # In place, on the model Speech2Text holds: its beam searches keep seeing the same decoders.
         torch.ao.quantization.quantize_dynamic(bundle.model, {name: qconfig for name in names}, dtype=self.dtype,
                                                inplace=True)

@@ -63,6 +63,14 @@ def test_dynamic_int8_shrinks_a_linear_dominated_model_threefold(tmp_path: Path)
     assert count_parameters(quantized.bundle.model) == count_parameters(float_runner.bundle.model)
 
 
+def test_dynamic_int8_weight_granularity(tiny_exp: Path) -> None:
+    schemes = {}
+    for per_channel in (True, False):
+        runner = Runner(tiny_exp, threads=1, plugins=[{"name": "dynamic-int8", "per_channel": per_channel}])
+        schemes[per_channel] = runner.bundle.model.decoder.output_layer.weight().qscheme()
+    assert schemes == {True: torch.per_channel_affine, False: torch.per_tensor_affine}
+
+
 def test_dynamic_fp16_uses_float16_weights(tiny_exp: Path) -> None:
     runner = Runner(tiny_exp, threads=1, plugins=["dynamic-fp16"])
     layer = runner.bundle.model.decoder.output_layer
