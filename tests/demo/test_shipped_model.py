@@ -8,7 +8,7 @@ from runner.runner import Runner
 
 # Measured on the first 20 committed tst-COMMON utterances: see README ("The embedded default").
 # The threshold sits far below it: it catches a broken model or pipeline, not noise.
-BLEU_FLOOR = {BLEU_FLOOR}
+BLEU_FLOOR = 50.0  # measured: 80.3 (fp32, hop 160, beam 5/5, 2 threads)
 
 
 def test_shipped_model_is_a_multidecoder_with_speech_attention() -> None:
