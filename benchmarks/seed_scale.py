@@ -36,6 +36,8 @@ SCHEMES: dict[str, list[Any]] = {
     "dynamic-int8-decoders": [{"name": "dynamic-int8", "parts": ["extra_asr_decoder", "decoder", "ctc"]}],
     "dynamic-fp16": ["dynamic-fp16"],
     "static-int8": [{"name": "static-int8", "calibration_size": 4, "granularity": "block"}],
+    "static-int8-all": [{"name": "static-int8", "calibration_size": 4, "granularity": "block",
+                         "parts": ["encoder", "extra_asr_decoder", "md_encoder", "decoder", "ctc"]}],
     "bf16": ["bf16"],
 }
 ANALYSIS = "## Analysis"
