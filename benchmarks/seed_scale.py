@@ -12,6 +12,8 @@ written to docs/benchmarks.md (or --doc).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import statistics
 import sys
 import time
@@ -46,13 +48,11 @@ CONFIG = defaults.REPO_ROOT / "configs" / "models" / "seed-scale.yaml"
 
 def build_model(config: dict[str, Any]) -> Path:
     """The random-weight seed-scale experiment directory (built once, cached by its config)."""
-    import hashlib
-    import json
-
     key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     exp = cache_dir() / "seed-scale" / key
     if (exp / "valid.acc.ave.pth").is_file():
         return exp
+
     def tokens(n: int, prefix: str) -> list[str]:
         return SPECIALS_HEAD[:2] + [f"▁{prefix}{i}" for i in range(n - 3)] + SPECIALS_TAIL
     model_config = md_config(tokens(config["tgt_vocab"], "de"), tokens(config["src_vocab"], "en"),
@@ -70,8 +70,7 @@ def measure(runner: Runner, utterances: list[Any], warmup: int) -> dict[str, Any
         translate(runner.bundle.speech2text, utterance.waveform)
     results = [translate(runner.bundle.speech2text, u.waveform) for u in utterances]
     return {"mean": statistics.mean(r.seconds for r in results),
-            "stages": {s: statistics.mean(r.stages.get(s, 0.0) for r in results) for s in STAGES},
-            "st_tokens": statistics.mean(len(r.tokens) for r in results)}
+            "stages": {s: statistics.mean(r.stages.get(s, 0.0) for r in results) for s in STAGES}}
 
 
 def main(argv: list[str] | None = None) -> int:

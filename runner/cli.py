@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from runner import defaults
-from runner.decode import DecodeOptions
 from runner.errors import RunnerError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -34,14 +32,6 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
     return overrides
 
 
-def decode_options(config: Optional[Path], overrides: list[str]) -> DecodeOptions:
-    values = parse_overrides(overrides)
-    path = config or (defaults.DECODE_CONFIG if defaults.DECODE_CONFIG.is_file() else None)
-    if path is None:
-        return DecodeOptions.from_dict(values, origin="--set")
-    return DecodeOptions.from_yaml(path, values)
-
-
 @app.command()
 def translate(
     model: Optional[Path] = typer.Option(None, help="Experiment dir, config.yaml, .pth or packed .zip [default: data/model]"),
@@ -63,7 +53,7 @@ def translate(
     progress: bool = typer.Option(True, help="Show progress bars"),
 ) -> None:
     """Translate a test set and report size, parameters, BLEU, chrF, source WER and latency."""
-    from runner.config import RunConfig, plugin_specs
+    from runner.config import RunConfig, decode_options, plugin_specs
     from runner.runner import EvaluateOptions, Runner
 
     try:
@@ -73,7 +63,7 @@ def translate(
         for name, value in given.items():
             if value is not None:
                 setattr(run, name, str(value) if isinstance(value, Path) else value)
-        decode = decode_options(decode_config, [*(f"{k}={v}" for k, v in run.decode.items()), *set_])
+        decode = decode_options({**run.decode, **parse_overrides(set_)}, decode_config)
         runner = Runner(run.model, decode, threads=run.threads, model_file=model_file,
                         plugins=plugin_specs(run.plugins, quant, hop), calibration_data=run.data)
         if runner.model_note:
@@ -235,9 +225,5 @@ def demo_export(
         fail(str(error))
 
 
-def main() -> None:  # pragma: no cover - console entry for `python -m runner.cli`
+if __name__ == "__main__":  # pragma: no cover - `python -m runner.cli`
     app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from runner import defaults
 from runner.decode import DecodeOptions
 from runner.errors import RunnerError
 from runner.plugin import PluginSpec
@@ -61,6 +62,17 @@ class RunConfig:
         except RunnerError as error:
             raise RunnerError(f"{origin}: {error}") from None
         return config
+
+
+def decode_options(values: dict[str, Any] | None = None, config: str | Path | None = None) -> DecodeOptions:
+    """Decoding options: `config` (default: configs/decode.yaml, when present) overlaid with `values`.
+
+    `runner translate` and `runner sweep` both decode with this, so the two measure alike.
+    """
+    path = config or (defaults.DECODE_CONFIG if defaults.DECODE_CONFIG.is_file() else None)
+    if path is None:
+        return DecodeOptions.from_dict(values or {}, origin="decoding options")
+    return DecodeOptions.from_yaml(path, values)
 
 
 def plugin_specs(base: list[PluginSpec], quant: str | None, hop: int | None) -> list[PluginSpec]:

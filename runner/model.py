@@ -9,6 +9,7 @@ copied anywhere still loads.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -56,6 +57,11 @@ class ModelFiles:
     @property
     def file_bytes(self) -> int:
         return self.model_file.stat().st_size
+
+    @functools.cached_property
+    def content_hash(self) -> str:
+        """sha256 prefix of the weights, read once however many reports (or bundle copies) ask."""
+        return file_hash(self.model_file)
 
 
 def locate(path: str | Path, model_file: str | Path | None = None) -> ModelFiles:

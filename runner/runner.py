@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from runner.errors import RunnerError
 from runner.metrics.bleu import corpus_bleu, corpus_chrf
 from runner.metrics.latency import latency_stats
 from runner.metrics.wer import corpus_wer
-from runner.model import ModelBundle, file_hash, load
+from runner.model import ModelBundle, load
 from runner.plugin import Plugin, PluginSpec
 from runner.plugin import resolve as resolve_plugins
 from runner.report import Report
@@ -110,7 +110,7 @@ class Runner:
     def preload(self, options: EvaluateOptions) -> PreloadedSet:
         data = options.data if options.data is not None else defaults.data_path()
         test_set = load_test_set(data, options.split, options.text)
-        progress = _bar("preload", len(test_set.segments)) if options.progress else None
+        progress = _bar("preload") if options.progress else None
         return preload(
             test_set,
             self.sample_rate,
@@ -143,7 +143,7 @@ class Runner:
         torch.set_num_threads(self.threads)
         iterator: Iterable = utterances
         if options.progress:
-            iterator = _bar("decode", len(utterances))(utterances)
+            iterator = _bar("decode")(utterances)
         translations: list[Translation] = []
         try:
             for utterance in iterator:
@@ -193,7 +193,7 @@ class Runner:
                 "config": str(files.config),
                 "model_file": str(files.model_file),
                 "packed": files.packed,
-                "content_hash": file_hash(files.model_file),
+                "content_hash": files.content_hash,
                 "note": self.model_note,
                 "summary": summary,
             },
@@ -249,7 +249,7 @@ def _segment_key(segment: Segment) -> tuple[str, int, int]:
     return (str(segment.audio_path.resolve()), segment.start, segment.frames)
 
 
-def _bar(description: str, total: int):
+def _bar(description: str) -> Callable[[Iterable], Iterable]:
     from tqdm import tqdm
 
     def wrap(items: Iterable) -> Iterable:

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from runner import defaults
-from runner.config import QUANT_PLUGINS, RunConfig
+from runner.config import QUANT_PLUGINS, RunConfig, decode_options
 from runner.data import PreloadedSet
-from runner.decode import DecodeOptions
 from runner.errors import RunnerError
 from runner.plugin import PluginSpec
 from runner.plugin import resolve as resolve_plugins
@@ -171,20 +170,19 @@ class Sweep:
         return self.out / "results.jsonl"
 
     def run(self) -> list[dict[str, Any]]:
-        from runner.model import file_hash
         from runner.runner import EvaluateOptions, Runner
 
         run = self.config.run
         self.out.mkdir(parents=True, exist_ok=True)
         if self.jsonl.exists() and self.jsonl.stat().st_size and not self.resume:
             raise RunnerError(f"{self.jsonl}: holds results already; pass --resume to continue or choose another --out")
-        decode = DecodeOptions.from_dict(run.decode, origin=f"{self.config.source}: decode")
+        decode = decode_options(run.decode)
         model_path, note = (run.model, None) if run.model else defaults.model_path()
         base = Runner(model_path, decode, threads=run.threads)
         options = EvaluateOptions(data=run.data, split=run.split, text=run.text, limit=run.limit, sample=run.sample,
                                   seed=run.seed, warmup=run.warmup, progress=self.progress)
         preloaded = base.preload(options)
-        identity = {"model": file_hash(base.bundle.files.model_file), "data": preloaded.content_hash,
+        identity = {"model": base.bundle.files.content_hash, "data": preloaded.content_hash,
                     "decode": decode.speech2text_kwargs(), "threads": base.threads, "warmup": run.warmup,
                     "repeats": self.config.repeats}
         plans = self.config.plan()
@@ -228,10 +226,9 @@ class Sweep:
 
     def _write_env(self, base: Any, preloaded: PreloadedSet, note: str | None) -> None:
         from runner.environment import manifest
-        from runner.model import file_hash
 
         env = {**manifest(), "model": str(base.bundle.files.origin),
-               "model_content_hash": file_hash(base.bundle.files.model_file), "model_note": note,
+               "model_content_hash": base.bundle.files.content_hash, "model_note": note,
                "data": str(preloaded.test_set.path), "split": preloaded.test_set.split,
                "data_content_hash": preloaded.content_hash, "n": len(preloaded.utterances),
                "sweep_config": self.config.source, "command": " ".join(sys.argv)}

@@ -42,7 +42,7 @@ def dump_split(corpus: Path, split: str, out: Path) -> int:
     """Cut every segment to its own 16-bit WAV and write wav.scp, text.tc.de, text.lc.rm.en."""
     test_set = read_mustc(corpus, split)
     (out / "wav").mkdir(parents=True, exist_ok=True)
-    scp, targets, sources, lengths = [], [], [], []
+    scp, targets, sources = [], [], []
     for segment in test_set.segments:
         waveform, rate = read_audio(segment.audio_path, segment.start, segment.frames)
         path = (out / "wav" / f"{segment.id}.wav").resolve()
@@ -50,8 +50,7 @@ def dump_split(corpus: Path, split: str, out: Path) -> int:
         scp.append(f"{segment.id} {path}")
         targets.append(f"{segment.id} {segment.reference}")
         sources.append(f"{segment.id} {lc_rm(segment.source or '')}")
-        lengths.append(f"{segment.id} {len(waveform)}")
-    for name, lines in (("wav.scp", scp), ("text.tc.de", targets), ("text.lc.rm.en", sources), ("speech_shape", lengths)):
+    for name, lines in (("wav.scp", scp), ("text.tc.de", targets), ("text.lc.rm.en", sources)):
         (out / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return len(scp)
 
