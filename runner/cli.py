@@ -118,6 +118,37 @@ def sweep(
         fail(f"{len(failed)} run(s) failed (see summary.md); rerun with --resume to retry them", 1)
 
 
+@app.command()
+def serve(
+    model: Optional[Path] = typer.Option(None, help="Experiment dir, config.yaml, .pth or packed .zip [default: data/model]"),
+    model_file: Optional[Path] = typer.Option(None, help="Model weights, when the directory holds several .pth"),
+    quant: list[str] = typer.Option([], help="Serve this scheme (none/fp32, dynamic-int8, ...); repeat to serve several"),
+    hop: Optional[int] = typer.Option(None, help="Frontend STFT hop length in samples, for every served model"),
+    threads: Optional[int] = typer.Option(None, help="Intra-op threads [default: all cores]"),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)"),
+    port: int = typer.Option(8000, help="Port to listen on"),
+    max_queue: int = typer.Option(32, help="Requests that may wait behind the one being decoded; more get 503"),
+    max_mb: float = typer.Option(20.0, help="Largest upload in MB"),
+    max_seconds: float = typer.Option(60.0, help="Longest audio in seconds"),
+    decode_config: Optional[Path] = typer.Option(None, help="Decoding YAML [default: configs/decode.yaml]"),
+    set_: list[str] = typer.Option([], "--set", help="Override a decoding option, e.g. --set beam_size=4"),
+) -> None:
+    """Serve translation over HTTP: POST /translate, GET /health, /info, and a web page at /."""
+    from runner.config import decode_options
+    from runner.serve import ServeLimits, load_models
+    from runner.serve import serve as run_server
+
+    if max_queue < 0 or max_mb <= 0 or max_seconds <= 0:
+        fail("--max-queue must be 0 or more; --max-mb and --max-seconds must be positive")
+    try:
+        decode = decode_options(parse_overrides(set_), decode_config)
+        models = load_models(model, quant, hop, decode, threads, model_file)
+        typer.echo(f"serving {', '.join(models)} on http://{host}:{port}/", err=True)
+        run_server(models, host, port, ServeLimits(int(max_mb * 1e6), max_seconds, max_queue))
+    except RunnerError as error:
+        fail(str(error))
+
+
 @app.command("plugins")
 def list_plugins() -> None:
     """List the plugins registered under the `runner.plugins` entry-point group, with their options."""

@@ -80,6 +80,6 @@ def plugin_specs(base: list[PluginSpec], quant: str | None, hop: int | None) -> 
     specs = list(base)
     if hop is not None:
         specs = [s for s in specs if s.name != "hop"] + [PluginSpec("hop", {"hop_length": hop})]
-    if quant is not None and quant != "none":
+    if quant is not None and quant not in ("none", "fp32"):
         specs = [s for s in specs if s.name not in QUANT_PLUGINS] + [PluginSpec(quant)]
     return specs

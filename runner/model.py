@@ -21,7 +21,7 @@ import yaml
 
 from runner import _espnet
 from runner.decode import DecodeOptions, keep_pre_x_on_retry
-from runner.errors import RunnerError
+from runner.errors import RunnerError, first_line
 from runner.metrics.size import count_parameters, state_dict_bytes
 from runner.yamlio import read_yaml
 
@@ -121,7 +121,7 @@ def _unpack(archive: Path) -> tuple[Path, Path]:
     try:
         files = unpack(archive, target)
     except Exception as error:
-        raise RunnerError(f"{archive}: not an ESPnet packed model ({str(error).splitlines()[0]})") from None
+        raise RunnerError(f"{archive}: not an ESPnet packed model ({first_line(error)})") from None
     config = files.get("st_train_config") or next((v for k, v in files.items() if k.endswith("train_config")), None)
     weights = files.get("st_model_file") or next((v for k, v in files.items() if k.endswith("model_file")), None)
     if not config or not weights:
@@ -265,8 +265,7 @@ def load(path: str | Path, options: DecodeOptions | None = None, model_file: str
                 st_train_config=str(files.config), st_model_file=str(files.model_file), **options.speech2text_kwargs()
             )
     except (FileNotFoundError, RuntimeError, KeyError, AssertionError, TypeError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RunnerError(f"{files.origin}: ESPnet could not load the model ({first})") from None
+        raise RunnerError(f"{files.origin}: ESPnet could not load the model ({first_line(error)})") from None
     bundle = ModelBundle(speech2text, files, options)
     keep_pre_x_on_retry(speech2text.beam_search)
     return bundle

@@ -18,7 +18,7 @@ from runner.audio import resample, to_mono_float
 from runner.data import PreloadedSet, Segment, load_test_set, preload
 from runner.decode import STAGES, DecodeOptions, Translation, translate
 from runner.environment import manifest, set_threads
-from runner.errors import RunnerError
+from runner.errors import RunnerError, first_line
 from runner.metrics.bleu import corpus_bleu, corpus_chrf
 from runner.metrics.latency import latency_stats
 from runner.metrics.wer import corpus_wer
@@ -150,9 +150,8 @@ class Runner:
                 try:
                     translations.append(translate(self.bundle.speech2text, utterance.waveform))
                 except Exception as error:  # ESPnet's TooShortUttError, shape errors, ...: name the utterance
-                    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                    raise RunnerError(
-                        f"{utterance.segment.audio_path}: decoding '{utterance.segment.id}' failed ({reason})") from None
+                    raise RunnerError(f"{utterance.segment.audio_path}: decoding '{utterance.segment.id}' "
+                                      f"failed ({first_line(error)})") from None
         except (RunnerError, KeyboardInterrupt) as error:
             # Keep what finished: the caller can still save these utterances' figures.
             error.partial_report = self._partial_report(preloaded, options, translations)  # type: ignore[union-attr]

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +139,84 @@ def copy_tree(source: Path, target: Path) -> Path:
 
 def load_yaml(path: Path) -> object:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+# --- a live `runner serve` on the shipped demo model (tests/test_serve.py, tests/test_web.py) ---
+
+SERVED = 5  # demo test utterances the serving tests upload
+
+
+@dataclass
+class Utterance:
+    id: str
+    path: Path  # the segment alone, 16 kHz mono FLAC
+    translation: str  # what `runner translate` printed for it
+    transcript: str | None
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runner.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="session")
+def served_utterances(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Utterance]]:
+    """The first demo test utterances cut to files, with `runner translate`'s output for each scheme."""
+    from runner import defaults
+    from runner.audio import read_audio
+    from runner.data import load_test_set
+
+    root = tmp_path_factory.mktemp("served")
+    segments = load_test_set(defaults.data_path(), "tst-COMMON").segments[:SERVED]
+    paths = []
+    for segment in segments:
+        waveform, rate = read_audio(segment.audio_path, segment.start, segment.frames)
+        paths.append(root / f"{segment.id}.flac")
+        soundfile.write(str(paths[-1]), waveform, rate, subtype="PCM_16")
+    expected = {}
+    for quant in ("none", "dynamic-int8"):
+        report = root / f"{quant}.json"
+        done = run_cli("translate", "--limit", str(SERVED), "--quant", quant, "--no-progress", "--out", str(report))
+        assert done.returncode == 0, done.stderr
+        rows = json.loads(report.read_text())["utterances"]
+        expected["fp32" if quant == "none" else quant] = [
+            Utterance(row["id"], path, row["hypothesis"], row["source_hypothesis"]) for row, path in zip(rows, paths)]
+    return expected
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def live_server(log: Path, *args: str) -> Iterator[str]:
+    """`runner serve ARGS` on a free loopback port; yields its base URL once /health answers."""
+    port = free_port()
+    with log.open("w") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "runner.cli", "serve", "--port", str(port), *args],
+                                   stdout=log_file, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 300
+            while True:
+                assert process.poll() is None, f"runner serve exited: {log.read_text()}"
+                assert time.monotonic() < deadline, f"runner serve did not start: {log.read_text()}"
+                try:
+                    if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The demo model served as fp32 and dynamic-int8, default limits."""
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    with live_server(log, "--quant", "none", "--quant", "dynamic-int8") as url:
+        yield url

@@ -1,0 +1,98 @@
+"""The web page at / in headless Chromium: upload a demo utterance, read the translation off the page."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import Utterance
+
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "results" / "screenshots"
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        message = "Debian's chromium is not installed (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI installs it: a missing browser there is a broken set-up, not a skip
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture()
+def page(server: str):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        page.goto(server)
+        yield page
+        browser.close()
+
+
+def test_page_translates_an_uploaded_utterance(page, served_utterances: dict[str, list[Utterance]]) -> None:
+    from playwright.sync_api import expect
+
+    for model in ("fp32", "dynamic-int8"):
+        utterance = served_utterances[model][2]
+        page.select_option("#model", model)
+        expect(page.locator("#model-info")).to_contain_text("parameters, hop 160")
+        page.set_input_files("#file", str(utterance.path))
+        page.click("#translate")
+        expect(page.locator("#status")).to_contain_text("done in", timeout=60_000)
+        assert page.inner_text("#translation") == utterance.translation
+        assert page.inner_text("#transcript") == utterance.transcript
+        assert "st_search" in page.inner_text("#latency")
+        plugins = "none (fp32)" if model == "fp32" else model
+        expect(page.locator("#conditions")).to_contain_text(f"model {model}: plugins {plugins}; hop 160")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / f"serve-page-{model}.png"), full_page=True)
+
+
+def test_page_shows_the_servers_error(page, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    not_audio = tmp_path / "notes.wav"
+    not_audio.write_text("these are not samples")
+    page.set_input_files("#file", str(not_audio))
+    page.click("#translate")
+    expect(page.locator("#status")).to_contain_text("415: not a readable audio file")
+    expect(page.locator("#status")).to_have_class("error")
+
+
+def test_page_records_from_the_microphone(server: str, served_utterances: dict[str, list[Utterance]],
+                                          tmp_path: Path) -> None:
+    """Chromium's fake microphone plays a demo utterance; the page records it as WAV and translates it."""
+    import soundfile
+    from playwright.sync_api import expect, sync_playwright
+
+    utterance = served_utterances["fp32"][3]
+    speech, rate = soundfile.read(str(utterance.path), dtype="int16")
+    microphone = tmp_path / "microphone.wav"
+    soundfile.write(str(microphone), speech, rate, subtype="PCM_16")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=[
+            "--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={microphone}"])
+        page = browser.new_context(permissions=["microphone"]).new_page()
+        page.goto(server)
+        page.click("#record")
+        expect(page.locator("#record")).to_have_text("Stop")
+        page.wait_for_timeout(3000)
+        page.click("#record")
+        expect(page.locator("#status")).to_contain_text("recording.wav ready")
+        page.click("#translate")
+        expect(page.locator("#status")).to_contain_text("done in", timeout=60_000)
+        conditions = page.inner_text("#conditions")
+        heard = page.inner_text("#transcript").split()
+        browser.close()
+    assert float(conditions.split("; ")[-1].split(" s of audio")[0]) > 2.0
+    # The fake device loops the file from wherever it is when recording starts, at the browser's own
+    # rate: most of the words come back, not necessarily the exact hypothesis.
+    expected = utterance.transcript.split()
+    assert len(set(heard) & set(expected)) >= 0.6 * len(set(expected)), (heard, expected)
