@@ -1,0 +1,49 @@
+"""The README's "Embedding in your demo" examples, run as written (only the server's port changes)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import Utterance
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def embedding_examples() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Embedding in your demo", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def run_example(code: str, cwd: Path) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_readme_has_both_examples_of_at_most_ten_lines() -> None:
+    examples = embedding_examples()
+    assert len(examples) == 2
+    assert all(len(code.strip().splitlines()) <= 10 for code in examples)
+
+
+def test_library_example(tmp_path: Path, served_utterances: dict[str, list[Utterance]]) -> None:
+    utterance = served_utterances["dynamic-int8"][4]
+    shutil.copy(utterance.path, tmp_path / "utterance.flac")
+    lines = run_example(embedding_examples()[0], tmp_path)
+    assert lines[:2] == [utterance.translation, utterance.transcript]
+    assert re.match(r"\d+\.\d{3} s \{'frontend'", lines[2])
+
+
+def test_http_example(tmp_path: Path, server: str, served_utterances: dict[str, list[Utterance]]) -> None:
+    utterance = served_utterances["fp32"][4]  # the test server's default model
+    shutil.copy(utterance.path, tmp_path / "utterance.flac")
+    code = embedding_examples()[1]
+    assert "http://127.0.0.1:8000" in code
+    lines = run_example(code.replace("http://127.0.0.1:8000", server), tmp_path)
+    assert lines[0] == utterance.translation
+    assert lines[1].startswith(f"{utterance.transcript} ") and lines[1].endswith(" []")
