@@ -93,6 +93,8 @@ def sweep(
     out: Optional[Path] = typer.Option(None, help="Output directory [default: results/<config name>]"),
     resume: bool = typer.Option(False, help="Skip rows already in <out>/results.jsonl (same config hash)"),
     repeats: Optional[int] = typer.Option(None, help="Repeat every run R times in interleaved order"),
+    executor: str = typer.Option("local", help="local: one run after another here; ray: runs (or shards) as Ray tasks"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster: auto or ray://host:port [default: a local cluster]"),
     progress: bool = typer.Option(True, help="Show progress bars"),
 ) -> None:
     """Measure a grid of plugin configurations (e.g. hop x quantization) into a table, CSV/JSON and plots."""
@@ -105,7 +107,9 @@ def sweep(
             if repeats < 1:
                 fail(f"--repeats must be at least 1, got {repeats}")
             sweep_config.repeats = repeats
-        runner_sweep = Sweep(sweep_config, out, resume=resume, progress=progress)
+        if address is not None and executor != "ray":
+            fail("--address needs --executor ray")
+        runner_sweep = Sweep(sweep_config, out, resume=resume, progress=progress, executor=executor, address=address)
         rows = runner_sweep.run()
     except RunnerError as error:
         fail(str(error))
@@ -113,7 +117,9 @@ def sweep(
         fail(f"interrupted; finished rows are kept in {out / 'results.jsonl'}: rerun with --resume", 130)
     typer.echo((out / "summary.md").read_text(encoding="utf-8"))
     failed = [r for r in rows if r.get("status") != "ok"]
-    typer.echo(f"wrote {out}/summary.md, results.csv, results.json, bleu_latency.png, size.png, env.json", err=True)
+    written = [name for name in ("summary.md", "results.csv", "results.json", "bleu_latency.png", "size.png", "env.json")
+               if (out / name).is_file()]
+    typer.echo(f"wrote {out}/: {', '.join(written)}", err=True)
     if failed:
         fail(f"{len(failed)} run(s) failed (see summary.md); rerun with --resume to retry them", 1)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +72,21 @@ class PreloadedSet:
     @property
     def audio_seconds(self) -> float:
         return sum(u.seconds for u in self.utterances)
+
+    def part(self, start: int, stop: int) -> PreloadedSet:
+        """Utterances [start, stop) as a set of their own (a shard, or the finished part of a run)."""
+        utterances = self.utterances[start:stop]
+        return PreloadedSet(self.test_set, utterances, self.indices[start:stop], self.seed,
+                            sum(u.waveform.nbytes for u in utterances), content_hash(utterances))
+
+
+def content_hash(utterances: Sequence[Utterance]) -> str:
+    """What a figure was measured on: ids, references and the exact samples decoded."""
+    digest = hashlib.sha256()
+    for utterance in utterances:
+        digest.update(utterance.segment.id.encode() + b"\0" + utterance.segment.reference.encode() + b"\0")
+        digest.update(utterance.waveform.tobytes())
+    return digest.hexdigest()[:16]
 
 
 def load_test_set(path: str | Path, split: str = "tst-COMMON", text: str | None = None) -> TestSet:
@@ -258,14 +273,16 @@ def preload(
     seed: int | None = None,
     exclude_ids: Iterable[str] = (),
     progress: Callable[[Iterable], Iterable] | None = None,
+    part: tuple[int, int] | None = None,
 ) -> PreloadedSet:
-    """Read every selected segment into memory at `sample_rate`, before anything is timed."""
+    """Read every selected segment (or the selection's `part` [start, stop)) into memory at `sample_rate`."""
     excluded = set(exclude_ids)
     pool = [i for i, s in enumerate(test_set.segments) if s.id not in excluded]
     indices = [pool[i] for i in select(len(pool), limit, seed)]
+    if part is not None:
+        indices = indices[part[0]:part[1]]
     chosen = [test_set.segments[i] for i in indices]
     iterator = progress(chosen) if progress else chosen
-    digest = hashlib.sha256()
     utterances = []
     for segment in iterator:
         waveform, rate = read_audio(segment.audio_path, segment.start, segment.frames)
@@ -273,7 +290,5 @@ def preload(
             raise RunnerError(f"{segment.audio_path}: ends early, segment '{segment.id}' is cut short")
         waveform = resample(waveform, rate, sample_rate)
         utterances.append(Utterance(segment, waveform, sample_rate))
-        digest.update(segment.id.encode() + b"\0" + segment.reference.encode() + b"\0")
-        digest.update(waveform.tobytes())
     memory = sum(u.waveform.nbytes for u in utterances)
-    return PreloadedSet(test_set, utterances, indices, seed, memory, digest.hexdigest()[:16])
+    return PreloadedSet(test_set, utterances, indices, seed, memory, content_hash(utterances))

@@ -41,6 +41,7 @@ class EvaluateOptions:
     warmup: int = 1
     progress: bool = False
     exclude_ids: tuple[str, ...] = field(default_factory=tuple)
+    part: tuple[int, int] | None = None  # only utterances [start, stop) of the selection (a sweep shard)
 
 
 class Runner:
@@ -118,6 +119,7 @@ class Runner:
             seed=options.seed if options.sample else None,
             exclude_ids=options.exclude_ids,
             progress=progress,
+            part=options.part,
         )
 
     def evaluate(self, data: str | Path | None = None, **kwargs: Any) -> Report:
@@ -162,10 +164,7 @@ class Runner:
                         translations: list[Translation]) -> Report | None:
         if len(translations) <= options.warmup:
             return None
-        done = len(translations)
-        subset = PreloadedSet(preloaded.test_set, preloaded.utterances[:done], preloaded.indices[:done],
-                              preloaded.seed, preloaded.memory_bytes, preloaded.content_hash)
-        report = self._report(subset, options, translations)
+        report = self._report(preloaded.part(0, len(translations)), options, translations)
         report.data["complete"] = False
         report.data["planned_n"] = len(preloaded.utterances)
         return report

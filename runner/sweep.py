@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import os
+import socket
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -27,7 +28,11 @@ from runner.plugin import resolve as resolve_plugins
 from runner.report import Report
 from runner.yamlio import read_yaml_mapping
 
-SWEEP_KEYS = ("repeats", "grid")
+SWEEP_KEYS = ("repeats", "grid", "measure", "shards")
+EXECUTORS = ("local", "ray")
+MEASURES = ("latency", "quality")
+LATENCY_KEYS = ("latency_mean", "latency_std", "latency_p50", "latency_p90", "latency_p99", "rtf", "repeat_means",
+                "cv", "stages_mean", "timed")
 
 
 @dataclass
@@ -36,6 +41,8 @@ class SweepConfig:
     grid: dict[str, list[Any]]
     repeats: int = 1
     source: str = ""
+    measure: str = "latency"  # "quality": BLEU only, no latency (on Ray: utterance shards over workers)
+    shards: int | None = None  # quality passes on Ray; default: one per task slot of the cluster
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SweepConfig:
@@ -48,7 +55,13 @@ class SweepConfig:
         repeats = values.get("repeats", 1)
         if not isinstance(repeats, int) or repeats < 1:
             raise RunnerError(f"{path}: repeats must be a positive integer, got {repeats!r}")
-        config = cls(run, grid, repeats, str(path))
+        measure = values.get("measure", "latency")
+        if measure not in MEASURES:
+            raise RunnerError(f"{path}: measure must be one of {list(MEASURES)}, got {measure!r}")
+        shards = values.get("shards")
+        if shards is not None and (not isinstance(shards, int) or isinstance(shards, bool) or shards < 1):
+            raise RunnerError(f"{path}: shards must be a positive integer, got {shards!r}")
+        config = cls(run, grid, repeats, str(path), measure, shards)
         for key in grid:
             if key not in ("hop", "quant") and "." not in key:
                 raise RunnerError(f"{path}: grid key '{key}' is not hop, quant or <plugin>.<option>")
@@ -163,6 +176,8 @@ class Sweep:
     out: Path
     resume: bool = False
     progress: bool = True
+    executor: str = "local"  # or "ray": runs (or utterance shards) as Ray tasks
+    address: str | None = None  # Ray cluster address; None starts a local one
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -172,26 +187,54 @@ class Sweep:
     def run(self) -> list[dict[str, Any]]:
         from runner.runner import EvaluateOptions, Runner
 
+        if self.executor not in EXECUTORS:
+            raise RunnerError(f"--executor must be one of {list(EXECUTORS)}, got '{self.executor}'")
         run = self.config.run
         self.out.mkdir(parents=True, exist_ok=True)
         if self.jsonl.exists() and self.jsonl.stat().st_size and not self.resume:
             raise RunnerError(f"{self.jsonl}: holds results already; pass --resume to continue or choose another --out")
         decode = decode_options(run.decode)
         model_path, note = (run.model, None) if run.model else defaults.model_path()
-        base = Runner(model_path, decode, threads=run.threads)
+        # A Ray task reserves `threads` CPUs, so it needs a number: one thread unless the YAML says.
+        threads = run.threads or (1 if self.executor == "ray" else None)
+        base = Runner(model_path, decode, threads=threads)
         options = EvaluateOptions(data=run.data, split=run.split, text=run.text, limit=run.limit, sample=run.sample,
-                                  seed=run.seed, warmup=run.warmup, progress=self.progress)
+                                  seed=run.seed, warmup=run.warmup, progress=self.progress and self.executor == "local")
         preloaded = base.preload(options)
         identity = {"model": base.bundle.files.content_hash, "data": preloaded.content_hash,
                     "decode": decode.speech2text_kwargs(), "threads": base.threads, "warmup": run.warmup,
-                    "repeats": self.config.repeats}
+                    "repeats": self.config.repeats, "measure": self.config.measure}
         plans = self.config.plan()
         for plan in plans:
             plan.config_hash = _hash({**identity, "plugins": plan.identity()})
         finished = {r["config_hash"] for r in read_rows(self.jsonl) if r.get("status") == "ok"}
         todo = [p for p in plans if p.config_hash not in finished]
         self._write_env(base, preloaded, note)
-        bar = _overall_bar(len(todo) * self.config.repeats, self.progress)
+        try:
+            if self.executor == "ray":
+                from runner.sweep_ray import run_on_ray
+
+                run_on_ray(self, todo, base, preloaded)
+            else:
+                self._run_local(todo, base, preloaded, options)
+        finally:
+            self.rows = latest_rows(read_rows(self.jsonl), [p.config_hash for p in plans])
+            if self.rows:
+                from runner.sweep_report import write_outputs
+
+                write_outputs(self.out, self.rows, preloaded, self.config, base)
+        return self.rows
+
+    def finish(self, row: dict[str, Any]) -> None:
+        """Record one run's row for good (a quality pass keeps no latency figures)."""
+        if self.config.measure == "quality" and row.get("status") == "ok":
+            row.update({key: None for key in LATENCY_KEYS})
+        append_row(self.jsonl, row)
+
+    def _run_local(self, todo: list[RunPlan], base: Any, preloaded: PreloadedSet, options: Any) -> None:
+        from runner.runner import Runner
+
+        bar = overall_bar(len(todo) * self.config.repeats, self.progress)
         reports: dict[str, list[Report]] = {p.config_hash: [] for p in todo}
         runners: dict[str, Any] = {}
         try:
@@ -202,27 +245,20 @@ class Sweep:
                     bar.set_description(f"{plan.label} [{repeat + 1}/{self.config.repeats}]")
                     try:
                         runner = runners.get(plan.config_hash) or Runner.from_bundle(
-                            base.bundle, base.threads, plan.specs, calibration_data=run.data)
+                            base.bundle, base.threads, plan.specs, calibration_data=self.config.run.data)
                         if self.config.repeats > 1:
                             runners[plan.config_hash] = runner
                         reports[plan.config_hash].append(runner.evaluate_preloaded(preloaded, options))
                     except RunnerError as error:
-                        append_row(self.jsonl, {"config_hash": plan.config_hash, "status": "failed",
-                                                "label": plan.label, "reason": str(error)})
+                        self.finish(failed_row(plan, str(error)))
                         del reports[plan.config_hash]
                         runners.pop(plan.config_hash, None)
                     bar.update(1)
                     if repeat == self.config.repeats - 1 and plan.config_hash in reports:
-                        append_row(self.jsonl, row_from_reports(plan, reports[plan.config_hash]))
+                        self.finish({**row_from_reports(plan, reports[plan.config_hash]), **worker("local")})
                         runners.pop(plan.config_hash, None)
         finally:
             bar.close()
-            self.rows = latest_rows(read_rows(self.jsonl), [p.config_hash for p in plans])
-            if self.rows:
-                from runner.sweep_report import write_outputs
-
-                write_outputs(self.out, self.rows, preloaded, self.config, base)
-        return self.rows
 
     def _write_env(self, base: Any, preloaded: PreloadedSet, note: str | None) -> None:
         from runner.environment import manifest
@@ -231,8 +267,18 @@ class Sweep:
                "model_content_hash": base.bundle.files.content_hash, "model_note": note,
                "data": str(preloaded.test_set.path), "split": preloaded.test_set.split,
                "data_content_hash": preloaded.content_hash, "n": len(preloaded.utterances),
-               "sweep_config": self.config.source, "command": " ".join(sys.argv)}
+               "sweep_config": self.config.source, "command": " ".join(sys.argv),
+               "executor": self.executor, "measure": self.config.measure}
         (self.out / "env.json").write_text(json.dumps(env, indent=2), encoding="utf-8")
+
+
+def failed_row(plan: RunPlan, reason: str, **extra: Any) -> dict[str, Any]:
+    return {"config_hash": plan.config_hash, "status": "failed", "label": plan.label, "reason": reason, **extra}
+
+
+def worker(executor: str) -> dict[str, Any]:
+    """Where a row was measured (its CPU model and threads are in the row already)."""
+    return {"executor": executor, "host": socket.gethostname(), "pid": os.getpid()}
 
 
 def latest_rows(rows: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
@@ -241,7 +287,7 @@ def latest_rows(rows: list[dict[str, Any]], order: list[str]) -> list[dict[str, 
     return [last[h] for h in order if h in last]
 
 
-def _overall_bar(total: int, enabled: bool) -> Any:
+def overall_bar(total: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc="sweep", unit="run", file=sys.stderr, disable=not enabled, dynamic_ncols=True)

@@ -14,7 +14,7 @@ from runner.metrics.bleu import paired_bootstrap
 CSV_COLUMNS = ("label", "status", "hop", "quant", "dtype", "size_mb", "parameters", "bleu", "bleu_delta", "p_value",
                "chrf", "source_wer", "latency_mean", "latency_std", "latency_p50", "latency_p90", "latency_p99", "rtf",
                "cv", "repeats", "calibration_seconds", "n", "timed", "threads", "warmup", "engine", "cpu",
-               "config_hash", "reason")
+               "executor", "host", "attempts", "config_hash", "reason")
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -52,13 +52,50 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], config: An
         "",
         f"Model `{env['model']}` (sha256 {env['model_content_hash']}), data `{env['data']}` split {env['split']}, "
         f"N={env['n']} (audio hash {env['data_content_hash']}); threads {env['threads']}, "
-        f"warm-up {config.run.warmup}, {repeats} repeat(s) interleaved; CPU {env['cpu']}; torch "
+        f"warm-up {config.run.warmup}, {repeats} repeat(s)"
+        f"{' interleaved' if env.get('executor', 'local') == 'local' else ' per Ray task'}; "
+        f"executor {env.get('executor', 'local')}; driver CPU {env['cpu']}; torch "
         f"{env['versions']['torch']}, espnet {env['versions']['espnet']}.",
         "",
         "Latency: mean seconds per utterance over the timed utterances"
         + (" (median of the per-repeat means; CV across repeats)" if repeats > 1 else "")
         + ". ΔBLEU: against the float row of the same hop; p: sacrebleu paired bootstrap (1000 samples).",
         "",
+    ]
+    if config.measure == "quality":
+        lines += ["Quality pass (`measure: quality`): BLEU, chrF and WER only; no latency was measured.", ""]
+    groups = machine_groups(rows) if config.measure == "latency" else {"": rows}
+    if len(groups) > 1:
+        lines += [f"**Latency was measured on {len(groups)} machine types: compare latency only within one table.**",
+                  ""]
+    for cpu, group in groups.items():
+        if len(groups) > 1:
+            lines += [f"### Measured on {cpu} ({len(group)} run(s))", ""]
+        lines += _table(group, repeats) + [""]
+    lines.pop()
+    calibrated = [r for r in rows if r.get("calibration_seconds")]
+    if calibrated:
+        lines += ["", "Calibration time (not part of latency): "
+                  + "; ".join(f"{r['label']}: {r['calibration_seconds']:.1f} s" for r in calibrated) + "."]
+    lines += ["", f"Reproduce: `{env['command']}`", ""]
+    return "\n".join(lines)
+
+
+def machine_groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows by the CPU model that timed them (failed rows, which have none, join the first group)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("cpu"):
+            groups.setdefault(row["cpu"], []).append(row)
+    failed = [r for r in rows if not r.get("cpu")]
+    if not groups:
+        return {"": failed}
+    groups[next(iter(groups))] += failed
+    return groups
+
+
+def _table(rows: list[dict[str, Any]], repeats: int) -> list[str]:
+    lines = [
         "| config | Q | dtype | size MB | params | BLEU | ΔBLEU (p) | latency mean s | std | p90 | RTF |"
         + (" CV |" if repeats > 1 else ""),
         "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if repeats > 1 else ""),
@@ -74,12 +111,7 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], config: An
         if repeats > 1:
             cells.append(_fmt(r["cv"], 3))
         lines.append("| " + " | ".join(cells) + " |")
-    calibrated = [r for r in rows if r.get("calibration_seconds")]
-    if calibrated:
-        lines += ["", "Calibration time (not part of latency): "
-                  + "; ".join(f"{r['label']}: {r['calibration_seconds']:.1f} s" for r in calibrated) + "."]
-    lines += ["", f"Reproduce: `{env['command']}`", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> None:
@@ -89,12 +121,13 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     ok = [r for r in rows if r.get("status") == "ok"]
+    timed = [r for r in ok if r["latency_mean"] is not None]  # none in a quality pass
     schemes = sorted({r["quant"] for r in ok}, key=lambda q: (q != "none", q))
     hops = sorted({r["hop"] for r in ok if r["hop"] is not None})
     colours = dict(zip(schemes, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     markers = dict(zip(hops, "osD^v<>ph*"))
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for r in ok:
+    for r in timed:
         axes.scatter(r["latency_mean"], r["bleu"], color=colours[r["quant"]], marker=markers.get(r["hop"], "o"), s=60)
     for q in schemes:
         axes.scatter([], [], color=colours[q], marker="s", label="float32" if q == "none" else q)
@@ -106,7 +139,8 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="best")
     figure.tight_layout()
-    figure.savefig(out / "bleu_latency.png", dpi=120)
+    if timed:
+        figure.savefig(out / "bleu_latency.png", dpi=120)
     plt.close(figure)
 
     figure, axes = plt.subplots(figsize=(6, 3.5))

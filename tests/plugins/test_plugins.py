@@ -227,3 +227,31 @@ def test_a_third_party_plugin_installs_through_the_entry_point_group(tiny_exp: P
     runner = Runner(tiny_exp, threads=1, plugins=[{"name": "halve-beam", "factor": 5}])
     assert runner.bundle.speech2text.beam_search.beam_size == 1
     assert runner.plugins[0].describe()["beam_size"] == 1
+
+
+def _count_calls(modules: list[torch.nn.Module]) -> list[int]:
+    calls: list[int] = []
+    for module in modules:
+        module.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("quant", [None, "dynamic-int8"])
+def test_cross_kv_cache_projects_memory_once_and_keeps_the_translation(tiny_exp: Path, quant: str | None) -> None:
+    plain = Runner(tiny_exp, threads=1, plugins=[quant] if quant else [])
+    cached = Runner.from_bundle(plain.bundle if not quant else Runner(tiny_exp, threads=1).bundle, threads=1,
+                                plugins=([quant] if quant else []) + ["cross-kv-cache"])
+    # ASR decoder: source attention; ST decoder: source attention and speech ("sequential") attention.
+    assert cached.plugins[-1].details["cross_attention_modules"] == 3
+    calls = {}
+    for label, model in {"plain": plain.bundle.model, "cached": cached.bundle.model}.items():
+        calls[label] = _count_calls([model.extra_asr_decoder.decoders[0].src_attn.linear_k,
+                                     model.decoder.decoders[0].src_attn.linear_k,
+                                     model.decoder.decoders[0].sequential_attn.linear_k])
+    for speech in (SPEECH, SPEECH[:12000]):  # a second utterance must not reuse the first one's keys
+        expected = translate(plain.bundle.speech2text, speech)
+        before = len(calls["cached"])
+        got = translate(cached.bundle.speech2text, speech)
+        assert (got.tokens, got.source_text) == (expected.tokens, expected.source_text)
+        assert len(calls["cached"]) - before == 3  # once per module per utterance
+    assert len(calls["plain"]) > 10 * len(calls["cached"])  # ...where ESPnet projects at every step

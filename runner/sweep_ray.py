@@ -1,0 +1,195 @@
+"""`runner sweep --executor ray`: the same sweep, its runs (or utterance shards) as Ray tasks.
+
+A latency sweep sends each run (all its repeats) to one worker as one task, which reserves
+`threads` CPUs, so two timed runs never share a core. A quality pass (`measure: quality`)
+splits the test subset into contiguous shards, decodes them on any workers, and computes one
+corpus BLEU over the merged hypotheses. Model and data paths must be readable on every worker
+(the same install, or shared storage); each worker checks the content hashes of what it loaded
+against the driver's, so a different copy is an error, not a silently different figure.
+
+A task whose worker dies is submitted once more; a second death, or an error inside the run,
+records the run as failed with the reason, and the other runs go on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Any
+
+from runner.config import RunConfig
+from runner.data import PreloadedSet
+from runner.decode import DecodeOptions
+from runner.errors import RunnerError, first_line
+from runner.metrics.bleu import corpus_bleu, corpus_chrf
+from runner.metrics.wer import corpus_wer
+from runner.sweep import RunPlan, Sweep, failed_row, overall_bar, row_from_reports, worker
+
+ATTEMPTS = 2  # a run whose worker dies is tried once more
+
+
+@dataclass
+class Job:
+    """One task: a run, or shard [start, stop) of its utterances, with what the worker must find."""
+
+    run: RunConfig
+    decode: DecodeOptions
+    threads: int
+    plan: RunPlan
+    repeats: int
+    model_hash: str
+    data_hash: str  # of the whole selection, or of the shard
+    shard: tuple[int, int] | None = None
+
+
+_loaded: dict[tuple, Any] = {}  # per worker process: the float model, reused by the runs it is sent
+
+
+def execute(job: Job) -> dict[str, Any]:
+    """Run on a worker: a sweep row for a whole run, or hypotheses for a shard."""
+    from runner import defaults
+    from runner.runner import EvaluateOptions, Runner
+
+    run = job.run
+    key = (run.model, repr(job.decode), job.threads)
+    if key not in _loaded:
+        _loaded.clear()
+        _loaded[key] = Runner(run.model or defaults.model_path()[0], job.decode, threads=job.threads)
+    base = _loaded[key]
+    origin = base.bundle.files.origin
+    if base.bundle.files.content_hash != job.model_hash:
+        raise RunnerError(f"{origin}: on worker {worker('ray')['host']} this model differs from the driver's "
+                          f"(content hash {base.bundle.files.content_hash}, expected {job.model_hash})")
+    options = EvaluateOptions(data=run.data, split=run.split, text=run.text, limit=run.limit, sample=run.sample,
+                              seed=run.seed, warmup=0 if job.shard else run.warmup, part=job.shard)
+    preloaded = base.preload(options)
+    if preloaded.content_hash != job.data_hash:
+        raise RunnerError(f"{preloaded.test_set.path}: on worker {worker('ray')['host']} the audio differs from the "
+                          f"driver's (content hash {preloaded.content_hash}, expected {job.data_hash})")
+    runner = Runner.from_bundle(base.bundle, base.threads, job.plan.specs, calibration_data=run.data)
+    reports = [runner.evaluate_preloaded(preloaded, options) for _ in range(1 if job.shard else job.repeats)]
+    row = {**row_from_reports(job.plan, reports), **worker("ray")}
+    if job.shard:
+        row.update(first_index=job.shard[0], source_hypotheses=[u["source_hypothesis"] for u in reports[0].utterances])
+    return row
+
+
+def run_on_ray(sweep: Sweep, todo: list[RunPlan], base: Any, preloaded: PreloadedSet) -> None:
+    """Submit every run (or shard) of `todo`, record each row as it completes."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    config = sweep.config
+    started_here = _connect(sweep.address)
+    try:
+        threads = base.threads
+        largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
+        if threads > largest:
+            raise RunnerError(f"{config.source}: threads {threads} is more than any Ray node has ({largest:g} CPUs)")
+        remote = ray.remote(execute).options(num_cpus=threads, max_retries=0)
+        shards = _shards(len(preloaded.utterances), config, ray.cluster_resources().get("CPU", 1), threads)
+        jobs = []
+        for plan in todo:
+            job = Job(config.run, base.decode, threads, plan, config.repeats, base.bundle.files.content_hash,
+                      preloaded.content_hash)
+            if shards is None:
+                jobs.append(job)
+            else:
+                jobs += [replace(job, shard=(a, b), data_hash=preloaded.part(a, b).content_hash) for a, b in shards]
+        pending = {remote.remote(job): (job, 1) for job in jobs}
+        parts: dict[str, list[dict[str, Any]]] = {p.config_hash: [] for p in todo}
+        attempts: dict[str, int] = {p.config_hash: 1 for p in todo}
+        bar = overall_bar(len(jobs), sweep.progress)
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            job, attempt = pending.pop(ref)
+            plan = job.plan
+            try:
+                result = ray.get(ref)
+            except RayTaskError as error:  # the run itself failed: rerunning would fail the same way
+                _give_up(sweep, plan, first_line(error.cause or error), pending, parts, attempt)
+                bar.update(1)
+                continue
+            except Exception as error:  # the worker died (killed, out of memory, node lost)
+                if plan.config_hash not in parts:
+                    continue
+                if attempt < ATTEMPTS:
+                    pending[remote.remote(job)] = (job, attempt + 1)
+                    attempts[plan.config_hash] = attempt + 1
+                    continue
+                _give_up(sweep, plan, f"worker died {attempt} times: {first_line(error)}", pending, parts, attempt)
+                bar.update(1)
+                continue
+            bar.update(1)
+            if plan.config_hash not in parts:
+                continue  # another shard of this run failed already
+            parts[plan.config_hash].append(result)
+            if shards is None or len(parts[plan.config_hash]) == len(shards):
+                sweep.finish({**_merge(parts.pop(plan.config_hash), preloaded),
+                              "attempts": attempts[plan.config_hash]})
+        bar.close()
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _give_up(sweep: Sweep, plan: RunPlan, reason: str, pending: dict, parts: dict, attempt: int) -> None:
+    import ray
+
+    if parts.pop(plan.config_hash, None) is None:
+        return  # this run was recorded as failed already
+    for ref, (job, _) in list(pending.items()):  # the run's other shards are no use now
+        if job.plan.config_hash == plan.config_hash:
+            ray.cancel(ref, force=True)
+            del pending[ref]
+    sweep.finish(failed_row(plan, reason, attempts=attempt, executor="ray"))
+
+
+def _merge(parts: list[dict[str, Any]], preloaded: PreloadedSet) -> dict[str, Any]:
+    """One row from a run's shard rows: one corpus BLEU over all hypotheses, never a mean of shard scores."""
+    if len(parts) == 1:
+        return parts[0]
+    parts = sorted(parts, key=lambda row: row["first_index"])
+    hypotheses = [h for row in parts for h in row["hypotheses"]]
+    sources = [h for row in parts for h in row["source_hypotheses"]]
+    references = [u.segment.reference for u in preloaded.utterances]
+    source_refs = [u.segment.source for u in preloaded.utterances]
+    wer = None
+    if all(s is not None for s in source_refs) and all(h is not None for h in sources):
+        wer = corpus_wer(sources, source_refs)
+    bleu = corpus_bleu(hypotheses, references)
+    return {**parts[0], "bleu": bleu.score, "bleu_signature": bleu.signature,
+            "chrf": corpus_chrf(hypotheses, references).score, "source_wer": wer, "n": len(hypotheses),
+            "hypotheses": hypotheses, "source_hypotheses": sources,
+            "shards": [{"first_index": row["first_index"], "n": row["n"], "host": row["host"], "pid": row["pid"]}
+                       for row in parts]}
+
+
+def _shards(count: int, config: Any, cluster_cpus: float, threads: int) -> list[tuple[int, int]] | None:
+    """Contiguous [start, stop) ranges for a quality pass; None for a latency sweep (whole runs)."""
+    if config.measure != "quality":
+        return None
+    wanted = config.shards or max(1, int(cluster_cpus // threads))
+    wanted = min(wanted, count)
+    bounds = [round(i * count / wanted) for i in range(wanted + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _connect(address: str | None) -> bool:
+    """Connect to the cluster at `address`, or start one on this machine; True if started here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    quiet = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if address is None:
+        # A one-machine cluster talks over loopback: Ray uses 127.0.0.1 when this is off.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(**quiet)
+        return True
+    try:
+        ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
+    except (ConnectionError, ValueError, RuntimeError) as error:
+        raise RunnerError(f"--address {address}: cannot connect to a Ray cluster ({first_line(error)})") from None
+    return False
