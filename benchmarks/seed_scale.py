@@ -41,6 +41,11 @@ SCHEMES: dict[str, list[Any]] = {
     "static-int8-all": [{"name": "static-int8", "calibration_size": 4, "granularity": "block",
                          "parts": ["encoder", "extra_asr_decoder", "md_encoder", "decoder", "ctc"]}],
     "bf16": ["bf16"],
+    "cross-kv-cache": ["cross-kv-cache"],
+    "dynamic-int8+kv": ["dynamic-int8", "cross-kv-cache"],
+    "static-int8-all+kv": [{"name": "static-int8", "calibration_size": 4, "granularity": "block",
+                            "parts": ["encoder", "extra_asr_decoder", "md_encoder", "decoder", "ctc"]},
+                           "cross-kv-cache"],
 }
 ANALYSIS = "## Analysis"
 CONFIG = defaults.REPO_ROOT / "configs" / "models" / "seed-scale.yaml"
