@@ -32,20 +32,23 @@ from runner.metrics.size import count_parameters, state_dict_bytes
 from runner.model import cache_dir, load
 from runner.runner import Runner
 
+STATIC_ALL = {"name": "static-int8", "calibration_size": 4, "granularity": "block",
+              "parts": ["encoder", "extra_asr_decoder", "md_encoder", "decoder", "ctc"]}
+ONE_SEARCH_THREAD = {"name": "search-threads", "threads": 1}
 SCHEMES: dict[str, list[Any]] = {
     "fp32": [],
     "dynamic-int8": ["dynamic-int8"],
     "dynamic-int8-decoders": [{"name": "dynamic-int8", "parts": ["extra_asr_decoder", "decoder", "ctc"]}],
     "dynamic-fp16": ["dynamic-fp16"],
     "static-int8": [{"name": "static-int8", "calibration_size": 4, "granularity": "block"}],
-    "static-int8-all": [{"name": "static-int8", "calibration_size": 4, "granularity": "block",
-                         "parts": ["encoder", "extra_asr_decoder", "md_encoder", "decoder", "ctc"]}],
+    "static-int8-all": [STATIC_ALL],
     "bf16": ["bf16"],
     "cross-kv-cache": ["cross-kv-cache"],
+    "search-threads-1": [ONE_SEARCH_THREAD],
     "dynamic-int8+kv": ["dynamic-int8", "cross-kv-cache"],
-    "static-int8-all+kv": [{"name": "static-int8", "calibration_size": 4, "granularity": "block",
-                            "parts": ["encoder", "extra_asr_decoder", "md_encoder", "decoder", "ctc"]},
-                           "cross-kv-cache"],
+    "static-int8-all+kv": [STATIC_ALL, "cross-kv-cache"],
+    "dynamic-int8+kv+st1": ["dynamic-int8", "cross-kv-cache", ONE_SEARCH_THREAD],
+    "static-int8-all+kv+st1": [STATIC_ALL, "cross-kv-cache", ONE_SEARCH_THREAD],
 }
 ANALYSIS = "## Analysis"
 CONFIG = defaults.REPO_ROOT / "configs" / "models" / "seed-scale.yaml"
@@ -68,6 +71,13 @@ def build_model(config: dict[str, Any]) -> Path:
         state[name][-1] = -1e4  # <sos/eos> is never the best token: every search runs its full length
     torch.save(state, exp / "valid.acc.ave.pth")
     return exp
+
+
+def decode_options(config: dict[str, Any]) -> DecodeOptions:
+    """Beams from the config; a negative max length ratio is ESPnet's "exactly this many steps"."""
+    return DecodeOptions(beam_size=config["beam_size"], asr_beam_size=config["asr_beam_size"],
+                         asr_ctc_weight=config["asr_ctc_weight"], maxlenratio=-float(config["st_steps"]),
+                         asr_maxlenratio=-float(config["asr_steps"]))
 
 
 def measure(runner: Runner, utterances: list[Any], warmup: int) -> dict[str, Any]:
@@ -93,10 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--schemes must include fp32 and name only {list(SCHEMES)}; got {unknown}")
     config = yaml.safe_load(CONFIG.read_text())
     exp = build_model(config)
-    options = DecodeOptions(beam_size=config["beam_size"], asr_beam_size=config["asr_beam_size"],
-                            asr_ctc_weight=config["asr_ctc_weight"], maxlenratio=-float(config["st_steps"]),
-                            asr_maxlenratio=-float(config["asr_steps"]))
-    float_bundle = load(exp, options)
+    float_bundle = load(exp, decode_options(config))
     test = preload(load_test_set(defaults.data_path(), "tst-COMMON"), float_bundle.sample_rate, limit=args.utterances)
     print(f"seed-scale model: {count_parameters(float_bundle.model):,} parameters; "
           f"{len(test.utterances)} utterances, {test.audio_seconds:.1f} s audio", file=sys.stderr)

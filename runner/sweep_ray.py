@@ -76,8 +76,11 @@ def execute(job: Job) -> dict[str, Any]:
 
 def run_on_ray(sweep: Sweep, todo: list[RunPlan], base: Any, preloaded: PreloadedSet) -> None:
     """Submit every run (or shard) of `todo`, record each row as it completes."""
-    import ray
-    from ray.exceptions import RayTaskError
+    try:
+        import ray
+        from ray.exceptions import RayTaskError
+    except ImportError:
+        raise RunnerError("--executor ray needs Ray: pip install 'st-runner[ray]'") from None
 
     config = sweep.config
     started_here = _connect(sweep.address)
@@ -190,6 +193,6 @@ def _connect(address: str | None) -> bool:
         return True
     try:
         ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
-    except (ConnectionError, ValueError, RuntimeError) as error:
+    except (ConnectionError, ValueError, RuntimeError, ImportError) as error:
         raise RunnerError(f"--address {address}: cannot connect to a Ray cluster ({first_line(error)})") from None
     return False

@@ -255,3 +255,20 @@ def test_cross_kv_cache_projects_memory_once_and_keeps_the_translation(tiny_exp:
         assert (got.tokens, got.source_text) == (expected.tokens, expected.source_text)
         assert len(calls["cached"]) - before == 3  # once per module per utterance
     assert len(calls["plain"]) > 10 * len(calls["cached"])  # ...where ESPnet projects at every step
+
+
+def test_search_threads_narrows_only_the_beam_searches(tiny_exp: Path) -> None:
+    plain = Runner(tiny_exp, threads=2)
+    narrowed = Runner.from_bundle(plain.bundle, threads=2, plugins=[{"name": "search-threads", "threads": 1}])
+    model = narrowed.bundle.model
+    seen: dict[str, list[int]] = {"encoder": [], "decoder": [], "extra_asr_decoder": []}
+    # Beam search calls the decoders' layers (through forward_one_step), not the decoders' forward.
+    for module, counts in ((model.encoder, seen["encoder"]), (model.decoder.decoders[0], seen["decoder"]),
+                           (model.extra_asr_decoder.decoders[0], seen["extra_asr_decoder"])):
+        module.register_forward_pre_hook(lambda *args, counts=counts: counts.append(torch.get_num_threads()))
+    result = translate(narrowed.bundle.speech2text, SPEECH)
+    assert set(seen["encoder"]) == {2} and set(seen["decoder"]) == set(seen["extra_asr_decoder"]) == {1}
+    assert torch.get_num_threads() == 2  # restored after the searches
+    assert result.tokens == translate(plain.bundle.speech2text, SPEECH).tokens
+    with pytest.raises(RunnerError, match="threads must be at least 1"):
+        Runner.from_bundle(plain.bundle, threads=2, plugins=[{"name": "search-threads", "threads": 0}])

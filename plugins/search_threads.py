@@ -1,0 +1,47 @@
+"""Beam searches on fewer intra-op threads than the rest of the model.
+
+A search step multiplies `beam` rows (4-10) by the decoder's weights: too little work to split
+across cores, so every extra thread adds synchronisation to each of hundreds of small ops. The
+encoder, one large batch of frames, still gains from every core. This plugin sets the thread
+count to `threads` while each beam search runs and restores the runner's count after it; the
+report still states the runner's thread count, with this plugin and its setting beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from runner.errors import RunnerError
+from runner.plugin import Plugin
+
+
+@dataclass
+class SearchThreadsConfig:
+    threads: int = 1
+
+
+class SearchThreads(Plugin):
+    name = "search-threads"
+    description = "Run the ASR and ST beam searches on `threads` intra-op threads (the encoder keeps the runner's)"
+    Config = SearchThreadsConfig
+
+    def apply(self, bundle: Any) -> None:
+        if self.config.threads < 1:
+            raise RunnerError(f"search-threads: threads must be at least 1, got {self.config.threads}")
+        saved: list[int] = []
+
+        def narrow(_module: Any, _args: Any) -> None:
+            saved.append(torch.get_num_threads())
+            torch.set_num_threads(self.config.threads)
+
+        def restore(_module: Any, _args: Any, _output: Any) -> None:
+            torch.set_num_threads(saved.pop())
+
+        searches = [s for s in (bundle.speech2text.asr_beam_search, bundle.speech2text.beam_search) if s is not None]
+        for search in searches:
+            search.register_forward_pre_hook(narrow)
+            search.register_forward_hook(restore, always_call=True)  # also when a search fails
+        self.details.update(search_threads=self.config.threads, searches=len(searches))
