@@ -54,7 +54,7 @@ def translate(
 ) -> None:
     """Translate a test set and report size, parameters, BLEU, chrF, source WER and latency."""
     from runner.config import RunConfig, decode_options, plugin_specs
-    from runner.runner import EvaluateOptions, Runner
+    from runner.runner import Runner
 
     try:
         run = RunConfig.from_yaml(config) if config else RunConfig()
@@ -68,8 +68,7 @@ def translate(
                         plugins=plugin_specs(run.plugins, quant, hop), calibration_data=run.data)
         if runner.model_note:
             typer.echo(f"note: {runner.model_note}", err=True)
-        options = EvaluateOptions(data=run.data, split=run.split, text=run.text, limit=run.limit, sample=run.sample,
-                                  seed=run.seed, warmup=run.warmup, progress=progress)
+        options = run.evaluate_options(progress=progress)
         preloaded = runner.preload(options)
         typer.echo(f"preloaded {len(preloaded.utterances)} utterances ({preloaded.audio_seconds:.1f} s audio, "
                    f"{preloaded.memory_bytes / 1e6:.1f} MB in memory)", err=True)

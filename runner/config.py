@@ -63,6 +63,14 @@ class RunConfig:
             raise RunnerError(f"{origin}: {error}") from None
         return config
 
+    def evaluate_options(self, **overrides: Any) -> Any:
+        """The `EvaluateOptions` (what to decode, warm-up) this run config describes."""
+        from runner.runner import EvaluateOptions
+
+        values = dict(data=self.data, split=self.split, text=self.text, limit=self.limit, sample=self.sample,
+                      seed=self.seed, warmup=self.warmup)
+        return EvaluateOptions(**{**values, **overrides})
+
 
 def decode_options(values: dict[str, Any] | None = None, config: str | Path | None = None) -> DecodeOptions:
     """Decoding options: `config` (default: configs/decode.yaml, when present) overlaid with `values`.

@@ -185,7 +185,7 @@ class Sweep:
         return self.out / "results.jsonl"
 
     def run(self) -> list[dict[str, Any]]:
-        from runner.runner import EvaluateOptions, Runner
+        from runner.runner import Runner
 
         if self.executor not in EXECUTORS:
             raise RunnerError(f"--executor must be one of {list(EXECUTORS)}, got '{self.executor}'")
@@ -198,8 +198,7 @@ class Sweep:
         # A Ray task reserves `threads` CPUs, so it needs a number: one thread unless the YAML says.
         threads = run.threads or (1 if self.executor == "ray" else None)
         base = Runner(model_path, decode, threads=threads)
-        options = EvaluateOptions(data=run.data, split=run.split, text=run.text, limit=run.limit, sample=run.sample,
-                                  seed=run.seed, warmup=run.warmup, progress=self.progress and self.executor == "local")
+        options = run.evaluate_options(progress=self.progress and self.executor == "local")
         preloaded = base.preload(options)
         identity = {"model": base.bundle.files.content_hash, "data": preloaded.content_hash,
                     "decode": decode.speech2text_kwargs(), "threads": base.threads, "warmup": run.warmup,

@@ -48,7 +48,7 @@ _loaded: dict[tuple, Any] = {}  # per worker process: the float model, reused by
 def execute(job: Job) -> dict[str, Any]:
     """Run on a worker: a sweep row for a whole run, or hypotheses for a shard."""
     from runner import defaults
-    from runner.runner import EvaluateOptions, Runner
+    from runner.runner import Runner
 
     run = job.run
     key = (run.model, repr(job.decode), job.threads)
@@ -60,8 +60,7 @@ def execute(job: Job) -> dict[str, Any]:
     if base.bundle.files.content_hash != job.model_hash:
         raise RunnerError(f"{origin}: on worker {worker('ray')['host']} this model differs from the driver's "
                           f"(content hash {base.bundle.files.content_hash}, expected {job.model_hash})")
-    options = EvaluateOptions(data=run.data, split=run.split, text=run.text, limit=run.limit, sample=run.sample,
-                              seed=run.seed, warmup=0 if job.shard else run.warmup, part=job.shard)
+    options = run.evaluate_options(warmup=0 if job.shard else run.warmup, part=job.shard)
     preloaded = base.preload(options)
     if preloaded.content_hash != job.data_hash:
         raise RunnerError(f"{preloaded.test_set.path}: on worker {worker('ray')['host']} the audio differs from the "
