@@ -14,6 +14,7 @@ records the run as failed with the reason, and the other runs go on.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -190,8 +191,21 @@ def _connect(address: str | None) -> bool:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray.init(**quiet)
         return True
+    _check_reachable(address)
     try:
         ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
     except (ConnectionError, ValueError, RuntimeError, ImportError) as error:
         raise RunnerError(f"--address {address}: cannot connect to a Ray cluster ({first_line(error)})") from None
     return False
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once on a host:port nothing listens at (Ray itself retries for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return  # "auto" finds a local cluster itself, and fails fast
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as error:
+        raise RunnerError(f"--address {address}: no Ray cluster reachable at {host}:{port} ({error})") from None
+

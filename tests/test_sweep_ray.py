@@ -137,3 +137,13 @@ def test_summary_keeps_machine_types_apart(cluster: str, tmp_path: Path) -> None
     summary = summary_markdown(rows, env, config)
     assert "Latency was measured on 2 machine types" in summary
     assert f"### Measured on {rows[0]['cpu']} (1 run(s))" in summary and "### Measured on Another CPU (1 run(s))" in summary
+
+
+def test_an_unreachable_address_is_a_one_line_error(tmp_path: Path) -> None:
+    config = write(tmp_path / "grid.yaml", COMMON + "limit: 2\ngrid:\n  quant: [none]\n")
+    done = subprocess.run([sys.executable, "-m", "runner.cli", "sweep", str(config), "--out", str(tmp_path / "out"),
+                           "--executor", "ray", "--address", "127.0.0.1:1", "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: --address 127.0.0.1:1: no Ray cluster reachable at 127.0.0.1:1 ([Errno 111] Connection refused)")
