@@ -22,6 +22,7 @@ import numpy as np
 import soundfile
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from runner import defaults
@@ -226,6 +227,8 @@ async def _read_body(request: Request, limit: int) -> tuple[bytes, str | None]:
         raise ApiError(413, f"upload exceeds the limit of {limit / 1e6:g} MB") from None
     except ClientDisconnect:
         raise ApiError(400, "client disconnected during the upload") from None
+    except HTTPException as error:  # starlette's multipart parser: no boundary, cut parts, ...
+        raise ApiError(400, f"malformed multipart upload: {error.detail}") from None
     if len(data) > limit:
         raise ApiError(413, f"upload is {len(data) / 1e6:.1f} MB; the limit is {limit / 1e6:g} MB")
     return data, model

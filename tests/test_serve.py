@@ -83,6 +83,8 @@ def chunks(data: bytes, size: int = 1 << 20):
     ("empty body", {"content": b""}, 400, "empty request body"),
     ("not audio", {"content": b"<html>hello</html>" * 50}, 415, "not a readable audio file"),
     ("not audio, multipart", {"files": {"file": ("x.wav", b"RIFF....WAVEjunk")}}, 415, "not a readable audio file"),
+    ("malformed multipart", {"content": b"garbage", "headers": {"content-type": "multipart/form-data"}}, 400,
+     "malformed multipart upload"),
     ("multipart without file", {"data": {"model": "fp32"}, "files": {"other": ("a", b"b")}}, 400, "no 'file' field"),
     ("over 20 MB", {"content": b"\0" * 20_100_000}, 413, "limit is 20 MB"),
     ("over 20 MB, chunked", {"content": chunks(b"\0" * 21_000_000)}, 413, "limit of 20 MB"),
