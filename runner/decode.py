@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass, field, fields
+import typing
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +39,13 @@ class DecodeOptions:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], origin: str = "decoding options") -> DecodeOptions:
-        known = {f.name: f.type for f in fields(cls)}
+        from runner.plugin import coerce  # the same typing rules as plugin options
+
+        known = typing.get_type_hints(cls)
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise RunnerError(f"{origin}: unknown decoding option(s) {unknown}; allowed: {sorted(known)}")
-        options = cls()
-        for name, value in values.items():
-            target = type(getattr(options, name))
-            try:
-                if target is int and (isinstance(value, bool) or float(value) != int(float(value))):
-                    raise ValueError
-                setattr(options, name, target(value))
-            except (TypeError, ValueError):
-                raise RunnerError(f"{origin}: {name} must be {target.__name__}, got {value!r}") from None
+        options = cls(**{name: coerce(value, known[name], f"{origin}: {name}") for name, value in values.items()})
         options.validate(origin)
         return options
 

@@ -96,14 +96,15 @@ def _type_name(hint: Any) -> str:
     return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """`value` (from YAML or the command line) as type `hint`, or a RunnerError naming `where`."""
     origin = get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in get_args(hint):
             return None
         for option in (a for a in get_args(hint) if a is not type(None)):
             try:
-                return _coerce(value, option, where)
+                return coerce(value, option, where)
             except RunnerError:
                 continue
         raise RunnerError(f"{where} must be {_type_name(hint)}, got {value!r}")
@@ -116,7 +117,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise RunnerError(f"{where} must be a list, got {value!r}")
-        return [_coerce(item.strip() if isinstance(item, str) else item, get_args(hint)[0], where) for item in items]
+        return [coerce(item.strip() if isinstance(item, str) else item, get_args(hint)[0], where) for item in items]
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -149,7 +150,7 @@ def build(spec: PluginSpec, registry: dict[str, type[Plugin]] | None = None) -> 
     unknown = sorted(set(spec.values) - set(names))
     if unknown:
         raise RunnerError(f"plugin '{spec.name}': unknown option(s) {unknown}; allowed: {names}")
-    values = {k: _coerce(v, hints[k], f"plugin '{spec.name}' option {k}") for k, v in spec.values.items()}
+    values = {k: coerce(v, hints[k], f"plugin '{spec.name}' option {k}") for k, v in spec.values.items()}
     config = plugin.Config(**values)
     validate = getattr(config, "validate", None)
     if validate is not None:

@@ -169,3 +169,16 @@ def test_package_exports_the_library_api() -> None:
 
     assert package.Runner is Runner and package.DecodeOptions is DecodeOptions
     assert package.RunnerError is RunnerError
+
+
+def test_decoding_options_follow_the_plugin_typing_rules() -> None:
+    from runner.plugin import coerce
+
+    options = DecodeOptions.from_dict({"beam_size": "4", "asr_ctc_weight": "0.5", "nbest": 2.0}, origin="x.yaml")
+    assert (options.beam_size, options.asr_ctc_weight, options.nbest) == (4, 0.5, 2)
+    for value in ("4.5", 4.5, True, "four"):
+        with pytest.raises(RunnerError, match=r"x.yaml: beam_size must be int") as error:
+            DecodeOptions.from_dict({"beam_size": value}, origin="x.yaml")
+        with pytest.raises(RunnerError) as twin:  # a plugin's int option refuses the same values, the same way
+            coerce(value, int, "x.yaml: beam_size")
+        assert str(twin.value) == str(error.value)
