@@ -21,7 +21,7 @@ from runner.environment import manifest, set_threads
 from runner.errors import RunnerError, first_line
 from runner.metrics.bleu import corpus_bleu, corpus_chrf
 from runner.metrics.latency import latency_stats
-from runner.metrics.wer import corpus_wer
+from runner.metrics.wer import source_wer
 from runner.model import ModelBundle, load
 from runner.plugin import Plugin, PluginSpec
 from runner.plugin import resolve as resolve_plugins
@@ -177,10 +177,7 @@ class Runner:
         latency = latency_stats([translations[i].seconds for i in timed], [utterances[i].seconds for i in timed])
         stages = {name: sum(translations[i].stages.get(name, 0.0) for i in timed) / len(timed) for name in STAGES}
         sources = [u.segment.source for u in utterances]
-        source_hyps = [t.source_text for t in translations]
-        wer = None
-        if self.bundle.is_multidecoder and all(s is not None for s in sources) and all(h is not None for h in source_hyps):
-            wer = corpus_wer(source_hyps, sources)
+        wer = source_wer([t.source_text for t in translations], sources) if self.bundle.is_multidecoder else None
         files = self.bundle.files
         test_set = preloaded.test_set
         summary = self.bundle.summary()

@@ -23,7 +23,7 @@ from runner.data import PreloadedSet
 from runner.decode import DecodeOptions
 from runner.errors import RunnerError, first_line
 from runner.metrics.bleu import corpus_bleu, corpus_chrf
-from runner.metrics.wer import corpus_wer
+from runner.metrics.wer import source_wer
 from runner.sweep import RunPlan, Sweep, failed_row, overall_bar, row_from_reports, worker
 
 ATTEMPTS = 2  # a run whose worker dies is tried once more
@@ -59,12 +59,12 @@ def execute(job: Job) -> dict[str, Any]:
     base = _loaded[key]
     origin = base.bundle.files.origin
     if base.bundle.files.content_hash != job.model_hash:
-        raise RunnerError(f"{origin}: on worker {worker('ray')['host']} this model differs from the driver's "
+        raise RunnerError(f"{origin}: on worker {socket.gethostname()} this model differs from the driver's "
                           f"(content hash {base.bundle.files.content_hash}, expected {job.model_hash})")
     options = run.evaluate_options(warmup=0 if job.shard else run.warmup, part=job.shard)
     preloaded = base.preload(options)
     if preloaded.content_hash != job.data_hash:
-        raise RunnerError(f"{preloaded.test_set.path}: on worker {worker('ray')['host']} the audio differs from the "
+        raise RunnerError(f"{preloaded.test_set.path}: on worker {socket.gethostname()} the audio differs from the "
                           f"driver's (content hash {preloaded.content_hash}, expected {job.data_hash})")
     runner = Runner.from_bundle(base.bundle, base.threads, job.plan.specs, calibration_data=run.data)
     reports = [runner.evaluate_preloaded(preloaded, options) for _ in range(1 if job.shard else job.repeats)]
@@ -156,10 +156,7 @@ def _merge(parts: list[dict[str, Any]], preloaded: PreloadedSet) -> dict[str, An
     hypotheses = [h for row in parts for h in row["hypotheses"]]
     sources = [h for row in parts for h in row["source_hypotheses"]]
     references = [u.segment.reference for u in preloaded.utterances]
-    source_refs = [u.segment.source for u in preloaded.utterances]
-    wer = None
-    if all(s is not None for s in source_refs) and all(h is not None for h in sources):
-        wer = corpus_wer(sources, source_refs)
+    wer = source_wer(sources, [u.segment.source for u in preloaded.utterances])
     bleu = corpus_bleu(hypotheses, references)
     return {**parts[0], "bleu": bleu.score, "bleu_signature": bleu.signature,
             "chrf": corpus_chrf(hypotheses, references).score, "source_wer": wer, "n": len(hypotheses),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from runner.metrics.bleu import corpus_bleu
 from runner.sweep import Sweep, SweepConfig, read_rows
 from runner.sweep_report import summary_markdown
@@ -141,9 +142,8 @@ def test_summary_keeps_machine_types_apart(cluster: str, tmp_path: Path) -> None
 
 def test_an_unreachable_address_is_a_one_line_error(tmp_path: Path) -> None:
     config = write(tmp_path / "grid.yaml", COMMON + "limit: 2\ngrid:\n  quant: [none]\n")
-    done = subprocess.run([sys.executable, "-m", "runner.cli", "sweep", str(config), "--out", str(tmp_path / "out"),
-                           "--executor", "ray", "--address", "127.0.0.1:1", "--no-progress"],
-                          capture_output=True, text=True, timeout=300)
+    done = run_cli("sweep", str(config), "--out", str(tmp_path / "out"), "--executor", "ray",
+                   "--address", "127.0.0.1:1", "--no-progress", timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
         "error: --address 127.0.0.1:1: no Ray cluster reachable at 127.0.0.1:1 ([Errno 111] Connection refused)")

@@ -32,3 +32,10 @@ def corpus_wer(hypotheses: list[str], references: list[str]) -> float:
         errors += edit_distance(ref, normalize(hypothesis))
         words += len(ref)
     return 100.0 * errors / max(words, 1)
+
+
+def source_wer(hypotheses: list[str | None], references: list[str | None]) -> float | None:
+    """`corpus_wer`, or None when any transcript or source reference is missing (no ASR decoder, no source text)."""
+    if any(h is None for h in hypotheses) or any(r is None for r in references):
+        return None
+    return corpus_wer(hypotheses, references)  # type: ignore[arg-type]
