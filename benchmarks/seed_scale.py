@@ -35,6 +35,8 @@ from runner.runner import Runner
 STATIC_ALL = {"name": "static-int8", "calibration_size": 4, "granularity": "block",
               "parts": ["encoder", "extra_asr_decoder", "md_encoder", "decoder", "ctc"]}
 ONE_SEARCH_THREAD = {"name": "search-threads", "threads": 1}
+# The number-format-independent search plugins (configs/fast-search.yaml): the same decoding, less work per step.
+FAST_SEARCH: list[Any] = ["cross-kv-cache", "self-kv-cache", "ctc-prefix-scan", ONE_SEARCH_THREAD]
 SCHEMES: dict[str, list[Any]] = {
     "fp32": [],
     "dynamic-int8": ["dynamic-int8"],
@@ -49,6 +51,13 @@ SCHEMES: dict[str, list[Any]] = {
     "static-int8-all+kv": [STATIC_ALL, "cross-kv-cache"],
     "dynamic-int8+kv+st1": ["dynamic-int8", "cross-kv-cache", ONE_SEARCH_THREAD],
     "static-int8-all+kv+st1": [STATIC_ALL, "cross-kv-cache", ONE_SEARCH_THREAD],
+    "self-kv-cache": ["self-kv-cache"],
+    "ctc-prefix-scan": ["ctc-prefix-scan"],
+    "fast-search": FAST_SEARCH,
+    "dynamic-int8+fast": ["dynamic-int8", *FAST_SEARCH],
+    "static-int8+fast": [{"name": "static-int8", "calibration_size": 4, "granularity": "block"}, *FAST_SEARCH],
+    "static-int8-all+fast": [STATIC_ALL, *FAST_SEARCH],
+    "static-int8-all-noattn+fast": [{**STATIC_ALL, "skip": ["*decoder.decoders.*_attn.*"]}, *FAST_SEARCH],
 }
 ANALYSIS = "## Analysis"
 CONFIG = defaults.REPO_ROOT / "configs" / "models" / "seed-scale.yaml"

@@ -44,6 +44,7 @@ def translate(
     seed: Optional[int] = typer.Option(None, help="Seed for --sample [default: 0]"),
     quant: Optional[str] = typer.Option(None, help="Quantization plugin: dynamic-int8, dynamic-fp16, static-int8, bf16"),
     hop: Optional[int] = typer.Option(None, help="Frontend STFT hop length in samples (the hop plugin)"),
+    plugin: list[str] = typer.Option([], help="Also apply this plugin with its defaults (see `runner plugins`); repeatable"),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads [default: all cores]"),
     warmup: Optional[int] = typer.Option(None, help="Leading utterances decoded but left out of latency [default: 1]"),
     config: Optional[Path] = typer.Option(None, help="Run YAML (model, data, decode, plugins, ...); options override it"),
@@ -65,7 +66,7 @@ def translate(
                 setattr(run, name, str(value) if isinstance(value, Path) else value)
         decode = decode_options({**run.decode, **parse_overrides(set_)}, decode_config)
         runner = Runner(run.model, decode, threads=run.threads, model_file=model_file,
-                        plugins=plugin_specs(run.plugins, quant, hop), calibration_data=run.data)
+                        plugins=plugin_specs(run.plugins, quant, hop, plugin), calibration_data=run.data)
         if runner.model_note:
             typer.echo(f"note: {runner.model_note}", err=True)
         options = run.evaluate_options(progress=progress)
@@ -129,6 +130,7 @@ def serve(
     model_file: Optional[Path] = typer.Option(None, help="Model weights, when the directory holds several .pth"),
     quant: list[str] = typer.Option([], help="Serve this scheme (none/fp32, dynamic-int8, ...); repeat to serve several"),
     hop: Optional[int] = typer.Option(None, help="Frontend STFT hop length in samples, for every served model"),
+    plugin: list[str] = typer.Option([], help="Also apply this plugin to every served model (see `runner plugins`); repeatable"),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads [default: all cores]"),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)"),
     port: int = typer.Option(8000, help="Port to listen on"),
@@ -147,7 +149,7 @@ def serve(
         fail("--max-queue must be 0 or more; --max-mb and --max-seconds must be positive")
     try:
         decode = decode_options(parse_overrides(set_), decode_config)
-        models = load_models(model, quant, hop, decode, threads, model_file)
+        models = load_models(model, quant, hop, decode, threads, model_file, plugin)
         typer.echo(f"serving {', '.join(models)} on http://{host}:{port}/", err=True)
         run_server(models, host, port, ServeLimits(int(max_mb * 1e6), max_seconds, max_queue))
     except RunnerError as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from runner import defaults
@@ -83,9 +84,10 @@ def decode_options(values: dict[str, Any] | None = None, config: str | Path | No
     return DecodeOptions.from_yaml(path, values)
 
 
-def plugin_specs(base: list[PluginSpec], quant: str | None, hop: int | None) -> list[PluginSpec]:
-    """Command-line --quant/--hop on top of a config's plugin list (the command line wins)."""
-    specs = list(base)
+def plugin_specs(base: list[PluginSpec], quant: str | None, hop: int | None,
+                 extra: Sequence[str] = ()) -> list[PluginSpec]:
+    """Command-line --quant/--hop/--plugin on top of a config's plugin list (the command line wins)."""
+    specs = [s for s in base if s.name not in extra] + [PluginSpec(name) for name in extra]
     if hop is not None:
         specs = [s for s in specs if s.name != "hop"] + [PluginSpec("hop", {"hop_length": hop})]
     if quant is not None and quant not in ("none", "fp32"):

@@ -254,8 +254,11 @@ def _bounded(receive: Callable[[], Awaitable[dict]], limit: int) -> Callable[[],
 
 def load_models(model: str | Path | None = None, quants: Sequence[str] = (), hop: int | None = None,
                 decode: DecodeOptions | None = None, threads: int | None = None,
-                model_file: str | Path | None = None) -> dict[str, Runner]:
-    """One Runner per quantization scheme ("none" is fp32), over one model loaded once, named by scheme."""
+                model_file: str | Path | None = None, plugins: Sequence[str] = ()) -> dict[str, Runner]:
+    """One Runner per quantization scheme ("none" is fp32), over one model loaded once, named by scheme.
+
+    `plugins` (e.g. cross-kv-cache) are applied to every scheme with their defaults.
+    """
     from runner.config import plugin_specs
     from runner.model import load
 
@@ -267,8 +270,9 @@ def load_models(model: str | Path | None = None, quants: Sequence[str] = (), hop
         model, _note = defaults.model_path()
     bundle = load(model, decode or DecodeOptions(), model_file)
     if len(names) == 1:  # no copy needed
-        return {names[0]: Runner(bundle, threads=threads, plugins=plugin_specs([], names[0], hop))}
-    return {name: Runner.from_bundle(bundle, threads=threads, plugins=plugin_specs([], name, hop)) for name in names}
+        return {names[0]: Runner(bundle, threads=threads, plugins=plugin_specs([], names[0], hop, plugins))}
+    return {name: Runner.from_bundle(bundle, threads=threads, plugins=plugin_specs([], name, hop, plugins))
+            for name in names}
 
 
 def serve(models: dict[str, Runner], host: str = "127.0.0.1", port: int = 8000,

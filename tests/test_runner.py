@@ -13,6 +13,7 @@ import soundfile
 from typer.testing import CliRunner
 
 from runner.cli import app
+from runner.defaults import REPO_ROOT
 from runner.data import load_test_set
 from runner.decode import DecodeOptions
 from runner.errors import RunnerError
@@ -115,6 +116,23 @@ def test_cli_translate_writes_json_with_every_field(tiny_exp: Path, shared_corpu
     assert len(document["utterances"]) == 3
 
 
+def test_cli_translate_adds_plugins_by_name_or_from_a_config(tiny_exp: Path, shared_corpus: Path,
+                                                             tmp_path: Path) -> None:
+    base = ["translate", "--model", str(tiny_exp), "--data", str(shared_corpus), "--limit", "3", "--threads", "1",
+            "--no-progress"]
+    documents = {}
+    for label, extra in {"plain": [], "named": ["--plugin", "self-kv-cache", "--plugin", "ctc-prefix-scan"],
+                         "config": ["--config", str(REPO_ROOT / "configs" / "fast-search.yaml"), "--threads", "1"]}.items():
+        result = RUNNER.invoke(app, base + extra + ["--out", str(tmp_path / f"{label}.json")])
+        assert result.exit_code == 0, result.output
+        documents[label] = json.loads((tmp_path / f"{label}.json").read_text())
+    names = {label: [p["name"] for p in d["conditions"]["plugins"]] for label, d in documents.items()}
+    assert names["plain"] == [] and names["named"] == ["self-kv-cache", "ctc-prefix-scan"]
+    assert sorted(names["config"]) == ["cross-kv-cache", "ctc-prefix-scan", "search-threads", "self-kv-cache"]
+    hypotheses = {label: [u["hypothesis"] for u in d["utterances"]] for label, d in documents.items()}
+    assert hypotheses["named"] == hypotheses["plain"] == hypotheses["config"]
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -124,6 +142,7 @@ def test_cli_translate_writes_json_with_every_field(tiny_exp: Path, shared_corpu
         (["--set", "beam_sise=3"], "unknown decoding option"),
         (["--set", "beam_size=three"], "beam_size must be int"),
         (["--quant", "dynamic-int9"], "unknown plugin 'dynamic-int9'; available:"),
+        (["--plugin", "self-kv-cash"], "unknown plugin 'self-kv-cash'; available:"),
         (["--hop", "0"], "hop_length must be positive"),
         (["--hop", "512"], "exceeds the window length 400; allowed: 1..400"),
     ],

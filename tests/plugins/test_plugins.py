@@ -272,3 +272,105 @@ def test_search_threads_narrows_only_the_beam_searches(tiny_exp: Path) -> None:
     assert result.tokens == translate(plain.bundle.speech2text, SPEECH).tokens
     with pytest.raises(RunnerError, match="threads must be at least 1"):
         Runner.from_bundle(plain.bundle, threads=2, plugins=[{"name": "search-threads", "threads": 0}])
+
+
+def _stepwise_ctc_scores(impl_type: type, logp: torch.Tensor, steps: int, beam: int, partial: bool,
+                         seed: int) -> list[torch.Tensor]:
+    """Prefix scores of a beam that grows by randomly chosen labels, step by step, through `impl_type`."""
+    generator = torch.Generator().manual_seed(seed)
+    odim, frames = logp.size(2), logp.size(1)
+    scorer = impl_type(logp.clone(), torch.tensor([frames]), 0, odim - 1)
+    prefixes = [torch.tensor([odim - 1])] * beam
+    state, scores = None, []
+    for _ in range(steps):
+        ids = torch.stack([torch.randperm(odim - 2, generator=generator)[:6] + 1 for _ in range(beam)]) if partial else None
+        local, state = scorer(prefixes, state, ids)
+        scores.append(state[1])  # the prefix scores themselves (local ones subtract the parent's)
+        chosen = (ids[:, 1] if partial else torch.randint(1, odim - 1, (beam,), generator=generator))
+        parents = torch.randint(0, beam, (beam,), generator=generator)
+        best = (parents * odim + chosen[parents]).view(1, beam)
+        state = scorer.index_select_state(state, best)
+        prefixes = [torch.cat((prefixes[int(p)], torch.tensor([int(c)]))) for p, c in zip(parents, chosen[parents])]
+    return scores
+
+
+@pytest.mark.parametrize("frames,partial", [(40, True), (9, True), (25, False)])
+def test_ctc_prefix_scan_matches_espnets_frame_loop(frames: int, partial: bool) -> None:
+    from espnet.nets.ctc_prefix_score import CTCPrefixScoreTH
+
+    from plugins.ctc_prefix_scan import ScanCTCPrefixScore
+
+    logp = torch.randn(1, frames, 20, generator=torch.Generator().manual_seed(frames)).log_softmax(-1)
+    expected = _stepwise_ctc_scores(CTCPrefixScoreTH, logp, frames - 1, 3, partial, seed=1)
+    got = _stepwise_ctc_scores(ScanCTCPrefixScore, logp, frames - 1, 3, partial, seed=1)
+    for step, (e, g) in enumerate(zip(expected, got)):
+        possible = e > -1e4  # ESPnet's logzero (-1e10) marks impossible prefixes; float32 keeps no digits there
+        assert torch.equal(possible, g > -1e4), step
+        torch.testing.assert_close(g[possible], e[possible], rtol=1e-5, atol=2e-4)
+
+
+def test_ctc_prefix_scan_keeps_the_translation(tiny_exp: Path) -> None:
+    from plugins.ctc_prefix_scan import ScanCTCPrefixScore
+
+    plain = Runner(tiny_exp, threads=1)
+    scanned = Runner(tiny_exp, threads=1, plugins=["ctc-prefix-scan"])
+    assert scanned.plugins[0].details["ctc_scorers"] >= 1
+    for speech in (SPEECH, SPEECH[:9000]):
+        expected = translate(plain.bundle.speech2text, speech)
+        got = translate(scanned.bundle.speech2text, speech)
+        assert (got.tokens, got.source_text) == (expected.tokens, expected.source_text)
+    ctc = scanned.bundle.speech2text.asr_beam_search.scorers["ctc"]
+    assert type(ctc.impl) is ScanCTCPrefixScore  # the search really used the scan
+
+
+@pytest.fixture(scope="module")
+def two_block_exp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with two blocks per decoder: a layer's keys then depend on the layer below."""
+    tokens = char_token_list()
+    config = md_config(tokens, tokens, "tiny")
+    for part in ("extra_asr_decoder_conf", "decoder_conf"):
+        config[part]["num_blocks"] = 2
+    return write_experiment(tmp_path_factory.mktemp("two-block") / "exp", config)
+
+
+@pytest.mark.parametrize("others", [[], ["cross-kv-cache", "ctc-prefix-scan"]])
+def test_self_kv_cache_projects_each_position_once_and_keeps_the_translation(two_block_exp: Path,
+                                                                              others: list[str]) -> None:
+    plain = Runner(two_block_exp, threads=1)
+    cached = Runner(two_block_exp, threads=1, plugins=["self-kv-cache", *others])
+    assert cached.plugins[0].details == {"decoders": ["extra_asr_decoder", "decoder"], "unsupported": [],
+                                         "apply_seconds": cached.plugins[0].details["apply_seconds"]}
+    positions: dict[str, list[int]] = {"plain": [], "cached": []}
+    for label, runner in (("plain", plain), ("cached", cached)):
+        for decoder in (runner.bundle.model.extra_asr_decoder, runner.bundle.model.decoder):
+            decoder.decoders[-1].self_attn.linear_k.register_forward_hook(
+                lambda module, args, output, seen=positions[label]: seen.append(args[0].size(1)))
+    for speech in (SPEECH, SPEECH[:9000]):
+        expected = translate(plain.bundle.speech2text, speech)
+        got = translate(cached.bundle.speech2text, speech)
+        assert (got.tokens, got.source_text) == (expected.tokens, expected.source_text)
+    assert set(positions["cached"]) == {1}  # one new position per step...
+    assert max(positions["plain"]) > 3  # ...where ESPnet projects the whole prefix again
+
+
+@pytest.mark.parametrize("part", ["extra_asr_decoder", "decoder"])
+def test_self_kv_cache_scores_a_whole_prefix_and_continues_it_like_espnet(two_block_exp: Path, part: str) -> None:
+    model = Runner(two_block_exp, threads=1, plugins=["self-kv-cache"]).bundle.model
+    decoder = getattr(model, part)
+    espnet_score = type(decoder).batch_score.__get__(decoder)
+    ys = torch.tensor([[1, 5, 7, 9], [1, 6, 6, 2]])
+    memory = torch.randn(2, 11, decoder.output_layer.in_features, generator=torch.Generator().manual_seed(0))
+    # The speech-attention ST decoder also attends to the speech encoding (random here, as memory is).
+    speech = {"speech": memory.flip(1)} if part == "decoder" else {}
+    got, states = decoder.batch_score(ys[:, :3], [None, None], memory, **speech)  # three positions at once
+    expected, _ = espnet_score(ys[:, :3], [None, None], memory, **speech)
+    torch.testing.assert_close(got, expected)
+    # A layer's state holds keys and values: (positions so far, 2 * d)...
+    assert [tuple(s.shape) for s in states[1]] == [(3, 2 * memory.size(2))] * len(decoder.decoders)
+    got, _ = decoder.batch_score(ys, states, memory, **speech)  # ...and the next step continues from it
+    expected, _ = espnet_score(ys, [None, None], memory, **speech)
+    torch.testing.assert_close(got, expected)
+    if part == "extra_asr_decoder":  # the ASR decoder's hidden states feed the MD encoder
+        (_, hidden), _ = decoder.batch_score(ys, states, memory, return_hs=True)
+        (_, expected_hidden), _ = espnet_score(ys, [None, None], memory, return_hs=True)
+        torch.testing.assert_close(hidden, expected_hidden)
