@@ -145,7 +145,7 @@ def test_plugins_compose_in_a_defined_order(tiny_exp: Path) -> None:
 @pytest.mark.parametrize(
     ("specs", "message"),
     [
-        ([PluginSpec("dynamic-int9")], "unknown plugin 'dynamic-int9'; available: bf16, cross-kv-cache, dynamic-fp16, dynamic-int8"),
+        ([PluginSpec("dynamic-int9")], "unknown plugin 'dynamic-int9'; available: bf16, cross-kv-cache, ctc-prefix-scan, dynamic-fp16, dynamic-int8"),
         ([PluginSpec("hop", {"hop_length": 0})], "hop_length must be positive"),
         ([PluginSpec("hop", {"hop_lenght": 200})], "unknown option(s) ['hop_lenght']; allowed: ['hop_length']"),
         ([PluginSpec("dynamic-int8", {"parts": ["decoders"]})], "unknown part(s) ['decoders']"),
