@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import shlex
 import sys
 import time
@@ -89,6 +91,15 @@ class Runner:
         plugin.calibrate(self.bundle, calibration.utterances)
         plugin.details.update(calibration_data=str(data), calibration_split=config.calibration_split)
         self._calibration_keys |= {_segment_key(u.segment) for u in calibration.utterances}
+
+    @functools.cached_property
+    def summary(self) -> dict[str, Any]:
+        """The model after its plugins: parts, parameters, state_dict bytes, frontend.
+
+        Computed once: plugins change the model only while the runner is built, and serializing
+        a seed-scale state_dict for its size takes seconds that every repeat would otherwise pay.
+        """
+        return self.bundle.summary()
 
     @classmethod
     def from_bundle(cls, bundle: ModelBundle, threads: int | None = None,
@@ -180,7 +191,7 @@ class Runner:
         wer = source_wer([t.source_text for t in translations], sources) if self.bundle.is_multidecoder else None
         files = self.bundle.files
         test_set = preloaded.test_set
-        summary = self.bundle.summary()
+        summary = self.summary
         return Report(
             command=shlex.join(sys.argv) if Path(sys.argv[0]).name == "runner" else None,
             model={

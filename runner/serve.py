@@ -115,7 +115,7 @@ class DecodeQueue:
 
 def model_config(runner: Runner) -> dict[str, Any]:
     """What a figure served by `runner` was measured under."""
-    summary = runner.bundle.summary()
+    summary = runner.summary
     return {
         "plugins": [p.describe() for p in runner.plugins],
         "hop_length": (summary["frontend"] or {}).get("hop_length"),

@@ -201,3 +201,16 @@ def test_decoding_options_follow_the_plugin_typing_rules() -> None:
         with pytest.raises(RunnerError) as twin:  # a plugin's int option refuses the same values, the same way
             coerce(value, int, "x.yaml: beam_size")
         assert str(twin.value) == str(error.value)
+
+
+def test_model_size_is_serialized_once_per_runner_not_per_evaluation(tiny_exp: Path, shared_corpus: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.model import ModelBundle
+
+    calls = []
+    original = ModelBundle.summary
+    monkeypatch.setattr(ModelBundle, "summary", lambda self: calls.append(1) or original(self))
+    runner = Runner(tiny_exp, threads=1, plugins=["dynamic-int8"])
+    reports = [runner.evaluate(shared_corpus, limit=2, warmup=0) for _ in range(2)]
+    assert len(calls) == 1
+    assert reports[0].metrics["size_mb"] == reports[1].metrics["size_mb"] == original(runner.bundle)["state_dict_bytes"] / 1e6
