@@ -152,3 +152,12 @@ def test_serve_rejects_bad_options() -> None:
     assert "int3" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     done = run_cli("serve", "--max-queue", "-1")
     assert done.returncode == 2 and "--max-queue" in done.stderr
+
+
+def test_load_models_applies_extra_plugins_to_every_scheme(tiny_exp: Path) -> None:
+    from runner.serve import load_models, model_config
+
+    models = load_models(tiny_exp, ["none", "dynamic-int8"], threads=1, plugins=["self-kv-cache", "ctc-prefix-scan"])
+    names = {scheme: [p["name"] for p in model_config(runner)["plugins"]] for scheme, runner in models.items()}
+    assert names == {"fp32": ["self-kv-cache", "ctc-prefix-scan"],
+                     "dynamic-int8": ["self-kv-cache", "ctc-prefix-scan", "dynamic-int8"]}
