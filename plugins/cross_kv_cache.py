@@ -19,9 +19,7 @@ from typing import Any
 
 import torch
 
-from runner.plugin import Plugin
-
-DECODERS = ("extra_asr_decoder", "decoder")
+from runner.plugin import DECODER_PARTS, Plugin
 
 
 @dataclass
@@ -83,7 +81,7 @@ class CrossKvCache(Plugin):
         from espnet.nets.pytorch_backend.transformer.attention import MultiHeadedAttention
 
         patched = 0
-        for part in DECODERS:
+        for part in DECODER_PARTS:
             decoder = getattr(bundle.model, part, None)
             if decoder is None:
                 continue

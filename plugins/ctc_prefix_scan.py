@@ -126,8 +126,8 @@ class CtcPrefixScan(Plugin):
         from espnet.nets.scorers.ctc import CTCPrefixScorer
 
         patched = 0
-        for search in (bundle.speech2text.asr_beam_search, bundle.speech2text.beam_search):
-            for scorer in search.scorers.values() if search is not None else ():
+        for search in bundle.searches:
+            for scorer in search.scorers.values():
                 if isinstance(scorer, CTCPrefixScorer):
                     scorer.batch_init_state = types.MethodType(scan_batch_init_state, scorer)
                     patched += 1

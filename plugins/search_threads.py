@@ -40,7 +40,7 @@ class SearchThreads(Plugin):
         def restore(_module: Any, _args: Any, _output: Any) -> None:
             torch.set_num_threads(saved.pop())
 
-        searches = [s for s in (bundle.speech2text.asr_beam_search, bundle.speech2text.beam_search) if s is not None]
+        searches = bundle.searches
         for search in searches:
             search.register_forward_pre_hook(narrow)
             search.register_forward_hook(restore, always_call=True)  # also when a search fails

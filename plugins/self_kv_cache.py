@@ -20,9 +20,7 @@ from typing import Any
 
 import torch
 
-from runner.plugin import Plugin
-
-DECODERS = ("extra_asr_decoder", "decoder")
+from runner.plugin import DECODER_PARTS, Plugin
 
 
 @dataclass
@@ -126,7 +124,7 @@ class SelfKvCache(Plugin):
         from espnet2.asr.decoder.transformer_decoder import BaseTransformerDecoder, TransformerMDDecoder
 
         patched, skipped = [], []
-        for part in DECODERS:
+        for part in DECODER_PARTS:
             decoder = getattr(bundle.model, part, None)
             if not isinstance(decoder, BaseTransformerDecoder):
                 continue

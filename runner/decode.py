@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from runner.errors import RunnerError
+from runner.plugin import coerce  # decoding options follow the plugin options' typing rules
 
 STAGES = ("frontend", "encoder", "asr_search", "md_encoder", "st_search")
 
@@ -39,8 +40,6 @@ class DecodeOptions:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], origin: str = "decoding options") -> DecodeOptions:
-        from runner.plugin import coerce  # the same typing rules as plugin options
-
         known = typing.get_type_hints(cls)
         unknown = sorted(set(values) - set(known))
         if unknown:

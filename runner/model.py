@@ -182,6 +182,14 @@ class ModelBundle:
         frontend_conf = getattr(self.speech2text.st_train_args, "frontend_conf", None) or {}
         return int(frontend_conf.get("fs", 16000))
 
+    @property
+    def searches(self) -> list[Any]:
+        """The beam searches a translation runs: the ST search, and a multi-decoder's ASR search."""
+        searches = [self.speech2text.beam_search]
+        if self.is_multidecoder:
+            searches.append(self.speech2text.asr_beam_search)
+        return [search for search in searches if search is not None]
+
     def rewire_searches(self) -> None:
         """Point both beam searches at the model's current modules.
 

@@ -18,6 +18,7 @@ from runner.errors import RunnerError
 
 ENTRY_POINT_GROUP = "runner.plugins"
 MODEL_PARTS = ("encoder", "extra_asr_decoder", "md_encoder", "decoder", "ctc")
+DECODER_PARTS = ("extra_asr_decoder", "decoder")  # the parts a beam search steps through
 
 
 class Plugin:
