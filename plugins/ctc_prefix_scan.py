@@ -2,7 +2,7 @@
 
 ESPnet's `CTCPrefixScoreTH` advances the CTC forward variables one encoder frame at a time,
 in a Python loop, at every output step of every beam search that uses CTC: T small tensor ops
-per step, a tenth or more of decoding time at the seed's scale. Both recursions are linear in
+per step, a cost that grows with the utterance's length. Both recursions are linear in
 the log semiring,
 
     r_n[t] = logaddexp(r_n[t-1], phi[t-1]) + x[t]      (prefix ends in the label)
@@ -10,9 +10,10 @@ the log semiring,
 
 so with X = cumsum(x) each unrolls to r_n[t] = X[t] + logsumexp(r_n[s-1], phi[u] - X[u] ...),
 a `logcumsumexp` over frames; r_b follows from r_n the same way. The scan runs in float64, so
-cancelling the cumulative sums costs no precision; everything around the recursion (the
-state, pre-beam scoring ids, end-of-sentence and blank scores) is ESPnet's, unchanged. Attention-windowed
-scoring (margin > 0, not used by batch beam search) falls back to ESPnet's loop.
+cancelling the cumulative sums costs no precision. Everything around the recursion (the
+state layout, pre-beam scoring ids, end-of-sentence and blank scores) is computed as ESPnet
+computes it, its per-hypothesis Python loops written as indexing. Attention-windowed scoring
+(margin > 0, not used by batch beam search) falls back to ESPnet's loop.
 """
 
 from __future__ import annotations
@@ -55,60 +56,58 @@ class ScanCTCPrefixScore(CTCPrefixScoreTH):
                  att_w: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
         if att_w is not None and self.margin > 0:
             return super().__call__(y, state, scoring_ids, att_w)
-        return _scan_call(self, y, state, scoring_ids)
+        return self._scan(y, state, scoring_ids)
 
+    def _scan(self, y: list[torch.Tensor], state: Any, scoring_ids: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        output_length = len(y[0]) - 1  # without <sos>
+        n_bh = len(y)
+        n_hyps = n_bh // self.batch
+        rows = torch.arange(n_bh, device=self.device)
+        last_ids = torch.as_tensor([int(yi[-1]) for yi in y], device=self.device)
+        self.scoring_num = scoring_ids.size(-1) if scoring_ids is not None else 0
+        if state is None:
+            r_prev = torch.full((self.input_length, 2, self.batch, n_hyps), self.logzero, dtype=self.dtype,
+                                device=self.device)
+            r_prev[:, 1] = torch.cumsum(self.x[0, :, :, self.blank], 0).unsqueeze(2)
+            r_prev, s_prev = r_prev.view(-1, 2, n_bh), 0.0
+        else:
+            r_prev, s_prev = state[0], state[1]
 
-def _scan_call(self: ScanCTCPrefixScore, y: list[torch.Tensor], state: Any,
-               scoring_ids: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
-    output_length = len(y[0]) - 1  # without <sos>
-    n_bh = len(y)
-    n_hyps = n_bh // self.batch
-    rows = torch.arange(n_bh, device=self.device)
-    last_ids = torch.as_tensor([int(yi[-1]) for yi in y], device=self.device)
-    self.scoring_num = scoring_ids.size(-1) if scoring_ids is not None else 0
-    if state is None:
-        r_prev = torch.full((self.input_length, 2, self.batch, n_hyps), self.logzero, dtype=self.dtype,
-                            device=self.device)
-        r_prev[:, 1] = torch.cumsum(self.x[0, :, :, self.blank], 0).unsqueeze(2)
-        r_prev, s_prev = r_prev.view(-1, 2, n_bh), 0.0
-    else:
-        r_prev, s_prev = state[0], state[1]
+        if scoring_ids is not None:
+            snum = self.scoring_num
+            scoring_idmap = torch.full((n_bh, self.odim), -1, dtype=torch.long, device=self.device)
+            scoring_idmap.scatter_(1, scoring_ids, torch.arange(snum, device=self.device).expand(n_bh, -1))
+            flat_ids = (scoring_ids + self.idx_bo.repeat(1, n_hyps).view(-1, 1)).view(-1)
+            x_ = torch.index_select(self.x.view(2, -1, self.batch * self.odim), 2, flat_ids).view(2, -1, n_bh, snum)
+            last_pos = scoring_idmap[rows, last_ids]
+        else:
+            snum, scoring_idmap = self.odim, None
+            x_ = self.x.unsqueeze(3).repeat(1, 1, 1, n_hyps, 1).view(2, -1, n_bh, snum)
+            last_pos = last_ids
 
-    if scoring_ids is not None:
-        snum = self.scoring_num
-        scoring_idmap = torch.full((n_bh, self.odim), -1, dtype=torch.long, device=self.device)
-        scoring_idmap.scatter_(1, scoring_ids, torch.arange(snum, device=self.device).expand(n_bh, -1))
-        flat_ids = (scoring_ids + self.idx_bo.repeat(1, n_hyps).view(-1, 1)).view(-1)
-        x_ = torch.index_select(self.x.view(2, -1, self.batch * self.odim), 2, flat_ids).view(2, -1, n_bh, snum)
-        last_pos = scoring_idmap[rows, last_ids]
-    else:
-        snum, scoring_idmap = self.odim, None
-        x_ = self.x.unsqueeze(3).repeat(1, 1, 1, n_hyps, 1).view(2, -1, n_bh, snum)
-        last_pos = last_ids
+        r = torch.full((self.input_length, 2, n_bh, snum), self.logzero, dtype=self.dtype, device=self.device)
+        if output_length == 0:
+            r[0, 0] = x_[0, 0]
+        r_sum = torch.logsumexp(r_prev, 1)
+        log_phi = r_sum.unsqueeze(2).repeat(1, 1, snum)
+        # Repeating the last label needs a blank in between: its phi is the blank-ending path only.
+        scored = last_pos >= 0
+        log_phi[:, rows[scored], last_pos[scored]] = r_prev[:, 1, rows[scored]]
 
-    r = torch.full((self.input_length, 2, n_bh, snum), self.logzero, dtype=self.dtype, device=self.device)
-    if output_length == 0:
-        r[0, 0] = x_[0, 0]
-    r_sum = torch.logsumexp(r_prev, 1)
-    log_phi = r_sum.unsqueeze(2).repeat(1, 1, snum)
-    # Repeating the last label needs a blank in between: its phi is the blank-ending path only.
-    scored = last_pos >= 0
-    log_phi[:, rows[scored], last_pos[scored]] = r_prev[:, 1, rows[scored]]
+        start, end = max(output_length, 1), self.input_length
+        forward_scan(r, log_phi, x_, start, end)
 
-    start, end = max(output_length, 1), self.input_length
-    forward_scan(r, log_phi, x_, start, end)
-
-    log_phi_x = torch.cat((log_phi[0].unsqueeze(0), log_phi[:-1]), dim=0) + x_[0]
-    log_psi_ = torch.logsumexp(torch.cat((log_phi_x[start:end], r[start - 1, 0].unsqueeze(0)), dim=0), dim=0)
-    if scoring_ids is not None:
-        log_psi = torch.full((n_bh, self.odim), self.logzero, dtype=self.dtype, device=self.device)
-        log_psi.scatter_(1, scoring_ids, log_psi_)
-    else:
-        log_psi = log_psi_
-    log_psi[:, self.eos] = r_sum[self.end_frames.repeat_interleave(n_hyps), rows]
-    if self.eos != self.blank:
-        log_psi[:, self.blank] = self.logzero
-    return (log_psi - s_prev), (r, log_psi, 0, 0, scoring_idmap)
+        log_phi_x = torch.cat((log_phi[0].unsqueeze(0), log_phi[:-1]), dim=0) + x_[0]
+        log_psi_ = torch.logsumexp(torch.cat((log_phi_x[start:end], r[start - 1, 0].unsqueeze(0)), dim=0), dim=0)
+        if scoring_ids is not None:
+            log_psi = torch.full((n_bh, self.odim), self.logzero, dtype=self.dtype, device=self.device)
+            log_psi.scatter_(1, scoring_ids, log_psi_)
+        else:
+            log_psi = log_psi_
+        log_psi[:, self.eos] = r_sum[self.end_frames.repeat_interleave(n_hyps), rows]
+        if self.eos != self.blank:
+            log_psi[:, self.blank] = self.logzero
+        return (log_psi - s_prev), (r, log_psi, 0, 0, scoring_idmap)
 
 
 def scan_batch_init_state(self: Any, x: torch.Tensor) -> None:
