@@ -16,7 +16,7 @@ import time
 import torch
 import yaml
 
-import plugins.self_kv_cache as self_kv_cache
+import runner.plugins.self_kv_cache as self_kv_cache
 from benchmarks.seed_scale import CONFIG, SCHEMES, build_model, decode_options
 from runner import defaults
 from runner.data import load_test_set, preload

@@ -63,7 +63,7 @@ SCHEMES: dict[str, list[Any]] = {
 SUPERSEDED = ("dynamic-int8+kv", "static-int8-all+kv", "dynamic-int8+kv+st1", "static-int8-all+kv+st1")
 DEFAULT_SCHEMES = [name for name in SCHEMES if name not in SUPERSEDED]
 ANALYSIS = "## Analysis"
-CONFIG = defaults.REPO_ROOT / "configs" / "models" / "seed-scale.yaml"
+CONFIG = defaults.CONFIGS / "models" / "seed-scale.yaml"
 
 
 def build_model(config: dict[str, Any]) -> Path:

@@ -19,6 +19,7 @@ class Bf16(Plugin):
     name = "bf16"
     description = "Run the whole translation under torch.autocast('cpu', bfloat16); weights stay float32"
     Config = Bf16Config
+    changes_number_format = True
 
     def apply(self, bundle: Any) -> None:
         # Speech2Text casts its input to float32 and the beam searches keep float32 scores;

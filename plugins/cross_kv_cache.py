@@ -19,7 +19,12 @@ from typing import Any
 
 import torch
 
+from runner.compat import check_espnet_version, require_attributes, require_parameters
 from runner.plugin import DECODER_PARTS, Plugin
+
+# What `cached_forward` reads of ESPnet's MultiHeadedAttention.
+ATTENTION_ATTRIBUTES = ("h", "d_k", "linear_q", "linear_k", "linear_v", "linear_out", "q_norm", "k_norm", "attn",
+                        "use_sdpa", "use_flash_attn")
 
 
 @dataclass
@@ -53,7 +58,7 @@ def cached_forward(self: Any, query: torch.Tensor, key: torch.Tensor, value: tor
     (heads, beam x t1, d_k) x (heads, d_k, T) product: no copy of the expanded memory is made.
     """
     one_memory = key.dim() == 3 and (key.size(0) == 1 or key.stride(0) == 0)  # every row the same tensor
-    if key is not value or not one_memory or self.training or getattr(self, "use_flash_attn", False):
+    if key is not value or not one_memory or self.training or self.use_flash_attn or self.use_sdpa:
         return type(self).forward(self, query, key, value, mask, expand_kv)
     k, v = _projected_memory(self, key)
     n_batch, t1 = query.shape[:2]
@@ -80,14 +85,22 @@ class CrossKvCache(Plugin):
     def apply(self, bundle: Any) -> None:
         from espnet.nets.pytorch_backend.transformer.attention import MultiHeadedAttention
 
-        patched = 0
+        check_espnet_version(self.name)
+        require_parameters(self.name, MultiHeadedAttention.forward, ("query", "key", "value", "mask", "expand_kv"),
+                           "MultiHeadedAttention.forward")
+        patched, unsupported = 0, 0
         for part in DECODER_PARTS:
             decoder = getattr(bundle.model, part, None)
             if decoder is None:
                 continue
             for name, module in decoder.named_modules():
-                if isinstance(module, MultiHeadedAttention) and not name.endswith("self_attn"):
-                    module.forward = types.MethodType(cached_forward, module)
-                    module.runner_kv_cache = None
-                    patched += 1
-        self.details.update(cross_attention_modules=patched)
+                if type(module) is not MultiHeadedAttention or name.endswith("self_attn"):
+                    continue  # subclasses (relative positions, ...) compute other arithmetic
+                require_attributes(self.name, module, ATTENTION_ATTRIBUTES, f"{part}.{name}")
+                if module.use_sdpa or module.use_flash_attn:
+                    unsupported += 1  # ESPnet's fused kernels: left as they are
+                    continue
+                module.forward = types.MethodType(cached_forward, module)
+                module.runner_kv_cache = None
+                patched += 1
+        self.details.update(cross_attention_modules=patched, unsupported_modules=unsupported)

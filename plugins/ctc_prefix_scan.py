@@ -25,7 +25,26 @@ from typing import Any
 import torch
 from espnet.nets.ctc_prefix_score import CTCPrefixScoreTH
 
+from runner.compat import check_espnet_version, require_attributes, require_parameters
 from runner.plugin import Plugin
+
+# What `ScanCTCPrefixScore._scan` reads of a CTCPrefixScoreTH instance.
+SCORER_ATTRIBUTES = ("batch", "device", "dtype", "input_length", "logzero", "x", "blank", "eos", "odim", "idx_bo",
+                     "end_frames", "margin")
+
+
+def check_internals(plugin: str) -> None:
+    """Refuse, naming what differs, unless ESPnet's CTC prefix scorer is built as `_scan` expects."""
+    from espnet.nets.scorers.ctc import CTCPrefixScorer
+
+    require_parameters(plugin, CTCPrefixScoreTH.__init__, ("x", "xlens", "blank", "eos", "margin"),
+                       "CTCPrefixScoreTH.__init__")
+    require_parameters(plugin, CTCPrefixScoreTH.__call__, ("y", "state", "scoring_ids", "att_w"),
+                       "CTCPrefixScoreTH.__call__")
+    require_parameters(plugin, CTCPrefixScorer.batch_init_state, ("x",), "CTCPrefixScorer.batch_init_state")
+    # A one-frame scorer shows which attributes this ESPnet's constructor sets.
+    probe = CTCPrefixScoreTH(torch.zeros(1, 1, 3).log_softmax(-1), torch.tensor([1]), 0, 2)
+    require_attributes(plugin, probe, SCORER_ATTRIBUTES, "CTCPrefixScoreTH")
 
 
 @dataclass
@@ -124,10 +143,13 @@ class CtcPrefixScan(Plugin):
     def apply(self, bundle: Any) -> None:
         from espnet.nets.scorers.ctc import CTCPrefixScorer
 
+        check_espnet_version(self.name)
+        check_internals(self.name)
         patched = 0
         for search in bundle.searches:
             for scorer in search.scorers.values():
                 if isinstance(scorer, CTCPrefixScorer):
+                    require_attributes(self.name, scorer, ("ctc", "eos", "impl"), "CTCPrefixScorer")
                     scorer.batch_init_state = types.MethodType(scan_batch_init_state, scorer)
                     patched += 1
         self.details.update(ctc_scorers=patched)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from plugins.dynamic_int8 import DynamicInt8
+from runner.plugins.dynamic_int8 import DynamicInt8
 
 
 class DynamicFp16(DynamicInt8):

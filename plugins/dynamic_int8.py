@@ -31,6 +31,7 @@ class DynamicInt8(Plugin):
     description = "torch.ao dynamic quantization: qint8 weights for Linear (and LSTM/GRU) modules"
     Config = DynamicConfig
     dtype = torch.qint8
+    changes_number_format = True
 
     def quantized_parts(self) -> tuple[str, ...]:
         return tuple(self.config.parts)

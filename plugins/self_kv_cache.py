@@ -20,7 +20,14 @@ from typing import Any
 
 import torch
 
+from runner.compat import check_espnet_version, require_attributes, require_parameters
 from runner.plugin import DECODER_PARTS, Plugin
+
+# What `decoder_step` reads of ESPnet's decoders, their layers and self-attention modules.
+DECODER_ATTRIBUTES = ("decoders", "embed", "after_norm", "normalize_before", "output_layer")
+LAYER_ATTRIBUTES = ("self_attn", "src_attn", "feed_forward", "norm1", "norm2", "norm3", "normalize_before",
+                    "concat_after", "sequential_attn")
+ATTENTION_ATTRIBUTES = ("h", "d_k", "linear_q", "linear_k", "linear_v", "linear_out", "q_norm", "k_norm")
 
 
 @dataclass
@@ -107,12 +114,23 @@ def md_batch_score(self: Any, ys: torch.Tensor, states: list[Any], xs: torch.Ten
     return logp, state_list
 
 
+def check_internals(plugin: str, part: str, decoder: Any) -> None:
+    """Refuse, naming what differs, when the decoder is not built as `decoder_step` expects."""
+    require_attributes(plugin, decoder, DECODER_ATTRIBUTES, f"{part} ({type(decoder).__name__})")
+    for index, layer in enumerate(decoder.decoders):
+        where = f"{part}.decoders.{index} ({type(layer).__name__})"
+        require_attributes(plugin, layer, LAYER_ATTRIBUTES, where)
+        if layer.sequential_attn is not None:
+            require_attributes(plugin, layer, ("norm4",), where)
+        require_attributes(plugin, layer.self_attn, ATTENTION_ATTRIBUTES, f"{where}.self_attn")
+
+
 def supported(decoder: Any) -> bool:
-    layers = list(getattr(decoder, "decoders", []))
+    """Whether every layer computes what `layer_step` re-implements (no concat_after, no SDPA/flash)."""
+    layers = list(decoder.decoders)
     return bool(layers) and all(
         not layer.concat_after and not getattr(layer.self_attn, "use_sdpa", False)
-        and not getattr(layer.self_attn, "use_flash_attn", False)
-        and hasattr(layer, "src_attn") and hasattr(layer, "norm1") for layer in layers)
+        and not getattr(layer.self_attn, "use_flash_attn", False) for layer in layers)
 
 
 class SelfKvCache(Plugin):
@@ -123,11 +141,19 @@ class SelfKvCache(Plugin):
     def apply(self, bundle: Any) -> None:
         from espnet2.asr.decoder.transformer_decoder import BaseTransformerDecoder, TransformerMDDecoder
 
+        check_espnet_version(self.name)
+        require_parameters(self.name, BaseTransformerDecoder.batch_score, ("ys", "states", "xs", "return_hs"),
+                           "BaseTransformerDecoder.batch_score")
+        require_parameters(self.name, TransformerMDDecoder.batch_score, ("ys", "states", "xs", "speech"),
+                           "TransformerMDDecoder.batch_score")
         patched, skipped = [], []
         for part in DECODER_PARTS:
             decoder = getattr(bundle.model, part, None)
             if not isinstance(decoder, BaseTransformerDecoder):
                 continue
+            check_internals(self.name, part, decoder)
+            if isinstance(decoder, TransformerMDDecoder):
+                require_attributes(self.name, decoder, ("use_speech_attn",), f"{part} ({type(decoder).__name__})")
             if not supported(decoder):
                 skipped.append(part)
                 continue

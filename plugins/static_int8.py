@@ -58,6 +58,7 @@ class StaticInt8(Plugin):
     description = "Static PTQ (QuantStub/DeQuantStub) of the ST decoder, calibrated with beam searches on dev"
     Config = StaticConfig
     needs_calibration = True
+    changes_number_format = True
 
     def quantized_parts(self) -> tuple[str, ...]:
         return tuple(self.config.parts)

@@ -12,17 +12,35 @@ import io
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from types import ModuleType
 
 _cache: dict[str, ModuleType] = {}
 
 
 @contextlib.contextmanager
-def quiet():
+def root_handlers_kept() -> Iterator[None]:
+    """Undo handlers added to the root logger inside the block.
+
+    ESPnet logs through the module-level `logging.info(...)`, which calls `logging.basicConfig()`
+    (a stderr handler on the root logger) whenever the root has none: the host program's logging
+    would change the first time the runner decodes.
+    """
+    before = list(logging.root.handlers)
+    try:
+        yield
+    finally:
+        for handler in [h for h in logging.root.handlers if h not in before]:
+            logging.root.removeHandler(handler)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
     """Silence Python-level stdout/stderr, warnings and ESPnet's logging inside the block."""
     sink = io.StringIO()
     previous = logging.root.manager.disable
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
+            root_handlers_kept():
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)
         try:
@@ -34,12 +52,17 @@ def quiet():
 def st_inference() -> ModuleType:
     """`espnet2.bin.st_inference`, imported quietly once."""
     if "st_inference" not in _cache:
-        os.environ.setdefault("NLTK_DATA", os.devnull)
-        with quiet():
-            import espnet2.bin.st_inference as module
+        # NLTK reads NLTK_DATA when imported: point it nowhere for the import only, so it
+        # does not try to download, and leave the host program's environment as it was.
+        previous = os.environ.get("NLTK_DATA")
+        os.environ["NLTK_DATA"] = os.devnull if previous is None else previous
+        try:
+            with quiet():
+                import espnet2.bin.st_inference as module
+        finally:
+            if previous is None:
+                os.environ.pop("NLTK_DATA", None)
         _cache["st_inference"] = module
-        # ESPnet's encode() warns about torch.cuda.amp.autocast on every first call.
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"espnet2?\.")
     return _cache["st_inference"]
 
 

@@ -18,7 +18,7 @@ def audio_info(path: Path) -> tuple[int, int]:
     try:
         info = soundfile.info(str(path))
     except Exception as error:  # soundfile raises its own LibsndfileError/RuntimeError
-        raise RunnerError(f"{path}: unreadable audio ({first_line(error)})") from None
+        raise RunnerError(f"{path}: unreadable audio ({first_line(error)})") from error
     return int(info.samplerate), int(info.frames)
 
 
@@ -34,7 +34,7 @@ def read_audio(path: Path, start: int = 0, frames: int = -1) -> tuple[np.ndarray
             samples = f.read(frames, dtype="float64", always_2d=True)
             rate = f.samplerate
     except Exception as error:
-        raise RunnerError(f"{path}: unreadable audio ({first_line(error)})") from None
+        raise RunnerError(f"{path}: unreadable audio ({first_line(error)})") from error
     mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
     return mono.astype(np.float32), int(rate)
 

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import sys
+import traceback
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
 from runner import defaults
 from runner.errors import RunnerError
+
+DEBUG_VARIABLE = "ST_RUNNER_DEBUG"
+_debug = False  # --debug, set by the app's callback
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure ESPnet speech-translation models: size, parameters, BLEU and latency.")
@@ -17,7 +24,30 @@ demo_app = typer.Typer(no_args_is_help=True, help="Build the embedded demo corpu
 app.add_typer(demo_app, name="demo")
 
 
-def fail(message: str, code: int = 2) -> None:
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", envvar=DEBUG_VARIABLE,
+                                    help=f"Print the full traceback of an error (or set {DEBUG_VARIABLE}=1)")) -> None:
+    """Measure ESPnet speech-translation models: size, parameters, BLEU and latency."""
+    global _debug
+    _debug = debug
+    _show_notes()
+
+
+def _show_notes() -> None:
+    """The runner's logger prints its notes (where calibration data came from, ...) on stderr."""
+    logger = logging.getLogger("runner")
+    if not any(getattr(h, "runner_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("note: %(message)s"))
+        handler.runner_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def fail(message: str, code: int = 2, error: BaseException | None = None) -> NoReturn:
+    """Print `error: message` (with the traceback under --debug) and exit with `code`."""
+    if error is not None and (_debug or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")):
+        traceback.print_exception(error, file=sys.stderr)
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -47,18 +77,18 @@ def translate(
     plugin: list[str] = typer.Option([], help="Also apply this plugin with its defaults (see `runner plugins`); repeatable"),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads [default: all cores]"),
     warmup: Optional[int] = typer.Option(None, help="Leading utterances decoded but left out of latency [default: 1]"),
-    config: Optional[Path] = typer.Option(None, help="Run YAML (model, data, decode, plugins, ...); options override it"),
+    config: Optional[Path] = typer.Option(None, help="Run YAML (model, data, decode, plugins, ...), or a shipped one by name (run, fast-search); options override it"),
     decode_config: Optional[Path] = typer.Option(None, help="Decoding YAML [default: configs/decode.yaml]"),
     set_: list[str] = typer.Option([], "--set", help="Override a decoding option, e.g. --set beam_size=4"),
     out: Optional[Path] = typer.Option(None, help="Write every figure and condition to this JSON file"),
     progress: bool = typer.Option(True, help="Show progress bars"),
 ) -> None:
     """Translate a test set and report size, parameters, BLEU, chrF, source WER and latency."""
-    from runner.config import RunConfig, decode_options, plugin_specs
+    from runner.config import RunConfig, compose_plugins, decode_options
     from runner.runner import Runner
 
     try:
-        run = RunConfig.from_yaml(config) if config else RunConfig()
+        run = RunConfig.from_yaml(defaults.shipped_config(config)) if config else RunConfig()
         given = dict(model=model, data=data, split=split, text=text, limit=limit, sample=sample, seed=seed,
                      threads=threads, warmup=warmup)
         for name, value in given.items():
@@ -66,9 +96,8 @@ def translate(
                 setattr(run, name, str(value) if isinstance(value, Path) else value)
         decode = decode_options({**run.decode, **parse_overrides(set_)}, decode_config)
         runner = Runner(run.model, decode, threads=run.threads, model_file=model_file,
-                        plugins=plugin_specs(run.plugins, quant, hop, plugin), calibration_data=run.data)
-        if runner.model_note:
-            typer.echo(f"note: {runner.model_note}", err=True)
+                        plugins=compose_plugins(run.plugins, quant=quant, hop=hop, extra=plugin),
+                        calibration_data=run.data)
         options = run.evaluate_options(progress=progress)
         preloaded = runner.preload(options)
         typer.echo(f"preloaded {len(preloaded.utterances)} utterances ({preloaded.audio_seconds:.1f} s audio, "
@@ -80,7 +109,7 @@ def translate(
             partial.save(out)
             typer.echo(f"wrote the {partial.data['n']} finished utterances of {partial.data['planned_n']} to {out}",
                        err=True)
-        fail(str(error) or "interrupted", 2 if isinstance(error, RunnerError) else 130)
+        fail(str(error) or "interrupted", 2 if isinstance(error, RunnerError) else 130, error)
     typer.echo(report.format())
     if out is not None:
         report.save(out)
@@ -89,7 +118,7 @@ def translate(
 
 @app.command()
 def sweep(
-    config: Path = typer.Argument(..., help="Sweep YAML, e.g. configs/hop.yaml"),
+    config: Path = typer.Argument(..., help="Sweep YAML, e.g. configs/hop.yaml, or a shipped one by name (hop, hop-quality)"),
     out: Optional[Path] = typer.Option(None, help="Output directory [default: results/<config name>]"),
     resume: bool = typer.Option(False, help="Skip rows already in <out>/results.jsonl (same config hash)"),
     repeats: Optional[int] = typer.Option(None, help="Repeat every run R times in interleaved order"),
@@ -102,7 +131,7 @@ def sweep(
 
     out = out or Path("results") / config.stem
     try:
-        sweep_config = SweepConfig.from_yaml(config)
+        sweep_config = SweepConfig.from_yaml(defaults.shipped_config(config))
         if repeats is not None:
             if repeats < 1:
                 fail(f"--repeats must be at least 1, got {repeats}")
@@ -112,7 +141,7 @@ def sweep(
         runner_sweep = Sweep(sweep_config, out, resume=resume, progress=progress, executor=executor, address=address)
         rows = runner_sweep.run()
     except RunnerError as error:
-        fail(str(error))
+        fail(str(error), error=error)
     except KeyboardInterrupt:
         fail(f"interrupted; finished rows are kept in {out / 'results.jsonl'}: rerun with --resume", 130)
     typer.echo((out / "summary.md").read_text(encoding="utf-8"))
@@ -139,6 +168,8 @@ def serve(
     max_seconds: float = typer.Option(60.0, help="Longest audio in seconds"),
     decode_config: Optional[Path] = typer.Option(None, help="Decoding YAML [default: configs/decode.yaml]"),
     set_: list[str] = typer.Option([], "--set", help="Override a decoding option, e.g. --set beam_size=4"),
+    calibration_data: Optional[Path] = typer.Option(
+        None, help="Data root whose dev split static-int8 calibrates on [default: the embedded demo corpus]"),
 ) -> None:
     """Serve translation over HTTP: POST /translate, GET /health, /info, and a web page at /."""
     from runner.config import decode_options
@@ -149,11 +180,11 @@ def serve(
         fail("--max-queue must be 0 or more; --max-mb and --max-seconds must be positive")
     try:
         decode = decode_options(parse_overrides(set_), decode_config)
-        models = load_models(model, quant, hop, decode, threads, model_file, plugin)
+        models = load_models(model, quant, hop, decode, threads, model_file, plugin, calibration_data)
         typer.echo(f"serving {', '.join(models)} on http://{host}:{port}/", err=True)
         run_server(models, host, port, ServeLimits(int(max_mb * 1e6), max_seconds, max_queue))
     except RunnerError as error:
-        fail(str(error))
+        fail(str(error), error=error)
 
 
 @app.command("plugins")
@@ -164,7 +195,7 @@ def list_plugins() -> None:
     try:
         registry = available()
     except RunnerError as error:
-        fail(str(error))
+        fail(str(error), error=error)
     for name, plugin in registry.items():
         typer.echo(f"{name}: {plugin.description}")
         for field_name, kind, default in config_fields(plugin):
@@ -180,15 +211,13 @@ def info(
     from runner.model import load
 
     try:
-        path, note = (model, None) if model is not None else defaults.model_path()
+        path = model if model is not None else defaults.model_path()
         summary = load(path).summary()
     except RunnerError as error:
-        fail(str(error))
+        fail(str(error), error=error)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    if note:
-        typer.echo(f"note: {note}", err=True)
     typer.echo(f"model        {path}  ({summary['model_class']})")
     typer.echo(f"multi-decoder {'yes' if summary['multidecoder'] else 'no'}; "
                f"speech-attention decoder {'yes' if summary['speech_attention'] else 'no'}")
@@ -225,7 +254,7 @@ def demo_corpus(
         corpus.build(out, {"train": train, "dev": dev, "tst-COMMON": test}, tuple(splits), audio_format)
         manifest = corpus.write_manifest(out)
     except RunnerError as error:
-        fail(str(error))
+        fail(str(error), error=error)
     typer.echo(f"wrote {out} (checksums in {manifest})")
 
 
@@ -234,7 +263,7 @@ def demo_train(
     corpus: Path = typer.Option(defaults.DEMO_CORPUS, help="MuST-C-layout corpus with train and dev splits"),
     work: Path = typer.Option(Path("exp/demo"), help="Scratch directory: dumps, stats, checkpoints"),
     out: Path = typer.Option(defaults.DEMO_MODEL, help="Where to export the experiment directory"),
-    config: Path = typer.Option(defaults.REPO_ROOT / "configs" / "demo" / "train.yaml", help="ESPnet training config"),
+    config: Path = typer.Option(defaults.CONFIGS / "demo" / "train.yaml", help="ESPnet training config"),
     max_epoch: Optional[int] = typer.Option(None, help="Override the config's max_epoch"),
     src_vocab: int = typer.Option(250, help="English BPE vocabulary"),
     tgt_vocab: int = typer.Option(300, help="German BPE vocabulary"),
@@ -245,7 +274,7 @@ def demo_train(
     try:
         exported = train(corpus, work, out, config, max_epoch, src_vocab, tgt_vocab)
     except RunnerError as error:
-        fail(str(error))
+        fail(str(error), error=error)
     typer.echo(f"exported {exported}")
 
 
@@ -260,7 +289,7 @@ def demo_export(
     try:
         typer.echo(f"exported {export(work / 'exp', out)}")
     except RunnerError as error:
-        fail(str(error))
+        fail(str(error), error=error)
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m runner.cli`

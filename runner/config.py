@@ -10,11 +10,9 @@ from typing import Any
 from runner import defaults
 from runner.decode import DecodeOptions
 from runner.errors import RunnerError
-from runner.plugin import PluginSpec
-from runner.yamlio import read_yaml_mapping
+from runner.plugin import PluginSpec, number_format_plugins
 from runner.plugin import resolve as resolve_plugins
-
-QUANT_PLUGINS = ("dynamic-int8", "dynamic-fp16", "static-int8", "bf16")
+from runner.yamlio import read_yaml_mapping
 
 
 @dataclass
@@ -61,7 +59,7 @@ class RunConfig:
         try:
             resolve_plugins(config.plugins)  # a typo in a plugin fails here, naming this file
         except RunnerError as error:
-            raise RunnerError(f"{origin}: {error}") from None
+            raise RunnerError(f"{origin}: {error}") from error
         return config
 
     def evaluate_options(self, **overrides: Any) -> Any:
@@ -78,18 +76,46 @@ def decode_options(values: dict[str, Any] | None = None, config: str | Path | No
 
     `runner translate` and `runner sweep` both decode with this, so the two measure alike.
     """
-    path = config or (defaults.DECODE_CONFIG if defaults.DECODE_CONFIG.is_file() else None)
+    path = defaults.shipped_config(config) if config else (
+        defaults.DECODE_CONFIG if defaults.DECODE_CONFIG.is_file() else None)
     if path is None:
         return DecodeOptions.from_dict(values or {}, origin="decoding options")
     return DecodeOptions.from_yaml(path, values)
 
 
-def plugin_specs(base: list[PluginSpec], quant: str | None, hop: int | None,
-                 extra: Sequence[str] = ()) -> list[PluginSpec]:
-    """Command-line --quant/--hop/--plugin on top of a config's plugin list (the command line wins)."""
-    specs = [s for s in base if s.name not in extra] + [PluginSpec(name) for name in extra]
+FLOAT = ("none", "fp32")  # --quant values meaning "no number-format plugin"
+
+
+def compose_plugins(base: Sequence[PluginSpec] = (), *, quant: str | None = None, hop: int | None = None,
+                    extra: Sequence[str] = (), options: dict[str, Any] | None = None) -> list[PluginSpec]:
+    """The plugin list of one run; `runner translate`, every sweep row and `runner serve` compose it here.
+
+    Args:
+        base: a run config's `plugins:` list.
+        quant: `--quant` or a grid's `quant`: "none"/"fp32" removes every number-format plugin
+            (int8, fp16, bf16, and third-party ones that declare `changes_number_format`);
+            another name replaces them with that plugin, keeping `base`'s options for it if listed.
+        hop: `--hop` or a grid's `hop`: replaces any hop plugin.
+        extra: `--plugin` names, added with their defaults unless `base` lists them already.
+        options: a grid row's `{"<plugin>.<option>": value}`, set on plugins in the list
+            (options of absent plugins are ignored).
+
+    Returns:
+        New specs; `base` is not changed.
+    """
+    specs = [PluginSpec(s.name, dict(s.values)) for s in base]
+    specs += [PluginSpec(name) for name in dict.fromkeys(extra) if all(s.name != name for s in specs)]
     if hop is not None:
         specs = [s for s in specs if s.name != "hop"] + [PluginSpec("hop", {"hop_length": hop})]
-    if quant is not None and quant not in ("none", "fp32"):
-        specs = [s for s in specs if s.name not in QUANT_PLUGINS] + [PluginSpec(quant)]
+    if quant is not None:
+        formats = set(number_format_plugins())
+        kept = [s for s in specs if s.name not in formats or s.name == quant]
+        if quant not in FLOAT and all(s.name != quant for s in kept):
+            kept.append(PluginSpec(quant))
+        specs = [s for s in kept if quant not in FLOAT or s.name not in formats]
+    for key, value in (options or {}).items():
+        plugin, _, option = key.partition(".")
+        for spec in specs:
+            if spec.name == plugin:
+                spec.values[option] = value
     return specs

@@ -200,6 +200,26 @@ def _read_table(path: Path) -> dict[str, str]:
     return table
 
 
+def _read_segments(path: Path) -> dict[str, tuple[str, float, float]]:
+    """Kaldi `segments`: `utt recording start end` per line (seconds; end -1 means the recording's end)."""
+    cuts: dict[str, tuple[str, float, float]] = {}
+    for number, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        try:
+            if len(fields) != 4:
+                raise ValueError
+            utt, rec, start, end = fields[0], fields[1], float(fields[2]), float(fields[3])
+        except ValueError:
+            raise RunnerError(f"{path}:{number}: expected 'utterance recording start end' (seconds), "
+                              f"got {line.strip()!r}") from None
+        if start < 0 or (end >= 0 and end <= start):
+            raise RunnerError(f"{path}:{number}: segment '{utt}' has start {start:g} s and end {end:g} s")
+        cuts[utt] = (rec, start, end)
+    return cuts
+
+
 REFERENCE_NAMES = ("text.tc.de", "text.tc", "text")
 SOURCE_NAMES = ("text.lc.rm.en", "text.tc.en", "text.lc.en", "text.en")
 
@@ -224,10 +244,7 @@ def read_kaldi_dir(root: Path, text: str | None = None) -> TestSet:
         if location.endswith("|"):
             raise RunnerError(f"{root / 'wav.scp'}: '{key}' is a pipe command; give audio file paths")
     if (root / "segments").is_file():
-        cuts = {}
-        for utt, value in _read_table(root / "segments").items():
-            rec, start, end = value.split()
-            cuts[utt] = (rec, float(start), float(end))
+        cuts = _read_segments(root / "segments")
     else:
         cuts = {utt: (utt, 0.0, -1.0) for utt in recordings}
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from runner.errors import RunnerError
+
+from runner.errors import AudioTooShortError, RunnerError
 from runner.plugin import coerce  # decoding options follow the plugin options' typing rules
 
 STAGES = ("frontend", "encoder", "asr_search", "md_encoder", "st_search")
@@ -142,14 +143,38 @@ def stage_modules(speech2text: Any) -> dict[str, list[torch.nn.Module]]:
     return {name: [m for m in group if isinstance(m, torch.nn.Module)] for name, group in groups.items()}
 
 
+def minimum_samples(speech2text: Any) -> int:
+    """The fewest samples the model's STFT frontend accepts (reflect padding needs more than n_fft // 2)."""
+    stft = getattr(getattr(speech2text.st_model, "frontend", None), "stft", None)
+    if stft is None or not hasattr(stft, "n_fft"):
+        return 1
+    return stft.n_fft // 2 + 1 if getattr(stft, "center", True) else stft.n_fft
+
+
 def translate(speech2text: Any, waveform: np.ndarray) -> Translation:
-    """One utterance through `Speech2Text.__call__`, with wall time in total and per stage."""
+    """One utterance through `Speech2Text.__call__`, with wall time in total and per stage.
+
+    Raises:
+        AudioTooShortError: when the waveform is shorter than the frontend's window or gives the
+            encoder too few frames for its subsampling (ESPnet's TooShortUttError).
+    """
+    needed = minimum_samples(speech2text)
+    if len(waveform) < needed:
+        raise AudioTooShortError(f"audio too short: {len(waveform)} samples, the frontend's STFT window needs at "
+                                 f"least {needed}")
     timer = StageTimer(stage_modules(speech2text))
     autocast_dtype = getattr(speech2text, "runner_autocast", None)  # set by the bf16 plugin
     autocast = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     with timer, autocast:
         started = time.perf_counter()
-        output = speech2text(waveform)
+        try:
+            output = speech2text(waveform)
+        except Exception as error:
+            if type(error).__name__ == "TooShortUttError":  # espnet.nets.pytorch_backend.transformer.subsampling
+                raise AudioTooShortError(
+                    f"audio too short for the encoder's subsampling: {len(waveform)} samples give "
+                    f"{error.actual_size} feature frames, it needs more than {error.limit}") from error
+            raise
         seconds = time.perf_counter() - started
     if isinstance(output, tuple):  # multi-decoder: (st results, asr results)
         results, asr_results = output

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
+import warnings
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,8 @@ from typing import Any
 import torch
 
 import runner
+from runner._espnet import root_handlers_kept
+from runner.errors import RunnerError
 
 CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile")
 
@@ -23,11 +28,45 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def set_threads(threads: int | None) -> int:
-    """Set intra-op threads explicitly (default: every core this process may use)."""
-    count = threads or available_cores()
-    torch.set_num_threads(count)
-    return torch.get_num_threads()
+def resolve_threads(threads: int | None) -> int:
+    """The intra-op thread count a runner uses: `threads`, or every core this process may use."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise RunnerError(f"threads must be a positive integer, got {threads!r}")
+    return threads or available_cores()
+
+
+def ignore_library_warnings() -> None:
+    """Inside a `warnings.catch_warnings()` block: drop notices about code the user does not call.
+
+    torch 2.11 warns on every eager-mode `torch.ao.quantization` call that it is deprecated (it
+    works), and ESPnet's encoder warns about `torch.cuda.amp.autocast` on every first call.
+    """
+    warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization.*", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization.*", category=UserWarning)
+    warnings.filterwarnings("ignore", message=r".*deprecated.*", module=r"torch\.ao\.quantization")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"espnet2?\.")
+
+
+@contextlib.contextmanager
+def torch_settings(threads: int, engine: str | None = None) -> Iterator[None]:
+    """Run the block on `threads` intra-op threads and quantized `engine`; restore the caller's after.
+
+    torch keeps both process-wide, so a runner embedded in a host program sets them only for
+    its own calls. Inter-op threads are left as they are: torch lets a process set them once.
+    Library warnings are filtered inside the block only, and logging handlers that ESPnet adds to
+    the root logger are removed at its end.
+    """
+    threads_before, engine_before = torch.get_num_threads(), torch.backends.quantized.engine
+    with warnings.catch_warnings(), root_handlers_kept():
+        ignore_library_warnings()
+        torch.set_num_threads(threads)
+        if engine is not None:
+            torch.backends.quantized.engine = engine
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads_before)
+            torch.backends.quantized.engine = engine_before
 
 
 def cpu_model() -> tuple[str, list[str]]:
@@ -64,15 +103,22 @@ def git_commit() -> str | None:
         return None
 
 
-def manifest() -> dict[str, Any]:
+def manifest(threads: int | None = None, engine: str | None = None) -> dict[str, Any]:
+    """The machine and libraries a figure was measured with.
+
+    Args:
+        threads: the intra-op threads the measured runner used (default: torch's current count).
+        engine: the quantized engine the measured model's plugins used; "none" for a float model.
+            Default: torch's current engine (for a manifest that describes the machine only).
+    """
     model, flags = cpu_model()
     return {
         "cpu": model,
         "cpu_flags": flags,
         "cores": available_cores(),
-        "threads": torch.get_num_threads(),
+        "threads": threads if threads is not None else torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
-        "quantized_engine": torch.backends.quantized.engine,
+        "quantized_engine": engine if engine is not None else torch.backends.quantized.engine,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": {name: _version(name) for name in ("torch", "torchaudio", "espnet", "sacrebleu", "numpy")},

@@ -1,9 +1,12 @@
 """Finding, loading and describing ESPnet speech-translation models.
 
 Accepts an experiment directory (config.yaml + a .pth), a config or .pth file, or a packed
-archive written by `espnet2.bin.pack`. Paths inside config.yaml that were written relative to
-a recipe root are resolved against the model directory and its parents, so an experiment
-copied anywhere still loads.
+archive written by `espnet2.bin.pack`. Paths inside config.yaml that do not exist (written
+relative to a recipe root, or absolute paths of another machine) are found by their trailing
+components under the model directory and its parents, so an experiment copied anywhere still
+loads. The weights must fit the config: ESPnet loads them with `strict=False`, which would
+leave a mismatched model partly random, so the runner checks every key itself. A trainer
+checkpoint (`checkpoint.pth`) is unwrapped to its model weights.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +41,11 @@ MODEL_FILE_NAMES = (
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2")
 # Config keys that name files the model cannot load without.
 REQUIRED_PATH_KEYS = ("token_list", "src_token_list", "bpemodel", "src_bpemodel", "stats_file")
+# Keys of an ESPnet trainer checkpoint (espnet2/train/trainer.py) besides "model".
+TRAINER_KEYS = ("reporter", "optimizers", "schedulers", "scaler")
+SHOWN_KEYS = 3  # how many mismatched keys an error names
+
+logger = logging.getLogger("runner")
 PARTS = ("frontend", "normalize", "encoder", "extra_asr_decoder", "md_encoder", "decoder", "ctc", "st_ctc")
 
 
@@ -51,8 +60,9 @@ class ModelFiles:
 
     origin: Path  # what the user named
     config: Path  # config.yaml to load (a resolved copy when paths had to be rewritten)
-    model_file: Path
+    model_file: Path  # the weights ESPnet loads (the unwrapped copy of a trainer checkpoint)
     packed: bool
+    checkpoint: Path | None = None  # the trainer checkpoint `model_file` was unwrapped from
 
     @property
     def file_bytes(self) -> int:
@@ -89,7 +99,62 @@ def locate(path: str | Path, model_file: str | Path | None = None) -> ModelFiles
         raise RunnerError(f"{origin}: not a model directory, config, .pth or packed archive")
     if not weights.is_file():
         raise RunnerError(f"{weights}: model file not found")
-    return ModelFiles(origin, _resolve_config_paths(config), weights, packed)
+    unwrapped = _unwrap_checkpoint(weights)
+    return ModelFiles(origin, _resolve_config_paths(config), unwrapped or weights, packed,
+                      weights if unwrapped else None)
+
+
+def read_weights(path: Path) -> Any:
+    """torch.load of a model file onto the CPU, memory-mapped when the format allows (cheap to inspect)."""
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+            return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise RunnerError(f"{path}: not a readable PyTorch model file ({first_line(error)})") from error
+
+
+def _unwrap_checkpoint(weights: Path) -> Path | None:
+    """The model weights of an ESPnet trainer checkpoint, saved once to the cache; None for plain weights."""
+    state = read_weights(weights)
+    if not (isinstance(state, dict) and isinstance(state.get("model"), dict) and any(k in state for k in TRAINER_KEYS)):
+        return None
+    target = cache_dir() / "unwrapped" / file_hash(weights) / "model.pth"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        torch.save(state["model"], partial)
+        partial.replace(target)
+    logger.info("%s is a trainer checkpoint: loading its model weights (saved as %s)", weights, target)
+    return target
+
+
+def check_weights_fit(model: torch.nn.Module, files: ModelFiles) -> None:
+    """Refuse weights whose keys differ from the model that config.yaml builds.
+
+    ESPnet's `build_model_from_file` loads with `strict=False`, so missing keys would stay
+    randomly initialised and unexpected ones would be dropped, without a word.
+    """
+    state = read_weights(files.model_file)
+    if isinstance(state, dict) and isinstance(state.get("module"), dict):  # DeepSpeed, as ESPnet unwraps it
+        state = state["module"]
+    if not isinstance(state, dict):
+        raise RunnerError(f"{files.model_file}: not a state_dict (a {type(state).__name__})")
+    expected, found = set(model.state_dict()), set(state)
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if not missing and not unexpected:
+        return
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s) ({', '.join(missing[:SHOWN_KEYS])}"
+                        f"{', ...' if len(missing) > SHOWN_KEYS else ''})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s) ({', '.join(unexpected[:SHOWN_KEYS])}"
+                        f"{', ...' if len(unexpected) > SHOWN_KEYS else ''})")
+    source = files.checkpoint or files.model_file
+    raise RunnerError(f"{source}: the weights do not fit the model {files.config.name} builds: "
+                      f"{' and '.join(problems)}; were they trained with this config?")
 
 
 def _pick_model_file(directory: Path) -> Path:
@@ -100,6 +165,8 @@ def _pick_model_file(directory: Path) -> Path:
     averaged = [p for p in candidates if "ave" in p.name]
     if len(averaged) == 1 or len(candidates) == 1:
         return (averaged or candidates)[0]
+    if not candidates and (directory / "checkpoint.pth").is_file():
+        return directory / "checkpoint.pth"  # a run stopped before its first snapshot average: unwrapped
     if not candidates:
         raise RunnerError(f"{directory}: no model file (*.pth)")
     names = ", ".join(p.name for p in candidates)
@@ -121,7 +188,7 @@ def _unpack(archive: Path) -> tuple[Path, Path]:
     try:
         files = unpack(archive, target)
     except Exception as error:
-        raise RunnerError(f"{archive}: not an ESPnet packed model ({first_line(error)})") from None
+        raise RunnerError(f"{archive}: not an ESPnet packed model ({first_line(error)})") from error
     config = files.get("st_train_config") or next((v for k, v in files.items() if k.endswith("train_config")), None)
     weights = files.get("st_model_file") or next((v for k, v in files.items() if k.endswith("model_file")), None)
     if not config or not weights:
@@ -129,8 +196,29 @@ def _unpack(archive: Path) -> tuple[Path, Path]:
     return Path(config), Path(weights)
 
 
+def find_by_trailing_parts(value: str, roots: list[Path]) -> tuple[Path | None, list[Path]]:
+    """`value` (relative or absolute, possibly another machine's) under `roots`, by its trailing components.
+
+    `/home/x/egs2/must_c/st1/data/tgt_bpe.model` is looked for as `st1/data/tgt_bpe.model`,
+    `data/tgt_bpe.model` and `tgt_bpe.model` under each root in turn (longest match first).
+
+    Returns:
+        The first existing candidate (or None) and every place tried, in order.
+    """
+    parts = [p for p in Path(value).parts if p not in (Path(value).anchor, "", ".")]
+    tried: list[Path] = []
+    for root in roots:
+        for start in range(len(parts)):
+            candidate = root.joinpath(*parts[start:])
+            if candidate not in tried:
+                tried.append(candidate)
+            if candidate.exists():
+                return candidate, tried
+    return None, tried
+
+
 def _resolve_config_paths(config: Path) -> Path:
-    """Rewrite relative file paths in config.yaml that do not exist from the current directory."""
+    """Rewrite file paths in config.yaml that do not exist as written (see `find_by_trailing_parts`)."""
     data = read_yaml(config, "training config")
     if not isinstance(data, dict):
         raise RunnerError(f"{config}: not an ESPnet training config")
@@ -143,12 +231,14 @@ def _resolve_config_paths(config: Path) -> Path:
             return {k: resolve(k, v) for k, v in value.items()}
         if not isinstance(value, str) or key not in REQUIRED_PATH_KEYS or Path(value).exists():
             return value
-        for root in roots:
-            for candidate in (root / value, root / Path(value).name):
-                if candidate.exists():
-                    changed = True
-                    return str(candidate.resolve())
-        raise RunnerError(f"{config}: {key} '{value}' not found, relative to . or to {config.parent}")
+        found, tried = find_by_trailing_parts(value, roots)
+        if found is None:
+            places = ", ".join(str(p) for p in tried)
+            raise RunnerError(f"{config}: {key} '{value}' not found as written nor by its trailing parts; "
+                              f"tried {places}")
+        changed = True
+        logger.debug("%s: %s '%s' found as %s", config, key, value, found)
+        return str(found.resolve())
 
     resolved = {k: resolve(k, v) for k, v in data.items()}
     if not changed:
@@ -273,7 +363,8 @@ def load(path: str | Path, options: DecodeOptions | None = None, model_file: str
                 st_train_config=str(files.config), st_model_file=str(files.model_file), **options.speech2text_kwargs()
             )
     except (FileNotFoundError, RuntimeError, KeyError, AssertionError, TypeError, ValueError) as error:
-        raise RunnerError(f"{files.origin}: ESPnet could not load the model ({first_line(error)})") from None
+        raise RunnerError(f"{files.origin}: ESPnet could not load the model ({first_line(error)})") from error
+    check_weights_fit(speech2text.st_model, files)
     bundle = ModelBundle(speech2text, files, options)
     keep_pre_x_on_retry(speech2text.beam_search)
     return bundle

@@ -30,6 +30,9 @@ class Plugin:
     # Plugins run in ascending order: the frontend (hop) before anything that quantizes.
     order: ClassVar[int] = 50
     needs_calibration: ClassVar[bool] = False
+    # True for a number-format plugin (int8, fp16, bf16): `--quant none` removes it, and a sweep
+    # compares it against the float run of the same grid point.
+    changes_number_format: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -72,9 +75,15 @@ def available() -> dict[str, type[Plugin]]:
         try:
             plugin = entry.load()
         except Exception as error:  # a broken third-party plugin must not hide the others
-            raise RunnerError(f"plugin '{entry.name}' ({entry.value}) failed to load: {error}") from None
+            raise RunnerError(f"plugin '{entry.name}' ({entry.value}) failed to load: {error}") from error
         plugins[entry.name] = plugin
     return dict(sorted(plugins.items()))
+
+
+def number_format_plugins(registry: dict[str, type[Plugin]] | None = None) -> tuple[str, ...]:
+    """Names of the registered plugins that change a number format (built-in or third-party)."""
+    registry = registry if registry is not None else available()
+    return tuple(name for name, plugin in registry.items() if getattr(plugin, "changes_number_format", False))
 
 
 def config_fields(plugin: type[Plugin]) -> list[tuple[str, str, Any]]:
@@ -158,7 +167,7 @@ def build(spec: PluginSpec, registry: dict[str, type[Plugin]] | None = None) -> 
         try:
             validate()
         except ValueError as error:
-            raise RunnerError(f"plugin '{spec.name}': {error}") from None
+            raise RunnerError(f"plugin '{spec.name}': {error}") from error
     return plugin(config)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import warnings
 from collections.abc import Iterator
 
 import torch
@@ -16,14 +15,13 @@ MODULE_TYPES: dict[str, type[torch.nn.Module]] = {"Linear": torch.nn.Linear, "LS
 # A model part may hold several attributes of the ESPnet model (both CTC heads).
 PART_ATTRIBUTES = {"encoder": ("preencoder", "encoder"), "ctc": ("ctc", "st_ctc")}
 
-# torch 2.11 warns on every eager-mode call that torch.ao.quantization is deprecated (it works).
-warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization.*", category=DeprecationWarning)
-warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization.*", category=UserWarning)
-warnings.filterwarnings("ignore", message=r".*deprecated.*", module=r"torch\.ao\.quantization")
-
 
 def select_engine(name: str) -> str:
-    """Set the quantized engine; 'auto' takes the best one this CPU's torch supports."""
+    """Set the quantized engine; 'auto' takes the best one this CPU's torch supports.
+
+    The runner applies plugins inside `runner.environment.torch_settings`, which restores the
+    caller's engine afterwards and sets this one again around every translation.
+    """
     supported = torch.backends.quantized.supported_engines
     if name == "auto":
         name = next((e for e in ENGINE_PREFERENCE if e in supported), "none")

@@ -79,11 +79,10 @@ class Report:
         ]
         calibrated = [p for p in c["plugins"] if "calibration_seconds" in p]
         for p in calibrated:
-            rows.append(("calibration", f"{p['name']}: {p['calibration_utterances']} utterances of "
-                                        f"{p['calibration_split']} in {p['calibration_seconds']:.1f} s "
+            rows.append(("calibration", f"{p['name']}: {p['calibration_utterances']} utterances of split "
+                                        f"{p['calibration_split']} of {p['calibration_data']} "
+                                        f"({p['calibration_source']}) in {p['calibration_seconds']:.1f} s "
                                         f"(not part of latency)"))
-        if self.model.get("note"):
-            rows.insert(0, ("note", self.model["note"]))
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 

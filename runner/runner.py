@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import shlex
 import sys
 import time
@@ -16,9 +17,9 @@ import torch
 
 from runner import defaults
 from runner.audio import resample, to_mono_float
-from runner.data import PreloadedSet, Segment, load_test_set, preload
+from runner.data import PreloadedSet, Segment, TestSet, load_test_set, preload
 from runner.decode import STAGES, DecodeOptions, Translation, translate
-from runner.environment import manifest, set_threads
+from runner.environment import manifest, resolve_threads, torch_settings
 from runner.errors import RunnerError, first_line
 from runner.metrics.bleu import corpus_bleu, corpus_chrf
 from runner.metrics.latency import latency_stats
@@ -27,6 +28,8 @@ from runner.model import ModelBundle, load
 from runner.plugin import Plugin, PluginSpec
 from runner.plugin import resolve as resolve_plugins
 from runner.report import Report
+
+logger = logging.getLogger("runner")
 
 
 @dataclass
@@ -46,7 +49,11 @@ class EvaluateOptions:
 
 
 class Runner:
-    """A loaded model, ready to translate single waveforms or evaluate a test set."""
+    """A loaded model, ready to translate single waveforms or evaluate a test set.
+
+    A runner sets torch's intra-op threads and quantized engine only for its own calls and
+    restores the caller's settings after each (see `runner.environment.torch_settings`).
+    """
 
     def __init__(
         self,
@@ -57,39 +64,80 @@ class Runner:
         plugins: Sequence[str | dict[str, Any] | PluginSpec] = (),
         calibration_data: str | Path | None = None,
     ) -> None:
-        """Load `model` and apply `plugins` (names, {name: ..., option: ...} dicts or PluginSpecs).
+        """Load `model` and apply `plugins`.
 
-        Plugins that calibrate read `calibration_data` (default: the demo corpus), split
-        `calibration_split` of their config; `evaluate` refuses test utterances they calibrated on.
+        Args:
+            model: an ESPnet experiment directory, config.yaml, .pth or packed archive
+                (default: the embedded demo model), or a loaded `ModelBundle`.
+            decode: decoding options (default: `DecodeOptions()`, configs/decode.yaml's values).
+            threads: intra-op threads for this runner's calls (default: every core).
+            model_file: the weights, when the experiment directory holds several .pth files.
+            plugins: names, `{name: ..., option: ...}` dicts or `PluginSpec`s, applied in order.
+            calibration_data: data root whose calibration split (e.g. dev) calibrating plugins
+                read. Default: the data of the first `evaluate` call, when it has that split;
+                otherwise the embedded demo corpus, which is logged and recorded in the report.
         """
-        self.threads = set_threads(threads)
-        self.model_note: str | None = None
-        if isinstance(model, ModelBundle):  # see from_bundle
-            self.decode, self.bundle = model.options, model
-        else:
-            if model is None:
-                model, self.model_note = defaults.model_path()
-            self.decode = decode or DecodeOptions()
-            self.bundle = load(model, self.decode, model_file)
-        specs = [p if isinstance(p, PluginSpec) else PluginSpec.parse(p, "plugins") for p in plugins]
-        self.plugins: list[Plugin] = resolve_plugins(specs)
-        self._calibration_keys: set[tuple[str, int, int]] = set()
-        for plugin in self.plugins:
-            started = time.perf_counter()
-            plugin.apply(self.bundle)
-            self.bundle.rewire_searches()
-            plugin.details["apply_seconds"] = time.perf_counter() - started
-            if plugin.needs_calibration:
-                self._calibrate(plugin, calibration_data)
+        self.threads = resolve_threads(threads)
+        with torch_settings(self.threads):
+            if isinstance(model, ModelBundle):  # see from_bundle
+                self.decode, self.bundle = model.options, model
+            else:
+                self.decode = decode or DecodeOptions()
+                self.bundle = load(model if model is not None else defaults.model_path(), self.decode, model_file)
+            specs = [p if isinstance(p, PluginSpec) else PluginSpec.parse(p, "plugins") for p in plugins]
+            self.plugins: list[Plugin] = resolve_plugins(specs)
+            self._calibration_keys: set[tuple[str, int, int]] = set()
+            # Plugins from the first calibrating one on wait until the calibration data is known.
+            self._pending: list[Plugin] = []
+            for index, plugin in enumerate(self.plugins):
+                if plugin.needs_calibration and calibration_data is None and plugin.config.calibration_data is None:
+                    self._pending = self.plugins[index:]
+                    break
+                self._apply(plugin, calibration_data, "given")
 
-    def _calibrate(self, plugin: Plugin, calibration_data: str | Path | None) -> None:
+    @property
+    def engine(self) -> str | None:
+        """The quantized engine this runner's plugins packed weights for; None for a float model."""
+        return next((p.details["engine"] for p in reversed(self.plugins) if "engine" in p.details), None)
+
+    def _scope(self) -> Any:
+        return torch_settings(self.threads, self.engine)
+
+    def _apply(self, plugin: Plugin, calibration_data: str | Path | None, source: str) -> None:
+        started = time.perf_counter()
+        plugin.apply(self.bundle)
+        self.bundle.rewire_searches()
+        plugin.details["apply_seconds"] = time.perf_counter() - started
+        if plugin.needs_calibration:
+            self._calibrate(plugin, plugin.config.calibration_data or calibration_data, source)
+
+    def _calibrate(self, plugin: Plugin, data: str | Path, source: str) -> None:
         config = plugin.config
-        data = config.calibration_data or calibration_data or defaults.data_path()
         test_set = load_test_set(data, config.calibration_split)
         calibration = preload(test_set, self.sample_rate, limit=config.calibration_size, seed=config.calibration_seed)
         plugin.calibrate(self.bundle, calibration.utterances)
-        plugin.details.update(calibration_data=str(data), calibration_split=config.calibration_split)
+        plugin.details.update(calibration_data=str(data), calibration_split=config.calibration_split,
+                              calibration_source=source)
         self._calibration_keys |= {_segment_key(u.segment) for u in calibration.utterances}
+
+    def _finish_plugins(self, evaluated: TestSet | None) -> None:
+        """Calibrate (then apply what follows) on `evaluated`'s calibration split, or the demo corpus."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        calibrating = pending[0]
+        split = calibrating.config.calibration_split
+        data, source = _calibration_source(evaluated, split)
+        if source == "embedded demo corpus":
+            reason = (f"{evaluated.path} has no '{split}' split" if evaluated is not None
+                      else "no calibration_data was given")
+            logger.warning("%s calibrates on the embedded demo corpus (%s, split %s): %s; pass calibration_data "
+                           "to calibrate on your own data", calibrating.name, data, split, reason)
+        else:
+            logger.info("%s calibrates on split %s of the evaluated data %s", calibrating.name, split, data)
+        with self._scope():
+            for plugin in pending:
+                self._apply(plugin, data, source)
 
     @functools.cached_property
     def summary(self) -> dict[str, Any]:
@@ -98,6 +146,7 @@ class Runner:
         Computed once: plugins change the model only while the runner is built, and serializing
         a seed-scale state_dict for its size takes seconds that every repeat would otherwise pay.
         """
+        self._finish_plugins(None)
         return self.bundle.summary()
 
     @classmethod
@@ -112,11 +161,29 @@ class Runner:
         return self.bundle.sample_rate
 
     def translate(self, waveform: np.ndarray | torch.Tensor, sample_rate: int) -> Translation:
-        """Translate one waveform (any rate, mono or multi-channel) for a demo."""
+        """Translate one waveform, e.g. for a demo.
+
+        Args:
+            waveform: samples as (samples,), (samples, channels) or (channels, samples); float
+                in [-1, 1] or integer PCM, as numpy or torch.
+            sample_rate: the waveform's rate; it is resampled to the model's.
+
+        Returns:
+            The translation, the ASR transcript (multi-decoder models), tokens and latency per stage.
+
+        Raises:
+            AudioTooShortError: audio too short for the frontend window or the encoder's subsampling.
+            RunnerError: empty or malformed audio.
+        """
         audio = resample(to_mono_float(waveform), sample_rate, self.sample_rate)
         if audio.size == 0:
             raise RunnerError("waveform: empty audio")
-        return translate(self.bundle.speech2text, audio)
+        self._finish_plugins(None)
+        with self._scope():
+            try:
+                return translate(self.bundle.speech2text, audio)
+            except RunnerError as error:
+                raise type(error)(f"waveform: {error}") from error
 
     def preload(self, options: EvaluateOptions) -> PreloadedSet:
         data = options.data if options.data is not None else defaults.data_path()
@@ -132,13 +199,40 @@ class Runner:
             part=options.part,
         )
 
-    def evaluate(self, data: str | Path | None = None, **kwargs: Any) -> Report:
-        """Preload the test subset, decode every utterance, and measure. kwargs: EvaluateOptions fields."""
-        options = EvaluateOptions(data=data, **kwargs)
+    def evaluate(self, data: str | Path | None = None, *, split: str = "tst-COMMON", text: str | None = None,
+                 limit: int | None = None, sample: bool = False, seed: int = 0, warmup: int = 1,
+                 progress: bool = False) -> Report:
+        """Preload a test subset, decode every utterance, and measure.
+
+        Args:
+            data: a MuST-C release (any of its roots) or an ESPnet/Kaldi data directory
+                (default: the embedded demo corpus).
+            split: the MuST-C split to decode.
+            text: the reference file's name inside a Kaldi data directory.
+            limit: decode only this many utterances (default: all).
+            sample: draw the `limit` utterances with `seed` instead of taking the first ones.
+            seed: the seed for `sample`.
+            warmup: leading utterances decoded but left out of latency (they count for BLEU).
+            progress: show progress bars on stderr.
+
+        Returns:
+            A `Report`: size, parameters, BLEU, chrF, source WER, latency and every condition.
+
+        Raises:
+            RunnerError: bad input (its `partial_report` holds finished utterances, if any).
+        """
+        options = EvaluateOptions(data=data, split=split, text=text, limit=limit, sample=sample, seed=seed,
+                                  warmup=warmup, progress=progress)
         preloaded = self.preload(options)
         return self.evaluate_preloaded(preloaded, options)
 
     def evaluate_preloaded(self, preloaded: PreloadedSet, options: EvaluateOptions) -> Report:
+        """`evaluate` on utterances already in memory (a sweep preloads once for every run)."""
+        self._finish_plugins(preloaded.test_set)
+        with self._scope():
+            return self._evaluate(preloaded, options)
+
+    def _evaluate(self, preloaded: PreloadedSet, options: EvaluateOptions) -> Report:
         utterances = preloaded.utterances
         overlap = [u.segment.id for u in utterances if _segment_key(u.segment) in self._calibration_keys]
         if overlap:
@@ -152,7 +246,6 @@ class Runner:
             raise RunnerError(
                 f"--warmup {options.warmup} leaves no utterance to time out of {len(utterances)}; lower it or raise --limit"
             )
-        torch.set_num_threads(self.threads)
         iterator: Iterable = utterances
         if options.progress:
             iterator = _bar("decode")(utterances)
@@ -161,9 +254,10 @@ class Runner:
             for utterance in iterator:
                 try:
                     translations.append(translate(self.bundle.speech2text, utterance.waveform))
-                except Exception as error:  # ESPnet's TooShortUttError, shape errors, ...: name the utterance
-                    raise RunnerError(f"{utterance.segment.audio_path}: decoding '{utterance.segment.id}' "
-                                      f"failed ({first_line(error)})") from None
+                except Exception as error:  # too short, shape errors, ...: name the utterance, keep the cause
+                    kind = type(error) if isinstance(error, RunnerError) else RunnerError
+                    raise kind(f"{utterance.segment.audio_path}: decoding '{utterance.segment.id}' "
+                               f"failed ({first_line(error)})") from error
         except (RunnerError, KeyboardInterrupt) as error:
             # Keep what finished: the caller can still save these utterances' figures.
             error.partial_report = self._partial_report(preloaded, options, translations)  # type: ignore[union-attr]
@@ -199,7 +293,6 @@ class Runner:
                 "model_file": str(files.model_file),
                 "packed": files.packed,
                 "content_hash": files.content_hash,
-                "note": self.model_note,
                 "summary": summary,
             },
             data={
@@ -217,7 +310,7 @@ class Runner:
             },
             decode=self.decode.speech2text_kwargs(),
             conditions={
-                **manifest(),
+                **manifest(self.threads, self.engine or "none"),
                 "warmup": options.warmup,
                 "hop_length": (summary["frontend"] or {}).get("hop_length"),
                 "plugins": [p.describe() for p in self.plugins],
@@ -248,6 +341,17 @@ class Runner:
                 for i, (u, t) in enumerate(zip(utterances, translations))
             ],
         )
+
+
+def _calibration_source(evaluated: TestSet | None, split: str) -> tuple[Path, str]:
+    """Where a calibrating plugin reads `split`: the evaluated MuST-C release when it has one."""
+    if evaluated is not None and evaluated.format == "mustc":
+        try:
+            load_test_set(evaluated.path, split)
+            return evaluated.path, "evaluated data"
+        except RunnerError:
+            pass
+    return defaults.data_path(), "embedded demo corpus"
 
 
 def _segment_key(segment: Segment) -> tuple[str, int, int]:

@@ -28,7 +28,7 @@ from starlette.requests import ClientDisconnect
 from runner import defaults
 from runner.decode import DecodeOptions, Translation
 from runner.environment import manifest
-from runner.errors import RunnerError, first_line
+from runner.errors import AudioTooShortError, RunnerError, first_line
 from runner.runner import Runner
 
 WARMUP_SECONDS = 2.0
@@ -69,14 +69,14 @@ def read_upload(data: bytes, limits: ServeLimits) -> Audio:
         info = soundfile.info(io.BytesIO(data))
     except Exception as error:  # libsndfile's own error types
         reason = re.sub(r"^Error opening <[^>]*>: ", "", first_line(error))  # libsndfile names the BytesIO
-        raise ApiError(415, f"not a readable audio file (WAV or FLAC expected): {reason}") from None
+        raise ApiError(415, f"not a readable audio file (WAV or FLAC expected): {reason}") from error
     seconds = info.frames / info.samplerate if info.samplerate else 0.0
     if seconds > limits.max_audio_seconds:
         raise ApiError(413, f"audio is {seconds:.1f} s long; the limit is {limits.max_audio_seconds:g} s")
     try:
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as error:
-        raise ApiError(415, f"audio could not be decoded: {first_line(error)}") from None
+        raise ApiError(415, f"audio could not be decoded: {first_line(error)}") from error
     if samples.shape[0] == 0:
         raise ApiError(400, "audio has no samples")
     return Audio(samples, int(rate), samples.shape[0] / rate, info.format)
@@ -123,6 +123,7 @@ def model_config(runner: Runner) -> dict[str, Any]:
         "model_file_bytes": summary["model_file_bytes"],
         "parameters": summary["parameters"],
         "threads": runner.threads,
+        "quantized_engine": runner.engine or "none",
         "decode": runner.decode.speech2text_kwargs(),
         "model": str(runner.bundle.files.origin),
         "model_content_hash": runner.bundle.files.content_hash,
@@ -196,14 +197,10 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None) -> 
 def _translate(runner: Runner, audio: Audio) -> Translation:
     try:
         return runner.translate(audio.waveform, audio.sample_rate)
-    except Exception as error:
-        if type(error).__name__ == "TooShortUttError":  # ESPnet's subsampling check
-            raise ApiError(422, f"audio too short for the model's subsampling ({audio.seconds:.3f} s: "
-                                f"{error.actual_size} feature frames, the encoder needs more than "
-                                f"{error.limit})") from None
-        if isinstance(error, RunnerError):
-            raise ApiError(422, str(error)) from None
-        raise
+    except AudioTooShortError as error:  # shorter than the STFT window, or too few frames to subsample
+        raise ApiError(422, f"{error} ({audio.seconds:.3f} s of audio)") from error
+    except RunnerError as error:
+        raise ApiError(422, str(error)) from error
 
 
 async def _read_body(request: Request, limit: int) -> tuple[bytes, str | None]:
@@ -228,7 +225,7 @@ async def _read_body(request: Request, limit: int) -> tuple[bytes, str | None]:
     except ClientDisconnect:
         raise ApiError(400, "client disconnected during the upload") from None
     except HTTPException as error:  # starlette's multipart parser: no boundary, cut parts, ...
-        raise ApiError(400, f"malformed multipart upload: {error.detail}") from None
+        raise ApiError(400, f"malformed multipart upload: {error.detail}") from error
     if len(data) > limit:
         raise ApiError(413, f"upload is {len(data) / 1e6:.1f} MB; the limit is {limit / 1e6:g} MB")
     return data, model
@@ -254,12 +251,25 @@ def _bounded(receive: Callable[[], Awaitable[dict]], limit: int) -> Callable[[],
 
 def load_models(model: str | Path | None = None, quants: Sequence[str] = (), hop: int | None = None,
                 decode: DecodeOptions | None = None, threads: int | None = None,
-                model_file: str | Path | None = None, plugins: Sequence[str] = ()) -> dict[str, Runner]:
+                model_file: str | Path | None = None, plugins: Sequence[str] = (),
+                calibration_data: str | Path | None = None) -> dict[str, Runner]:
     """One Runner per quantization scheme ("none" is fp32), over one model loaded once, named by scheme.
 
-    `plugins` (e.g. cross-kv-cache) are applied to every scheme with their defaults.
+    Args:
+        model: experiment dir, config, .pth or packed archive (default: the embedded demo model).
+        quants: schemes to serve, each a number-format plugin name or "none"/"fp32".
+        hop: frontend hop length for every scheme.
+        decode: decoding options (default: configs/decode.yaml's).
+        threads: intra-op threads per decode (default: every core).
+        model_file: the weights, when the experiment directory holds several.
+        plugins: plugin names (e.g. cross-kv-cache) applied to every scheme with their defaults.
+        calibration_data: data root whose calibration split static int8 calibrates on
+            (default: the embedded demo corpus, logged as such).
+
+    Returns:
+        Scheme name -> a Runner, in the order given.
     """
-    from runner.config import plugin_specs
+    from runner.config import compose_plugins
     from runner.model import load
 
     names = [FP32 if q in ("none", FP32) else q for q in (quants or [FP32])]
@@ -267,11 +277,13 @@ def load_models(model: str | Path | None = None, quants: Sequence[str] = (), hop
     if repeated:
         raise RunnerError(f"--quant: {repeated} given more than once")
     if model is None:
-        model, _note = defaults.model_path()
+        model = defaults.model_path()
     bundle = load(model, decode or DecodeOptions(), model_file)
     if len(names) == 1:  # no copy needed
-        return {names[0]: Runner(bundle, threads=threads, plugins=plugin_specs([], names[0], hop, plugins))}
-    return {name: Runner.from_bundle(bundle, threads=threads, plugins=plugin_specs([], name, hop, plugins))
+        specs = compose_plugins(quant=names[0], hop=hop, extra=plugins)
+        return {names[0]: Runner(bundle, threads=threads, plugins=specs, calibration_data=calibration_data)}
+    return {name: Runner.from_bundle(bundle, threads=threads, plugins=compose_plugins(quant=name, hop=hop, extra=plugins),
+                                     calibration_data=calibration_data)
             for name in names}
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from runner import defaults
-from runner.config import QUANT_PLUGINS, RunConfig, decode_options
+from runner.config import RunConfig, compose_plugins, decode_options
 from runner.data import PreloadedSet
-from runner.errors import RunnerError
-from runner.plugin import PluginSpec
+from runner.errors import RunnerError, error_fields, first_line
+from runner.plugin import PluginSpec, number_format_plugins
 from runner.plugin import resolve as resolve_plugins
 from runner.report import Report
 from runner.yamlio import read_yaml_mapping
@@ -69,7 +69,7 @@ class SweepConfig:
             try:
                 resolve_plugins(point.specs)
             except RunnerError as error:
-                raise RunnerError(f"{path}: {error}") from None
+                raise RunnerError(f"{path}: {error}") from error
         return config
 
     def plan(self) -> list[RunPlan]:
@@ -77,19 +77,8 @@ class SweepConfig:
         plans: dict[str, RunPlan] = {}
         for values in itertools.product(*(self.grid[k] for k in keys)):
             point = dict(zip(keys, values))
-            specs = [PluginSpec(s.name, dict(s.values)) for s in self.run.plugins]
-            if "hop" in point:
-                specs = [s for s in specs if s.name != "hop"] + [PluginSpec("hop", {"hop_length": point["hop"]})]
-            quant = point.get("quant")
-            if quant is not None:
-                kept = [s for s in specs if s.name not in QUANT_PLUGINS or s.name == quant]
-                specs = kept if quant == "none" or any(s.name == quant for s in kept) else kept + [PluginSpec(quant)]
-            for key, value in point.items():
-                if "." in key:
-                    plugin, option = key.split(".", 1)
-                    for spec in specs:
-                        if spec.name == plugin:
-                            spec.values[option] = value
+            specs = compose_plugins(self.run.plugins, quant=point.get("quant"), hop=point.get("hop"),
+                                    options={k: v for k, v in point.items() if "." in k})
             plan = RunPlan(specs, point)
             plans.setdefault(plan.identity(), plan)  # options of absent plugins would duplicate runs
         return list(plans.values())
@@ -106,7 +95,8 @@ class RunPlan:
 
     @property
     def quant(self) -> str:
-        return next((s.name for s in self.specs if s.name in QUANT_PLUGINS), "none")
+        formats = number_format_plugins()
+        return next((s.name for s in self.specs if s.name in formats), "none")
 
     @property
     def hop(self) -> int | None:
@@ -194,7 +184,7 @@ class Sweep:
         if self.jsonl.exists() and self.jsonl.stat().st_size and not self.resume:
             raise RunnerError(f"{self.jsonl}: holds results already; pass --resume to continue or choose another --out")
         decode = decode_options(run.decode)
-        model_path, note = (run.model, None) if run.model else defaults.model_path()
+        model_path = run.model or defaults.model_path()
         # A Ray task reserves `threads` CPUs, so it needs a number: one thread unless the YAML says.
         threads = run.threads or (1 if self.executor == "ray" else None)
         base = Runner(model_path, decode, threads=threads)
@@ -208,7 +198,7 @@ class Sweep:
             plan.config_hash = _hash({**identity, "plugins": plan.identity()})
         finished = {r["config_hash"] for r in read_rows(self.jsonl) if r.get("status") == "ok"}
         todo = [p for p in plans if p.config_hash not in finished]
-        self._write_env(base, preloaded, note)
+        self._write_env(base, preloaded)
         try:
             if self.executor == "ray":
                 from runner.sweep_ray import run_on_ray
@@ -248,8 +238,8 @@ class Sweep:
                         if self.config.repeats > 1:
                             runners[plan.config_hash] = runner
                         reports[plan.config_hash].append(runner.evaluate_preloaded(preloaded, options))
-                    except RunnerError as error:
-                        self.finish(failed_row(plan, str(error)))
+                    except Exception as error:  # this run failed: record why, the other runs go on
+                        self.finish(failed_row(plan, first_line(error), **error_fields(error)))
                         del reports[plan.config_hash]
                         runners.pop(plan.config_hash, None)
                     bar.update(1)
@@ -259,11 +249,11 @@ class Sweep:
         finally:
             bar.close()
 
-    def _write_env(self, base: Any, preloaded: PreloadedSet, note: str | None) -> None:
+    def _write_env(self, base: Any, preloaded: PreloadedSet) -> None:
         from runner.environment import manifest
 
         env = {**manifest(), "model": str(base.bundle.files.origin),
-               "model_content_hash": base.bundle.files.content_hash, "model_note": note,
+               "model_content_hash": base.bundle.files.content_hash,
                "data": str(preloaded.test_set.path), "split": preloaded.test_set.split,
                "data_content_hash": preloaded.content_hash, "n": len(preloaded.utterances),
                "sweep_config": self.config.source, "command": " ".join(sys.argv),
@@ -272,6 +262,7 @@ class Sweep:
 
 
 def failed_row(plan: RunPlan, reason: str, **extra: Any) -> dict[str, Any]:
+    """A run that did not finish: `reason` is its one-line error, `error_type` (in `extra`) the exception's class."""
     return {"config_hash": plan.config_hash, "status": "failed", "label": plan.label, "reason": reason, **extra}
 
 

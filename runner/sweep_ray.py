@@ -21,7 +21,7 @@ from typing import Any
 from runner.config import RunConfig
 from runner.data import PreloadedSet
 from runner.decode import DecodeOptions
-from runner.errors import RunnerError, first_line
+from runner.errors import RunnerError, error_fields, first_line
 from runner.metrics.bleu import corpus_bleu, corpus_chrf
 from runner.metrics.wer import source_wer
 from runner.sweep import RunPlan, Sweep, failed_row, overall_bar, row_from_reports, worker
@@ -55,7 +55,7 @@ def execute(job: Job) -> dict[str, Any]:
     key = (run.model, repr(job.decode), job.threads)
     if key not in _loaded:
         _loaded.clear()
-        _loaded[key] = Runner(run.model or defaults.model_path()[0], job.decode, threads=job.threads)
+        _loaded[key] = Runner(run.model or defaults.model_path(), job.decode, threads=job.threads)
     base = _loaded[key]
     origin = base.bundle.files.origin
     if base.bundle.files.content_hash != job.model_hash:
@@ -78,7 +78,7 @@ def run_on_ray(sweep: Sweep, todo: list[RunPlan], base: Any, preloaded: Preloade
     """Submit every run (or shard) of `todo`, record each row as it completes."""
     try:
         import ray
-        from ray.exceptions import RayTaskError
+        from ray import exceptions
     except ImportError:
         raise RunnerError("--executor ray needs Ray: pip install 'st-runner[ray]'") from None
 
@@ -107,20 +107,29 @@ def run_on_ray(sweep: Sweep, todo: list[RunPlan], base: Any, preloaded: Preloade
             [ref], _ = ray.wait(list(pending), num_returns=1)
             job, attempt = pending.pop(ref)
             plan = job.plan
+            # Only a lost worker is retried; anything else would fail the same way again.
+            lost_worker = (exceptions.WorkerCrashedError, exceptions.NodeDiedError, exceptions.LocalRayletDiedError,
+                           exceptions.ObjectLostError, exceptions.OutOfMemoryError)
             try:
                 result = ray.get(ref)
-            except RayTaskError as error:  # the run itself failed: rerunning would fail the same way
-                _give_up(sweep, plan, first_line(error.cause or error), pending, parts, attempt)
+            except exceptions.RayTaskError as error:  # the run itself raised
+                cause = error.cause or error
+                _give_up(sweep, plan, first_line(cause), pending, parts, attempt, **error_fields(cause))
                 bar.update(1)
                 continue
-            except Exception as error:  # the worker died (killed, out of memory, node lost)
+            except lost_worker as error:  # the worker died (killed, out of memory, node lost)
                 if plan.config_hash not in parts:
                     continue
                 if attempt < ATTEMPTS:
                     pending[remote.remote(job)] = (job, attempt + 1)
                     attempts[plan.config_hash] = attempt + 1
                     continue
-                _give_up(sweep, plan, f"worker died {attempt} times: {first_line(error)}", pending, parts, attempt)
+                _give_up(sweep, plan, f"worker died {attempt} times: {first_line(error)}", pending, parts, attempt,
+                         **error_fields(error))
+                bar.update(1)
+                continue
+            except exceptions.RayError as error:  # cancelled, system error, ...: recorded, not retried
+                _give_up(sweep, plan, first_line(error), pending, parts, attempt, **error_fields(error))
                 bar.update(1)
                 continue
             bar.update(1)
@@ -136,7 +145,8 @@ def run_on_ray(sweep: Sweep, todo: list[RunPlan], base: Any, preloaded: Preloade
             ray.shutdown()
 
 
-def _give_up(sweep: Sweep, plan: RunPlan, reason: str, pending: dict, parts: dict, attempt: int) -> None:
+def _give_up(sweep: Sweep, plan: RunPlan, reason: str, pending: dict, parts: dict, attempt: int,
+             **error: Any) -> None:
     import ray
 
     if parts.pop(plan.config_hash, None) is None:
@@ -145,7 +155,7 @@ def _give_up(sweep: Sweep, plan: RunPlan, reason: str, pending: dict, parts: dic
         if job.plan.config_hash == plan.config_hash:
             ray.cancel(ref, force=True)
             del pending[ref]
-    sweep.finish(failed_row(plan, reason, attempts=attempt, executor="ray"))
+    sweep.finish(failed_row(plan, reason, attempts=attempt, executor="ray", **error))
 
 
 def _merge(parts: list[dict[str, Any]], preloaded: PreloadedSet) -> dict[str, Any]:
@@ -192,7 +202,7 @@ def _connect(address: str | None) -> bool:
     try:
         ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
     except (ConnectionError, ValueError, RuntimeError, ImportError) as error:
-        raise RunnerError(f"--address {address}: cannot connect to a Ray cluster ({first_line(error)})") from None
+        raise RunnerError(f"--address {address}: cannot connect to a Ray cluster ({first_line(error)})") from error
     return False
 
 
@@ -204,5 +214,5 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as error:
-        raise RunnerError(f"--address {address}: no Ray cluster reachable at {host}:{port} ({error})") from None
+        raise RunnerError(f"--address {address}: no Ray cluster reachable at {host}:{port} ({error})") from error
 

@@ -14,7 +14,7 @@ from runner.metrics.bleu import paired_bootstrap
 CSV_COLUMNS = ("label", "status", "hop", "quant", "dtype", "size_mb", "parameters", "bleu", "bleu_delta", "p_value",
                "chrf", "source_wer", "latency_mean", "latency_std", "latency_p50", "latency_p90", "latency_p99", "rtf",
                "cv", "repeats", "calibration_seconds", "n", "timed", "threads", "warmup", "engine", "cpu",
-               "executor", "host", "attempts", "config_hash", "reason")
+               "executor", "host", "attempts", "config_hash", "reason", "error_type", "error_cause")
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -102,7 +102,8 @@ def _table(rows: list[dict[str, Any]], repeats: int) -> list[str]:
     ]
     for r in rows:
         if r.get("status") != "ok":
-            lines.append(f"| {r['label']} | failed: {r.get('reason', '')} |" + " |" * 9)
+            kind = f"{r['error_type']}: " if r.get("error_type") not in (None, "RunnerError") else ""
+            lines.append(f"| {r['label']} | failed: {kind}{r.get('reason', '')} |" + " |" * 9)
             continue
         delta = "-" if r["bleu_delta"] is None else f"{r['bleu_delta']:+.2f} ({r['p_value']:.3f})"
         q = "-" if r["quant"] == "none" else r["quant"]

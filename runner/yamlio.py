@@ -19,7 +19,7 @@ def read_yaml(path: str | Path, what: str, loader: type = yaml.SafeLoader) -> An
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
-        raise RunnerError(f"{path}{where}: invalid YAML ({getattr(error, 'problem', None) or error})") from None
+        raise RunnerError(f"{path}{where}: invalid YAML ({getattr(error, 'problem', None) or error})") from error
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:

@@ -89,7 +89,12 @@ def chunks(data: bytes, size: int = 1 << 20):
     ("over 20 MB", {"content": b"\0" * 20_100_000}, 413, "limit is 20 MB"),
     ("over 20 MB, chunked", {"content": chunks(b"\0" * 21_000_000)}, 413, "limit of 20 MB"),
     ("over 60 s", {"content": wav_bytes(np.zeros(8000 * 61, dtype=np.float32), 8000)}, 413, "61.0 s long"),
-    ("too short", {"content": wav_bytes(np.zeros(300, dtype=np.float32), 16000)}, 422, "too short for the model's subsampling"),
+    ("too short", {"content": wav_bytes(np.zeros(300, dtype=np.float32), 16000)}, 422,
+     "audio too short for the encoder's subsampling"),
+    ("shorter than the STFT window", {"content": wav_bytes(np.zeros(80, dtype=np.float32), 16000)}, 422,
+     "audio too short: 80 samples, the frontend's STFT window needs at least 257"),
+    ("one sample, multipart", {"files": {"file": ("x.wav", wav_bytes(np.zeros(1, dtype=np.float32), 16000))}}, 422,
+     "audio too short: 1 samples"),
     ("unknown model", {"params": {"model": "fp64"}, "content": b"x"}, 404, "unknown model 'fp64'"),
 ])
 def test_bad_input_is_a_4xx_json_error(server: str, served_utterances: dict[str, list[Utterance]], name: str,

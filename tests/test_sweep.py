@@ -105,6 +105,27 @@ def test_resume_skips_finished_rows_and_an_interrupted_sweep_keeps_them(
     assert len(rows) == 4 and [r["config_hash"] for r in rows[:2]] == [r["config_hash"] for r in kept]
 
 
+def test_a_run_that_raises_is_a_failed_row_with_its_exception_type(
+        sweep_yaml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Runner.evaluate_preloaded
+    calls = {"n": 0}
+
+    def break_second(self, preloaded, options):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ValueError("shapes (5, 3) and (4, 3) do not align\nsecond line")
+        return original(self, preloaded, options)
+
+    monkeypatch.setattr(Runner, "evaluate_preloaded", break_second)
+    result = CLI.invoke(app, ["sweep", str(sweep_yaml), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code == 1 and "1 run(s) failed" in result.stderr
+    rows = read_rows(tmp_path / "out" / "results.jsonl")
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(rows) == 4 and len(failed) == 1
+    assert failed[0]["reason"] == "shapes (5, 3) and (4, 3) do not align" and failed[0]["error_type"] == "ValueError"
+    assert "failed: ValueError: shapes (5, 3)" in (tmp_path / "out" / "summary.md").read_text()
+
+
 def test_repeats_are_interleaved_and_report_spread(sweep_yaml: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     config = SweepConfig.from_yaml(sweep_yaml)

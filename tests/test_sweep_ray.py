@@ -126,6 +126,7 @@ def test_a_failing_run_is_recorded_with_its_reason_and_the_others_finish(cluster
     assert rows["trained hop"]["status"] == "ok"
     failed = rows["trained hop + static-int8"]
     assert failed["status"] == "failed" and "/nonexistent/mustc: data path not found" in failed["reason"]
+    assert failed["attempts"] == 1 and failed["error_type"] == "RunnerError"  # an error in the run: not retried
     assert "failed: /nonexistent/mustc" in (tmp_path / "out" / "summary.md").read_text()
 
 

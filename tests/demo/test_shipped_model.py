@@ -21,7 +21,7 @@ def test_shipped_model_is_a_multidecoder_with_speech_attention() -> None:
 
 def test_shipped_model_translates_20_committed_utterances() -> None:
     runner = Runner(threads=2)  # no arguments: the embedded default model
-    assert runner.model_note is None  # the trained model, not the random stand-in
+    assert runner.bundle.files.origin == defaults.DEMO_MODEL
     report = runner.evaluate(limit=20)
     assert report.data["n"] == 20
     assert report.bleu > BLEU_FLOOR, report.hypotheses()[:3]

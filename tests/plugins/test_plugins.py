@@ -298,7 +298,7 @@ def _stepwise_ctc_scores(impl_type: type, logp: torch.Tensor, steps: int, beam: 
 def test_ctc_prefix_scan_matches_espnets_frame_loop(frames: int, partial: bool) -> None:
     from espnet.nets.ctc_prefix_score import CTCPrefixScoreTH
 
-    from plugins.ctc_prefix_scan import ScanCTCPrefixScore
+    from runner.plugins.ctc_prefix_scan import ScanCTCPrefixScore
 
     logp = torch.randn(1, frames, 20, generator=torch.Generator().manual_seed(frames)).log_softmax(-1)
     expected = _stepwise_ctc_scores(CTCPrefixScoreTH, logp, frames - 1, 3, partial, seed=1)
@@ -310,7 +310,7 @@ def test_ctc_prefix_scan_matches_espnets_frame_loop(frames: int, partial: bool) 
 
 
 def test_ctc_prefix_scan_keeps_the_translation(tiny_exp: Path) -> None:
-    from plugins.ctc_prefix_scan import ScanCTCPrefixScore
+    from runner.plugins.ctc_prefix_scan import ScanCTCPrefixScore
 
     plain = Runner(tiny_exp, threads=1)
     scanned = Runner(tiny_exp, threads=1, plugins=["ctc-prefix-scan"])

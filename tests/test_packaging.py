@@ -1,0 +1,86 @@
+"""A built wheel, installed in a fresh virtual environment, runs the embedded default from any directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from runner import defaults
+from runner.runner import Runner
+
+LIMIT = 3
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                    str(defaults.REPO_ROOT)], check=True, capture_output=True, text=True)
+    return next(out.glob("st_runner-*.whl"))
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv holding only the wheel; torch, ESPnet & co. come from this venv through a .pth line
+    (a path line only: this venv's editable st-runner finder is not imported there)."""
+    target = tmp_path_factory.mktemp("venv") / "fresh"
+    venv.create(target, with_pip=False)
+    site = Path(sysconfig.get_paths(vars={"base": str(target), "platbase": str(target)})["purelib"])
+    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(target / "bin" / "python"), "install", "-q",
+                    "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True, text=True)
+    return target
+
+
+def _run(venv_dir: Path, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ST_RUNNER_DATA")}
+    return subprocess.run([str(venv_dir / "bin" / "runner"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={**environment, **env}, check=False)
+
+
+def test_wheel_installs_only_the_runner_package(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in names}
+    assert top == {"runner", wheel.name.split("-py3")[0] + ".dist-info"}, top
+    assert "runner/plugins/static_int8.py" in names and "runner/configs/hop.yaml" in names
+    assert "runner/embedded/model/valid.acc.ave.pth" in names
+    assert "runner/embedded/mustc-demo/en-de/data/tst-COMMON/txt/tst-COMMON.de" in names
+    assert not any("/train/" in name for name in names)
+    entry_points = zipfile.ZipFile(wheel).read(f"{wheel.name.split('-py3')[0]}.dist-info/entry_points.txt").decode()
+    assert "hop = runner.plugins.hop:Hop" in entry_points
+
+
+def test_installed_wheel_translates_the_embedded_default_from_anywhere(installed: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    done = _run(installed, tmp_path, "translate", "--limit", str(LIMIT), "--threads", "1", "--warmup", "0",
+                "--no-progress", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["model"]["path"].startswith(str(installed)) and "/runner/embedded/model" in report["model"]["path"]
+    assert report["data"]["path"].startswith(str(installed))
+    source = Runner(threads=1).evaluate(limit=LIMIT, warmup=0)  # the source checkout's own default
+    assert [u["hypothesis"] for u in report["utterances"]] == source.hypotheses()
+    assert report["metrics"]["bleu"]["score"] == source.bleu
+    shipped = subprocess.run([str(installed / "bin" / "python"), "-c", "from runner import defaults; "
+                              "print(defaults.shipped_config('configs/hop.yaml'), defaults.shipped_config('fast-search'))"],
+                             cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split()
+    assert shipped == [str(Path(report["model"]["path"]).parent.parent / "configs" / name)
+                       for name in ("hop.yaml", "fast-search.yaml")]
+
+
+def test_installed_wheel_without_its_model_says_what_to_pass(installed: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    done = _run(installed, tmp_path, "translate", ST_RUNNER_DATA=str(empty))
+    assert done.returncode == 2
+    assert done.stderr == (f"error: {empty / 'model'}: no embedded demo model here; pass --model EXP_DIR (an ESPnet "
+                           f"experiment directory, config.yaml, .pth or packed .zip), or set ST_RUNNER_DATA to a "
+                           f"directory holding model/ and mustc-demo/\n")
