@@ -55,7 +55,8 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], config: An
         f"warm-up {config.run.warmup}, {repeats} repeat(s)"
         f"{' interleaved' if env.get('executor', 'local') == 'local' else ' per Ray task'}; "
         f"executor {env.get('executor', 'local')}; driver CPU {env['cpu']}; torch "
-        f"{env['versions']['torch']}, espnet {env['versions']['espnet']}.",
+        f"{env['versions']['torch']}, espnet {env['versions']['espnet']}; st-runner {env.get('runner')} "
+        f"at commit {env.get('runner_commit') or 'unknown'}.",
         "",
         "Latency: mean seconds per utterance over the timed utterances"
         + (" (median of the per-repeat means; CV across repeats)" if repeats > 1 else "")
