@@ -20,7 +20,6 @@ import runner.plugins.self_kv_cache as self_kv_cache
 from benchmarks.seed_scale import CONFIG, SCHEMES, build_model, decode_options
 from runner import defaults
 from runner.data import load_test_set, preload
-from runner.decode import translate
 from runner.model import load
 from runner.runner import Runner
 
@@ -43,17 +42,17 @@ def main(argv: list[str] | None = None) -> int:
         test = test or preload(load_test_set(defaults.data_path(), "tst-COMMON"), bundle.sample_rate,
                                limit=args.utterances + 2)
         self_kv_cache.layer_step = eager_step if label == "eager" else torch.compile(eager_step, dynamic=True)
-        speech2text = Runner.from_bundle(bundle, threads=args.threads, plugins=SCHEMES[args.scheme]).bundle.speech2text
+        runner = Runner.from_bundle(bundle, threads=args.threads, plugins=SCHEMES[args.scheme])
         firsts = []
         for utterance in test.utterances[:2]:
             started = time.perf_counter()
-            translate(speech2text, utterance.waveform)
+            runner.translate(utterance.waveform, bundle.sample_rate)
             firsts.append(time.perf_counter() - started)
         repeats = []
         for _ in range(args.repeats):
             started = time.perf_counter()
             for utterance in test.utterances[2:]:
-                translate(speech2text, utterance.waveform)
+                runner.translate(utterance.waveform, bundle.sample_rate)
             repeats.append(time.perf_counter() - started)
         print(f"{label}: first two utterances {firsts[0]:.1f} s, {firsts[1]:.1f} s; then {args.utterances} utterances "
               f"in {', '.join(f'{r:.2f} s' for r in repeats)} ({args.scheme}, {args.threads} threads)", flush=True)

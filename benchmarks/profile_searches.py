@@ -17,7 +17,6 @@ import yaml
 from benchmarks.seed_scale import CONFIG, SCHEMES, build_model, decode_options
 from runner import defaults
 from runner.data import load_test_set, preload
-from runner.decode import translate
 from runner.model import load
 from runner.runner import Runner
 
@@ -32,11 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     config = yaml.safe_load(CONFIG.read_text())
     bundle = load(build_model(config), decode_options(config))
     test = preload(load_test_set(defaults.data_path(), "tst-COMMON"), bundle.sample_rate, limit=args.utterances + 1)
-    speech2text = Runner.from_bundle(bundle, threads=args.threads, plugins=SCHEMES[args.scheme]).bundle.speech2text
-    translate(speech2text, test.utterances[0].waveform)
+    runner = Runner.from_bundle(bundle, threads=args.threads, plugins=SCHEMES[args.scheme])
+    runner.translate(test.utterances[0].waveform, bundle.sample_rate)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         for utterance in test.utterances[1:]:
-            translate(speech2text, utterance.waveform)
+            runner.translate(utterance.waveform, bundle.sample_rate)
     print(f"scheme {args.scheme}, {args.utterances} utterances, {args.threads} threads")
     print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
     return 0

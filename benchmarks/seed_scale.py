@@ -25,7 +25,7 @@ import yaml
 
 from runner import defaults
 from runner.data import load_test_set, preload
-from runner.decode import STAGES, DecodeOptions, translate
+from runner.decode import STAGES, DecodeOptions
 from runner.demo.build import SPECIALS_HEAD, SPECIALS_TAIL, md_config, write_experiment
 from runner.environment import manifest
 from runner.metrics.size import count_parameters, state_dict_bytes
@@ -93,9 +93,10 @@ def decode_options(config: dict[str, Any]) -> DecodeOptions:
 
 
 def measure(runner: Runner, utterances: list[Any], warmup: int) -> dict[str, Any]:
+    # Runner.translate: the runner's threads, engine and plugin contexts (bf16 autocast) apply.
     for utterance in utterances[:warmup]:
-        translate(runner.bundle.speech2text, utterance.waveform)
-    results = [translate(runner.bundle.speech2text, u.waveform) for u in utterances]
+        runner.translate(utterance.waveform, utterance.sample_rate)
+    results = [runner.translate(u.waveform, u.sample_rate) for u in utterances]
     return {"mean": statistics.mean(r.seconds for r in results),
             "stages": {s: statistics.mean(r.stages.get(s, 0.0) for r in results) for s in STAGES}}
 

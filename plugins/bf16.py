@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from runner.plugin import Plugin
+from runner.model import ModelBundle
+from runner.plugin import MODEL_PARTS, Effects, Plugin
 
 
 @dataclass
@@ -19,10 +21,15 @@ class Bf16(Plugin):
     name = "bf16"
     description = "Run the whole translation under torch.autocast('cpu', bfloat16); weights stay float32"
     Config = Bf16Config
-    changes_number_format = True
+    effects = Effects(number_format=True)
 
-    def apply(self, bundle: Any) -> None:
+    def number_format_parts(self) -> tuple[str, ...]:
+        return MODEL_PARTS  # autocast reaches every part's matmuls
+
+    def apply(self, bundle: ModelBundle) -> None:
+        self.details.update(dtype="bfloat16 (autocast)")
+
+    def translation_context(self, bundle: ModelBundle) -> contextlib.AbstractContextManager[Any]:
         # Speech2Text casts its input to float32 and the beam searches keep float32 scores;
         # autocast lowers only the matmul-heavy ops, which is what AMX accelerates.
-        bundle.speech2text.runner_autocast = torch.bfloat16
-        self.details.update(dtype="bfloat16 (autocast)")
+        return torch.autocast("cpu", dtype=torch.bfloat16)

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from runner.compat import check_espnet_version, require_attributes, require_parameters
-from runner.plugin import DECODER_PARTS, Plugin
+from runner.model import ModelBundle
+from runner.plugin import DECODER_PARTS, Effects, Plugin
 
 # What `cached_forward` reads of ESPnet's MultiHeadedAttention.
 ATTENTION_ATTRIBUTES = ("h", "d_k", "linear_q", "linear_k", "linear_v", "linear_out", "q_norm", "k_norm", "attn",
@@ -80,9 +81,10 @@ class CrossKvCache(Plugin):
     name = "cross-kv-cache"
     description = "Project decoder cross-attention keys/values once per utterance instead of per hypothesis per step"
     Config = CrossKvCacheConfig
-    order = 90  # after quantization: it calls whatever linear_k/linear_v have become
+    effects = Effects(search=True)
+    after = ("number-format",)  # it calls whatever linear_k/linear_v have become
 
-    def apply(self, bundle: Any) -> None:
+    def apply(self, bundle: ModelBundle) -> None:
         from espnet.nets.pytorch_backend.transformer.attention import MultiHeadedAttention
 
         check_espnet_version(self.name)

@@ -26,7 +26,8 @@ import torch
 from espnet.nets.ctc_prefix_score import CTCPrefixScoreTH
 
 from runner.compat import check_espnet_version, require_attributes, require_parameters
-from runner.plugin import Plugin
+from runner.model import ModelBundle
+from runner.plugin import Effects, Plugin
 
 # What `ScanCTCPrefixScore._scan` reads of a CTCPrefixScoreTH instance.
 SCORER_ATTRIBUTES = ("batch", "device", "dtype", "input_length", "logzero", "x", "blank", "eos", "odim", "idx_bo",
@@ -139,8 +140,9 @@ class CtcPrefixScan(Plugin):
     name = "ctc-prefix-scan"
     description = "CTC prefix scoring in beam search without ESPnet's Python loop over encoder frames"
     Config = CtcPrefixScanConfig
+    effects = Effects(search=True)
 
-    def apply(self, bundle: Any) -> None:
+    def apply(self, bundle: ModelBundle) -> None:
         from espnet.nets.scorers.ctc import CTCPrefixScorer
 
         check_espnet_version(self.name)

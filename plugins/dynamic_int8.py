@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
-from runner.plugin import MODEL_PARTS, Plugin
+from runner.model import ModelBundle
+from runner.plugin import MODEL_PARTS, Effects, Plugin
 from runner.quantize import MODULE_TYPES, check_parts, named_targets, select_engine
 
 
@@ -30,13 +30,10 @@ class DynamicInt8(Plugin):
     name = "dynamic-int8"
     description = "torch.ao dynamic quantization: qint8 weights for Linear (and LSTM/GRU) modules"
     Config = DynamicConfig
+    effects = Effects(number_format=True)
     dtype = torch.qint8
-    changes_number_format = True
 
-    def quantized_parts(self) -> tuple[str, ...]:
-        return tuple(self.config.parts)
-
-    def apply(self, bundle: Any) -> None:
+    def apply(self, bundle: ModelBundle) -> None:
         engine = select_engine(self.config.engine)
         types = tuple(MODULE_TYPES[t] for t in self.config.module_types)
         names = [name for name, _ in named_targets(bundle.model, self.config.parts, types, self.config.skip)]

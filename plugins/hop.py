@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from runner.errors import RunnerError
-from runner.plugin import Plugin
+from runner.model import ModelBundle
+from runner.plugin import Effects, Plugin
 
 
 @dataclass
@@ -22,9 +22,10 @@ class Hop(Plugin):
     name = "hop"
     description = "Set the frontend STFT hop length (samples) of the loaded model"
     Config = HopConfig
-    order = 10  # before quantization: it changes what calibration and decoding see
+    effects = Effects(frontend=True)
+    before = ("number-format", "search")  # what they see (and calibrate on) are this hop's features
 
-    def apply(self, bundle: Any) -> None:
+    def apply(self, bundle: ModelBundle) -> None:
         frontend = getattr(bundle.model, "frontend", None)
         stft = getattr(frontend, "stft", None)
         if stft is None or not hasattr(stft, "hop_length"):

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from runner.errors import RunnerError
-from runner.plugin import Plugin
+from runner.model import ModelBundle
+from runner.plugin import Effects, Plugin
 
 
 @dataclass
@@ -27,8 +28,9 @@ class SearchThreads(Plugin):
     name = "search-threads"
     description = "Run the ASR and ST beam searches on `threads` intra-op threads (the encoder keeps the runner's)"
     Config = SearchThreadsConfig
+    effects = Effects(search=True)
 
-    def apply(self, bundle: Any) -> None:
+    def apply(self, bundle: ModelBundle) -> None:
         if self.config.threads < 1:
             raise RunnerError(f"search-threads: threads must be at least 1, got {self.config.threads}")
         saved: list[int] = []

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from runner.compat import check_espnet_version, require_attributes, require_parameters
-from runner.plugin import DECODER_PARTS, Plugin
+from runner.model import ModelBundle
+from runner.plugin import DECODER_PARTS, Effects, Plugin
 
 # What `decoder_step` reads of ESPnet's decoders, their layers and self-attention modules.
 DECODER_ATTRIBUTES = ("decoders", "embed", "after_norm", "normalize_before", "output_layer")
@@ -137,8 +138,9 @@ class SelfKvCache(Plugin):
     name = "self-kv-cache"
     description = "Decoder self-attention keeps each position's keys/values instead of re-projecting the prefix"
     Config = SelfKvCacheConfig
+    effects = Effects(search=True)
 
-    def apply(self, bundle: Any) -> None:
+    def apply(self, bundle: ModelBundle) -> None:
         from espnet2.asr.decoder.transformer_decoder import BaseTransformerDecoder, TransformerMDDecoder
 
         check_espnet_version(self.name)

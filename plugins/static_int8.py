@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch.ao.quantization import (
@@ -24,28 +24,25 @@ from torch.ao.quantization import (
     QuantWrapper,
 )
 
+from runner.data import Utterance
 from runner.decode import translate
-from runner.plugin import Plugin
+from runner.model import ModelBundle
+from runner.plugin import CalibrationConfig, Effects, Plugin
 from runner.quantize import check_parts, count_types, named_targets, select_engine, set_submodule
 
 
 @dataclass
-class StaticConfig:
+class StaticConfig(CalibrationConfig):
     parts: list[str] = field(default_factory=lambda: ["decoder"])
     granularity: Literal["linear", "block"] = "linear"
     observer: Literal["minmax", "histogram"] = "histogram"
     per_channel: bool = True
     engine: str = "auto"
     skip: list[str] = field(default_factory=list)
-    calibration_data: str | None = None  # default: the data root being evaluated (or the demo corpus)
-    calibration_split: str = "dev"
-    calibration_size: int = 32
-    calibration_seed: int | None = None  # None: the first calibration_size utterances
 
     def validate(self) -> None:
         check_parts(self.parts)
-        if self.calibration_size < 1:
-            raise ValueError(f"calibration_size must be at least 1, got {self.calibration_size}")
+        super().validate()
 
 
 def _is_relu_feed_forward(module: torch.nn.Module) -> bool:
@@ -57,11 +54,7 @@ class StaticInt8(Plugin):
     name = "static-int8"
     description = "Static PTQ (QuantStub/DeQuantStub) of the ST decoder, calibrated with beam searches on dev"
     Config = StaticConfig
-    needs_calibration = True
-    changes_number_format = True
-
-    def quantized_parts(self) -> tuple[str, ...]:
-        return tuple(self.config.parts)
+    effects = Effects(number_format=True)
 
     def qconfig(self) -> QConfig:
         reduce_range = torch.backends.quantized.engine in ("x86", "fbgemm")
@@ -72,7 +65,7 @@ class StaticInt8(Plugin):
                   MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric))
         return QConfig(activation=activation, weight=weight)
 
-    def apply(self, bundle: Any) -> None:
+    def apply(self, bundle: ModelBundle) -> None:
         engine = select_engine(self.config.engine)
         model, qconfig = bundle.model, self.qconfig()
         blocks: list[str] = []
@@ -98,7 +91,7 @@ class StaticInt8(Plugin):
         bundle.rewire_searches()
         self.details.update(engine=engine, dtype="qint8", regions=wrapped, feed_forward_blocks=len(blocks))
 
-    def calibrate(self, bundle: Any, utterances: list[Any]) -> None:
+    def calibrate(self, bundle: ModelBundle, utterances: list[Utterance]) -> None:
         started = time.perf_counter()
         for utterance in utterances:
             translate(bundle.speech2text, utterance.waveform)  # full ASR + ST beam searches: observers see real steps

@@ -122,8 +122,11 @@ def sweep(
     out: Optional[Path] = typer.Option(None, help="Output directory [default: results/<config name>]"),
     resume: bool = typer.Option(False, help="Skip rows already in <out>/results.jsonl (same config hash)"),
     repeats: Optional[int] = typer.Option(None, help="Repeat every run R times in interleaved order"),
-    executor: str = typer.Option("local", help="local: one run after another here; ray: runs (or shards) as Ray tasks"),
+    executor: str = typer.Option("local", help="local: one run after another here; ray: runs (or shards) as Ray "
+                                               "tasks; or an executor registered under runner.executors"),
     address: Optional[str] = typer.Option(None, help="Ray cluster: auto or ray://host:port [default: a local cluster]"),
+    allow_mixed_versions: bool = typer.Option(
+        False, help="On --resume, keep rows measured by another runner commit or library version"),
     progress: bool = typer.Option(True, help="Show progress bars"),
 ) -> None:
     """Measure a grid of plugin configurations (e.g. hop x quantization) into a table, CSV/JSON and plots."""
@@ -136,9 +139,8 @@ def sweep(
             if repeats < 1:
                 fail(f"--repeats must be at least 1, got {repeats}")
             sweep_config.repeats = repeats
-        if address is not None and executor != "ray":
-            fail("--address needs --executor ray")
-        runner_sweep = Sweep(sweep_config, out, resume=resume, progress=progress, executor=executor, address=address)
+        runner_sweep = Sweep(sweep_config, out, resume=resume, progress=progress, executor=executor, address=address,
+                             allow_mixed_versions=allow_mixed_versions)
         rows = runner_sweep.run()
     except RunnerError as error:
         fail(str(error), error=error)

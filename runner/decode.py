@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from runner.errors import AudioTooShortError, RunnerError
-from runner.plugin import coerce  # decoding options follow the plugin options' typing rules
+from runner.options import coerce  # decoding options follow the plugin options' typing rules
 
 STAGES = ("frontend", "encoder", "asr_search", "md_encoder", "st_search")
 
@@ -151,8 +151,14 @@ def minimum_samples(speech2text: Any) -> int:
     return stft.n_fft // 2 + 1 if getattr(stft, "center", True) else stft.n_fft
 
 
-def translate(speech2text: Any, waveform: np.ndarray) -> Translation:
+def translate(speech2text: Any, waveform: np.ndarray,
+              context: contextlib.AbstractContextManager[Any] | None = None) -> Translation:
     """One utterance through `Speech2Text.__call__`, with wall time in total and per stage.
+
+    Args:
+        speech2text: ESPnet's `Speech2Text` (a `ModelBundle.speech2text`).
+        waveform: mono float32 samples at the model's rate.
+        context: entered around the call and inside the timing (plugins' translation contexts).
 
     Raises:
         AudioTooShortError: when the waveform is shorter than the frontend's window or gives the
@@ -163,9 +169,7 @@ def translate(speech2text: Any, waveform: np.ndarray) -> Translation:
         raise AudioTooShortError(f"audio too short: {len(waveform)} samples, the frontend's STFT window needs at "
                                  f"least {needed}")
     timer = StageTimer(stage_modules(speech2text))
-    autocast_dtype = getattr(speech2text, "runner_autocast", None)  # set by the bf16 plugin
-    autocast = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-    with timer, autocast:
+    with timer, context or contextlib.nullcontext():
         started = time.perf_counter()
         try:
             output = speech2text(waveform)

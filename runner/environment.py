@@ -84,11 +84,19 @@ def cpu_model() -> tuple[str, list[str]]:
     return model, flags
 
 
+LIBRARIES = ("torch", "torchaudio", "espnet", "sacrebleu", "numpy")
+
+
 def _version(name: str) -> str | None:
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of the libraries every figure depends on."""
+    return {name: _version(name) for name in LIBRARIES}
 
 
 def git_commit() -> str | None:
@@ -121,7 +129,7 @@ def manifest(threads: int | None = None, engine: str | None = None) -> dict[str,
         "quantized_engine": engine if engine is not None else torch.backends.quantized.engine,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": {name: _version(name) for name in ("torch", "torchaudio", "espnet", "sacrebleu", "numpy")},
+        "versions": library_versions(),
         "runner": runner.__version__,
         "runner_commit": git_commit(),
     }

@@ -1,54 +1,135 @@
-"""Plugins: a named technique with a typed config and one `apply` step on a loaded model.
+"""The plugin contract: a named technique with a typed config, declared effects and one `apply` step.
 
-Built-in and third-party plugins are found alike, through the entry-point group
-`runner.plugins`. A plugin that needs data (static quantization) also has `calibrate`,
-which the runner feeds with utterances disjoint from the test set.
+A plugin is a small class, found through the entry-point group `runner.plugins` (the built-ins
+are registered there too, so a third party's plugin is treated exactly like them):
+
+    @dataclass
+    class HalveBeamConfig:
+        factor: int = 2                          # the plugin's options, typed
+
+    class HalveBeam(Plugin):
+        name = "halve-beam"
+        description = "Divide the ST beam size by `factor`"
+        Config = HalveBeamConfig
+        effects = Effects(search=True)           # what it changes: frontend, number format, search
+        after = ("number-format",)               # ordering constraints: plugin names or effect kinds
+
+        def apply(self, bundle: ModelBundle) -> None:
+            bundle.speech2text.beam_search.beam_size //= self.config.factor
+
+The runner calls the hooks in this order:
+
+1. `apply(bundle)`, once per plugin, in the order the constraints give (ties broken by name, so
+   the order a user lists plugins in never changes a result);
+2. `calibrate(bundle, utterances)`, for plugins whose `Config` subclasses `CalibrationConfig`,
+   after every plugin is applied, so calibration sees the model exactly as it will run;
+3. `translation_context(bundle)`, entered around every translation (e.g. an autocast region);
+4. `describe()`, for reports: the config plus what `apply`/`calibrate` recorded in `details`.
+
+A number-format plugin (`effects.number_format`) names the model parts it changes with
+`number_format_parts()` (by default its config's `parts`, else every part); two plugins may not
+change the same part. `runner translate --quant none` removes every number-format plugin, and a
+sweep compares each one against the float run of the same grid point.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import types
+import functools
+import heapq
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, ClassVar, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from runner.errors import RunnerError
+from runner.options import coerce, type_name
+
+if TYPE_CHECKING:
+    from runner.data import Utterance
+    from runner.model import ModelBundle
 
 ENTRY_POINT_GROUP = "runner.plugins"
 MODEL_PARTS = ("encoder", "extra_asr_decoder", "md_encoder", "decoder", "ctc")
 DECODER_PARTS = ("extra_asr_decoder", "decoder")  # the parts a beam search steps through
+EFFECT_KINDS = ("frontend", "number-format", "search")
+
+
+@dataclass(frozen=True)
+class Effects:
+    """What a plugin changes. The runner orders, checks and compares plugins by these, never by name."""
+
+    frontend: bool = False  # the features the encoder sees (e.g. the STFT hop length)
+    number_format: bool = False  # the number format of weights or arithmetic (int8, fp16, bf16)
+    search: bool = False  # how a beam-search step is computed, not the numbers it computes with
+
+    def kinds(self) -> tuple[str, ...]:
+        """The effect kinds set, as `after`/`before` constraints name them."""
+        flags = (self.frontend, self.number_format, self.search)
+        return tuple(kind for kind, on in zip(EFFECT_KINDS, flags) if on)
+
+
+@dataclass
+class CalibrationConfig:
+    """Options of a plugin that calibrates: subclass this for the plugin's `Config`.
+
+    The runner then feeds `calibrate` with utterances of `calibration_split` of
+    `calibration_data` (default: the evaluated data, else the embedded demo corpus), disjoint
+    from every utterance it evaluates.
+    """
+
+    calibration_data: str | None = None
+    calibration_split: str = "dev"
+    calibration_size: int = 32
+    calibration_seed: int | None = None  # None: the first calibration_size utterances
+
+    def validate(self) -> None:
+        if self.calibration_size < 1:
+            raise ValueError(f"calibration_size must be at least 1, got {self.calibration_size}")
 
 
 class Plugin:
-    """Subclass with `name`, `description`, a dataclass `Config`, and `apply`."""
+    """Subclass with `name`, `description`, a dataclass `Config`, `effects` and `apply`."""
 
     name: ClassVar[str]
     description: ClassVar[str]
     Config: ClassVar[type]
-    # Plugins run in ascending order: the frontend (hop) before anything that quantizes.
-    order: ClassVar[int] = 50
-    needs_calibration: ClassVar[bool] = False
-    # True for a number-format plugin (int8, fp16, bf16): `--quant none` removes it, and a sweep
-    # compares it against the float run of the same grid point.
-    changes_number_format: ClassVar[bool] = False
+    effects: ClassVar[Effects] = Effects()
+    # Plugin names or effect kinds ("frontend", "number-format", "search") this one must follow / precede.
+    after: ClassVar[tuple[str, ...]] = ()
+    before: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any) -> None:
         self.config = config
         self.details: dict[str, Any] = {}  # what apply/calibrate did, for the report
 
-    def apply(self, bundle: Any) -> None:
+    @classmethod
+    def calibrates(cls) -> bool:
+        """Whether the runner must call `calibrate` (the plugin's Config subclasses CalibrationConfig)."""
+        return issubclass(cls.Config, CalibrationConfig)
+
+    def apply(self, bundle: ModelBundle) -> None:
+        """Change the loaded model (in place: its beam searches hold references to its modules)."""
         raise NotImplementedError
 
-    def calibrate(self, bundle: Any, utterances: list[Any]) -> None:
+    def calibrate(self, bundle: ModelBundle, utterances: list[Utterance]) -> None:
         """Feed calibration utterances through the model, then finish the transformation."""
 
-    def quantized_parts(self) -> tuple[str, ...]:
-        """Model parts whose weights this plugin changes the number format of (for conflict checks)."""
-        return ()
+    def number_format_parts(self) -> tuple[str, ...]:
+        """Model parts whose number format this plugin changes (checked for conflicts)."""
+        if not self.effects.number_format:
+            return ()
+        parts = getattr(self.config, "parts", None)
+        return tuple(parts) if parts is not None else MODEL_PARTS
+
+    def translation_context(self, bundle: ModelBundle) -> contextlib.AbstractContextManager[Any]:
+        """A context entered around every translation (default: none)."""
+        return contextlib.nullcontext()
 
     def describe(self) -> dict[str, Any]:
+        """The plugin's name, config and details, for reports."""
         return {"name": self.name, "config": dataclasses.asdict(self.config), **self.details}
 
 
@@ -68,22 +149,51 @@ class PluginSpec:
         raise RunnerError(f"{origin}: a plugin entry needs a name, e.g. {{name: dynamic-int8}}, got {entry!r}")
 
 
-def available() -> dict[str, type[Plugin]]:
-    """Every plugin registered under the `runner.plugins` entry-point group."""
+@functools.cache
+def _registry() -> dict[str, type[Plugin]]:
     plugins: dict[str, type[Plugin]] = {}
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             plugin = entry.load()
         except Exception as error:  # a broken third-party plugin must not hide the others
             raise RunnerError(f"plugin '{entry.name}' ({entry.value}) failed to load: {error}") from error
+        _check_class(entry.name, entry.value, plugin)
         plugins[entry.name] = plugin
     return dict(sorted(plugins.items()))
 
 
-def number_format_plugins(registry: dict[str, type[Plugin]] | None = None) -> tuple[str, ...]:
+def _check_class(name: str, where: str, plugin: Any) -> None:
+    problems = []
+    if not (isinstance(plugin, type) and issubclass(plugin, Plugin)):
+        problems.append("is not a runner.plugin.Plugin subclass")
+    else:
+        if getattr(plugin, "name", None) != name:
+            problems.append(f"has name {getattr(plugin, 'name', None)!r}, registered as '{name}'")
+        if not dataclasses.is_dataclass(getattr(plugin, "Config", None)):
+            problems.append("has no dataclass Config")
+        if not isinstance(plugin.effects, Effects):
+            problems.append("declares effects that are not an Effects(...)")
+        unknown = [c for c in (*plugin.after, *plugin.before) if not isinstance(c, str)]
+        if unknown:
+            problems.append(f"has constraints that are not names: {unknown}")
+    if problems:
+        raise RunnerError(f"plugin '{name}' ({where}) {'; '.join(problems)}")
+
+
+def available(refresh: bool = False) -> dict[str, type[Plugin]]:
+    """Every plugin registered under the `runner.plugins` entry-point group, by name.
+
+    Args:
+        refresh: scan the installed distributions again (after installing a plugin in-process).
+    """
+    if refresh:
+        _registry.cache_clear()
+    return _registry()
+
+
+def number_format_plugins() -> tuple[str, ...]:
     """Names of the registered plugins that change a number format (built-in or third-party)."""
-    registry = registry if registry is not None else available()
-    return tuple(name for name, plugin in registry.items() if getattr(plugin, "changes_number_format", False))
+    return tuple(name for name, plugin in available().items() if plugin.effects.number_format)
 
 
 def config_fields(plugin: type[Plugin]) -> list[tuple[str, str, Any]]:
@@ -92,66 +202,15 @@ def config_fields(plugin: type[Plugin]) -> list[tuple[str, str, Any]]:
     rows = []
     for f in dataclasses.fields(plugin.Config):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        rows.append((f.name, _type_name(hints[f.name]), default))
+        rows.append((f.name, type_name(hints[f.name]), default))
     return rows
-
-
-def _type_name(hint: Any) -> str:
-    if get_origin(hint) is Literal:
-        return "|".join(str(a) for a in get_args(hint))
-    if get_origin(hint) in (list, tuple):
-        return f"list[{_type_name(get_args(hint)[0])}]"
-    if get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(hint))
-    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
-
-
-def coerce(value: Any, hint: Any, where: str) -> Any:
-    """`value` (from YAML or the command line) as type `hint`, or a RunnerError naming `where`."""
-    origin = get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in get_args(hint):
-            return None
-        for option in (a for a in get_args(hint) if a is not type(None)):
-            try:
-                return coerce(value, option, where)
-            except RunnerError:
-                continue
-        raise RunnerError(f"{where} must be {_type_name(hint)}, got {value!r}")
-    if origin is Literal:
-        allowed = get_args(hint)
-        if value not in allowed:
-            raise RunnerError(f"{where} must be one of {list(allowed)}, got {value!r}")
-        return value
-    if origin in (list, tuple):
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise RunnerError(f"{where} must be a list, got {value!r}")
-        return [coerce(item.strip() if isinstance(item, str) else item, get_args(hint)[0], where) for item in items]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise RunnerError(f"{where} must be true or false, got {value!r}")
-    if hint in (int, float):
-        try:
-            number = hint(value)
-        except (TypeError, ValueError):
-            raise RunnerError(f"{where} must be {hint.__name__}, got {value!r}") from None
-        if hint is int and (isinstance(value, bool) or float(value) != number):
-            raise RunnerError(f"{where} must be int, got {value!r}")
-        return number
-    if hint is str:
-        if not isinstance(value, str):
-            raise RunnerError(f"{where} must be a string, got {value!r}")
-        return value
-    return value
 
 
 def build(spec: PluginSpec, registry: dict[str, type[Plugin]] | None = None) -> Plugin:
     """A plugin instance from a spec: unknown names and bad values are one-line errors."""
     registry = registry if registry is not None else available()
+    if spec.name not in registry:
+        registry = available(refresh=True)  # installed since the last scan?
     if spec.name not in registry:
         raise RunnerError(f"unknown plugin '{spec.name}'; available: {', '.join(registry)}")
     plugin = registry[spec.name]
@@ -172,7 +231,11 @@ def build(spec: PluginSpec, registry: dict[str, type[Plugin]] | None = None) -> 
 
 
 def resolve(specs: list[PluginSpec], registry: dict[str, type[Plugin]] | None = None) -> list[Plugin]:
-    """Build, order (hop before quantization) and check a plugin list for conflicts."""
+    """Build a plugin list, check it for conflicts, and order it by the plugins' constraints.
+
+    Returns:
+        The plugins in application order: constraints first, then names, never the listing order.
+    """
     plugins = [build(spec, registry) for spec in specs]
     names = [p.name for p in plugins]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -180,11 +243,51 @@ def resolve(specs: list[PluginSpec], registry: dict[str, type[Plugin]] | None = 
         raise RunnerError(f"plugin(s) {duplicates} given more than once; give each plugin once")
     owners: dict[str, str] = {}
     for plugin in plugins:
-        for part in plugin.quantized_parts():
+        for part in plugin.number_format_parts():
             if part in owners:
                 raise RunnerError(
                     f"plugins '{owners[part]}' and '{plugin.name}' both change the number format of the {part}; "
                     f"restrict one of them with its 'parts' option"
                 )
             owners[part] = plugin.name
-    return sorted(plugins, key=lambda p: p.order)
+    return order(plugins)
+
+
+def _names(target: str, plugin: Plugin) -> bool:
+    return target == plugin.name or target in plugin.effects.kinds()
+
+
+def order(plugins: list[Plugin]) -> list[Plugin]:
+    """Plugins sorted so every `after`/`before` constraint holds; ties by name. A cycle is an error."""
+    follows: dict[str, set[str]] = {p.name: set() for p in plugins}  # name -> names that must come first
+    for first in plugins:
+        for then in plugins:
+            if first is not then and (any(_names(t, first) for t in then.after)
+                                       or any(_names(t, then) for t in first.before)):
+                follows[then.name].add(first.name)
+    by_name = {p.name: p for p in plugins}
+    ready = [name for name, before in follows.items() if not before]
+    heapq.heapify(ready)
+    ordered: list[Plugin] = []
+    while ready:
+        name = heapq.heappop(ready)
+        ordered.append(by_name[name])
+        for other, before in follows.items():
+            if name in before:
+                before.discard(name)
+                if not before:
+                    heapq.heappush(ready, other)
+    if len(ordered) < len(plugins):
+        stuck = sorted(name for name, before in follows.items() if before)
+        raise RunnerError(f"plugins {stuck} constrain each other in a cycle (see their 'after'/'before'); "
+                          f"drop one of them")
+    return ordered
+
+
+@contextlib.contextmanager
+def translation_contexts(plugins: list[Plugin], bundle: ModelBundle) -> Iterator[None]:
+    """Every plugin's `translation_context`, entered in application order."""
+    with contextlib.ExitStack() as stack:
+        for plugin in plugins:
+            stack.enter_context(plugin.translation_context(bundle))
+        yield

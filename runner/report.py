@@ -1,4 +1,9 @@
-"""A finished evaluation: every figure with the conditions it was measured under."""
+"""A finished evaluation: every figure, typed, with the conditions it was measured under.
+
+Like sacrebleu's scores, each figure travels with what reproduces it: `Report.conditions` holds
+threads, engine, hop, dtype, plugins, warm-up, machine and versions; `Report.metrics` the typed
+figures. Nothing is serialized until `save` or `to_dict`.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +14,49 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.metrics.bleu import CorpusScore
+from runner.metrics.latency import LatencyStats
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The figures of one evaluation.
+
+    Attributes:
+        size_mb: MB (10^6 bytes) of `torch.save(model.state_dict())` after the plugins.
+        model_file_bytes: bytes of the model file that was loaded.
+        parameters: every weight, packed quantized ones included.
+        bleu: sacrebleu corpus BLEU with its signature.
+        chrf: sacrebleu corpus chrF with its signature.
+        source_wer: the ASR decoder's WER in percent (None without an ASR decoder or source text).
+        latency: latency statistics over the timed (post-warm-up) utterances.
+        stages_mean: mean seconds per stage (frontend, encoder, asr_search, md_encoder, st_search).
+    """
+
+    size_mb: float
+    model_file_bytes: int
+    parameters: int
+    bleu: CorpusScore
+    chrf: CorpusScore
+    source_wer: float | None
+    latency: LatencyStats
+    stages_mean: dict[str, float]
+
 
 @dataclass
 class Report:
+    """One evaluation: what was measured, under which conditions, and every utterance's result."""
+
     command: str | None
     model: dict[str, Any]
     data: dict[str, Any]
     decode: dict[str, Any]
     conditions: dict[str, Any]
-    metrics: dict[str, Any]
+    metrics: Metrics
     utterances: list[dict[str, Any]]
 
     def to_dict(self) -> dict[str, Any]:
+        """Everything as JSON-able values (what `save` writes)."""
         return asdict(self)
 
     def save(self, path: str | Path) -> Path:
@@ -34,12 +70,20 @@ class Report:
         return path
 
     @property
-    def bleu(self) -> float:
-        return self.metrics["bleu"]["score"]
+    def bleu(self) -> CorpusScore:
+        return self.metrics.bleu
+
+    @property
+    def chrf(self) -> CorpusScore:
+        return self.metrics.chrf
+
+    @property
+    def latency(self) -> LatencyStats:
+        return self.metrics.latency
 
     @property
     def latency_mean(self) -> float:
-        return self.metrics["latency"]["mean"]
+        return self.metrics.latency.mean
 
     def hypotheses(self) -> list[str]:
         return [u["hypothesis"] for u in self.utterances]
@@ -50,10 +94,10 @@ class Report:
     def format(self) -> str:
         """The terminal table: the four headline figures, then latency detail, then conditions."""
         m, c, d = self.metrics, self.conditions, self.data
-        lat, summary = m["latency"], self.model["summary"]
+        lat, summary = m.latency, self.model["summary"]
         plugins = ", ".join(_plugin_label(p) for p in c["plugins"]) or "none"
-        wer = f"{m['source_wer']:.1f} %" if m["source_wer"] is not None else "n/a (no ASR decoder or source text)"
-        stages = "  ".join(f"{name} {seconds:.3f}" for name, seconds in m["stages_mean"].items())
+        wer = f"{m.source_wer:.1f} %" if m.source_wer is not None else "n/a (no ASR decoder or source text)"
+        stages = "  ".join(f"{name} {seconds:.3f}" for name, seconds in m.stages_mean.items())
         selection = f"{d['selection']} {d['n']} of {d['segments_in_split']}" + (
             f", seed {d['seed']}" if d["selection"] == "random" else ""
         )
@@ -65,14 +109,14 @@ class Report:
             ("conditions", f"threads {c['threads']}, engine {c['quantized_engine']}, hop {c['hop_length']}, "
                            f"dtype {c['dtype']}, plugins {plugins}, warm-up {c['warmup']}, "
                            f"beam {self.decode['beam_size']}/asr {self.decode['asr_beam_size']}"),
-            ("size", f"{m['size_mb']:.2f} MB state_dict  ({m['model_file_bytes'] / 1e6:.2f} MB model file)"),
-            ("parameters", f"{m['parameters']:,}"),
-            ("BLEU", f"{m['bleu']['score']:.2f}  {m['bleu']['signature']}"),
-            ("chrF", f"{m['chrf']['score']:.2f}"),
+            ("size", f"{m.size_mb:.2f} MB state_dict  ({m.model_file_bytes / 1e6:.2f} MB model file)"),
+            ("parameters", f"{m.parameters:,}"),
+            ("BLEU", f"{m.bleu.score:.2f}  {m.bleu.signature}"),
+            ("chrF", f"{m.chrf.score:.2f}"),
             ("source WER", wer),
-            ("latency", f"mean {lat['mean']:.3f} s  std {lat['std']:.3f}  p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  "
-                        f"p99 {lat['p99']:.3f}  total {lat['total']:.2f} s  RTF {lat['rtf']:.3f}  "
-                        f"({lat['count']} utterances after {c['warmup']} warm-up)"),
+            ("latency", f"mean {lat.mean:.3f} s  std {lat.std:.3f}  p50 {lat.p50:.3f}  p90 {lat.p90:.3f}  "
+                        f"p99 {lat.p99:.3f}  total {lat.total:.2f} s  RTF {lat.rtf:.3f}  "
+                        f"({lat.count} utterances after {c['warmup']} warm-up)"),
             ("stages (mean s)", stages),
             ("machine", f"{c['cpu']}, {c['cores']} cores; torch {c['versions']['torch']}, "
                         f"espnet {c['versions']['espnet']}"),

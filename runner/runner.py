@@ -25,9 +25,9 @@ from runner.metrics.bleu import corpus_bleu, corpus_chrf
 from runner.metrics.latency import latency_stats
 from runner.metrics.wer import source_wer
 from runner.model import ModelBundle, load
-from runner.plugin import Plugin, PluginSpec
+from runner.plugin import Plugin, PluginSpec, translation_contexts
 from runner.plugin import resolve as resolve_plugins
-from runner.report import Report
+from runner.report import Metrics, Report
 
 logger = logging.getLogger("runner")
 
@@ -87,13 +87,16 @@ class Runner:
             specs = [p if isinstance(p, PluginSpec) else PluginSpec.parse(p, "plugins") for p in plugins]
             self.plugins: list[Plugin] = resolve_plugins(specs)
             self._calibration_keys: set[tuple[str, int, int]] = set()
-            # Plugins from the first calibrating one on wait until the calibration data is known.
-            self._pending: list[Plugin] = []
-            for index, plugin in enumerate(self.plugins):
-                if plugin.needs_calibration and calibration_data is None and plugin.config.calibration_data is None:
-                    self._pending = self.plugins[index:]
-                    break
-                self._apply(plugin, calibration_data, "given")
+            for plugin in self.plugins:
+                started = time.perf_counter()
+                plugin.apply(self.bundle)
+                self.bundle.rewire_searches()
+                plugin.details["apply_seconds"] = time.perf_counter() - started
+            # Calibration comes after every plugin, so it sees the model as it will run; it waits
+            # for the first evaluation when no plugin knows its calibration data yet.
+            self._uncalibrated = [p for p in self.plugins if p.calibrates()]
+            if all(p.config.calibration_data or calibration_data for p in self._uncalibrated):
+                self._calibrate(calibration_data, "given")
 
     @property
     def engine(self) -> str | None:
@@ -103,41 +106,37 @@ class Runner:
     def _scope(self) -> Any:
         return torch_settings(self.threads, self.engine)
 
-    def _apply(self, plugin: Plugin, calibration_data: str | Path | None, source: str) -> None:
-        started = time.perf_counter()
-        plugin.apply(self.bundle)
-        self.bundle.rewire_searches()
-        plugin.details["apply_seconds"] = time.perf_counter() - started
-        if plugin.needs_calibration:
-            self._calibrate(plugin, plugin.config.calibration_data or calibration_data, source)
-
-    def _calibrate(self, plugin: Plugin, data: str | Path, source: str) -> None:
-        config = plugin.config
-        test_set = load_test_set(data, config.calibration_split)
-        calibration = preload(test_set, self.sample_rate, limit=config.calibration_size, seed=config.calibration_seed)
-        plugin.calibrate(self.bundle, calibration.utterances)
-        plugin.details.update(calibration_data=str(data), calibration_split=config.calibration_split,
-                              calibration_source=source)
-        self._calibration_keys |= {_segment_key(u.segment) for u in calibration.utterances}
+    def _calibrate(self, data: str | Path | None, source: str) -> None:
+        """Run every calibrating plugin's `calibrate` on its own data, else on `data`."""
+        plugins, self._uncalibrated = self._uncalibrated, []
+        for plugin in plugins:
+            config = plugin.config
+            where = config.calibration_data or data
+            test_set = load_test_set(where, config.calibration_split)
+            calibration = preload(test_set, self.sample_rate, limit=config.calibration_size,
+                                  seed=config.calibration_seed)
+            plugin.calibrate(self.bundle, calibration.utterances)
+            self.bundle.rewire_searches()
+            plugin.details.update(calibration_data=str(where), calibration_split=config.calibration_split,
+                                  calibration_source="plugin option" if config.calibration_data else source)
+            self._calibration_keys |= {_segment_key(u.segment) for u in calibration.utterances}
 
     def _finish_plugins(self, evaluated: TestSet | None) -> None:
-        """Calibrate (then apply what follows) on `evaluated`'s calibration split, or the demo corpus."""
-        if not self._pending:
+        """Calibrate what still waits on `evaluated`'s calibration split, or else on the demo corpus."""
+        if not self._uncalibrated:
             return
-        pending, self._pending = self._pending, []
-        calibrating = pending[0]
-        split = calibrating.config.calibration_split
+        names = ", ".join(p.name for p in self._uncalibrated)
+        split = self._uncalibrated[0].config.calibration_split
         data, source = _calibration_source(evaluated, split)
         if source == "embedded demo corpus":
             reason = (f"{evaluated.path} has no '{split}' split" if evaluated is not None
                       else "no calibration_data was given")
             logger.warning("%s calibrates on the embedded demo corpus (%s, split %s): %s; pass calibration_data "
-                           "to calibrate on your own data", calibrating.name, data, split, reason)
+                           "to calibrate on your own data", names, data, split, reason)
         else:
-            logger.info("%s calibrates on split %s of the evaluated data %s", calibrating.name, split, data)
+            logger.info("%s calibrates on split %s of the evaluated data %s", names, split, data)
         with self._scope():
-            for plugin in pending:
-                self._apply(plugin, data, source)
+            self._calibrate(data, source)
 
     @functools.cached_property
     def summary(self) -> dict[str, Any]:
@@ -181,7 +180,7 @@ class Runner:
         self._finish_plugins(None)
         with self._scope():
             try:
-                return translate(self.bundle.speech2text, audio)
+                return translate(self.bundle.speech2text, audio, translation_contexts(self.plugins, self.bundle))
             except RunnerError as error:
                 raise type(error)(f"waveform: {error}") from error
 
@@ -253,7 +252,8 @@ class Runner:
         try:
             for utterance in iterator:
                 try:
-                    translations.append(translate(self.bundle.speech2text, utterance.waveform))
+                    translations.append(translate(self.bundle.speech2text, utterance.waveform,
+                                                  translation_contexts(self.plugins, self.bundle)))
                 except Exception as error:  # too short, shape errors, ...: name the utterance, keep the cause
                     kind = type(error) if isinstance(error, RunnerError) else RunnerError
                     raise kind(f"{utterance.segment.audio_path}: decoding '{utterance.segment.id}' "
@@ -316,16 +316,16 @@ class Runner:
                 "plugins": [p.describe() for p in self.plugins],
                 "dtype": next((p.details["dtype"] for p in reversed(self.plugins) if "dtype" in p.details), "float32"),
             },
-            metrics={
-                "size_mb": summary["state_dict_bytes"] / 1e6,
-                "model_file_bytes": files.file_bytes,
-                "parameters": summary["parameters"],
-                "bleu": corpus_bleu(hypotheses, references).__dict__,
-                "chrf": corpus_chrf(hypotheses, references).__dict__,
-                "source_wer": wer,
-                "latency": latency.as_dict(),
-                "stages_mean": stages,
-            },
+            metrics=Metrics(
+                size_mb=summary["state_dict_bytes"] / 1e6,
+                model_file_bytes=files.file_bytes,
+                parameters=summary["parameters"],
+                bleu=corpus_bleu(hypotheses, references),
+                chrf=corpus_chrf(hypotheses, references),
+                source_wer=wer,
+                latency=latency,
+                stages_mean=stages,
+            ),
             utterances=[
                 {
                     "id": u.segment.id,

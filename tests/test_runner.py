@@ -31,15 +31,15 @@ def tiny_runner(tiny_exp: Path) -> Runner:
 def test_evaluate_reports_every_figure(tiny_runner: Runner, shared_corpus: Path) -> None:
     report = tiny_runner.evaluate(shared_corpus, warmup=2)
     assert report.data["n"] == 5 and report.data["selection"] == "first"
-    assert report.metrics["bleu"]["score"] == corpus_bleu(report.hypotheses(), report.references()).score
-    assert report.metrics["parameters"] == sum(p.numel() for p in tiny_runner.bundle.model.parameters())
-    assert report.metrics["source_wer"] is not None
+    assert report.bleu == corpus_bleu(report.hypotheses(), report.references())
+    assert report.metrics.parameters == sum(p.numel() for p in tiny_runner.bundle.model.parameters())
+    assert report.metrics.source_wer is not None
     assert report.conditions["threads"] == 1 and report.conditions["warmup"] == 2
     timed = [u["seconds"] for u in report.utterances if not u["warmup"]]
     assert [u["warmup"] for u in report.utterances] == [True, True, False, False, False]
-    assert report.metrics["latency"]["count"] == 3
-    assert report.metrics["latency"]["mean"] == pytest.approx(sum(timed) / 3)
-    assert report.metrics["latency"]["total"] == pytest.approx(sum(timed))
+    assert report.latency.count == 3
+    assert report.latency.mean == pytest.approx(sum(timed) / 3)
+    assert report.latency.total == pytest.approx(sum(timed))
 
 
 def test_translate_a_single_waveform_at_any_rate(tiny_runner: Runner, shared_corpus: Path) -> None:
@@ -127,7 +127,7 @@ def test_cli_translate_adds_plugins_by_name_or_from_a_config(tiny_exp: Path, sha
         assert result.exit_code == 0, result.output
         documents[label] = json.loads((tmp_path / f"{label}.json").read_text())
     names = {label: [p["name"] for p in d["conditions"]["plugins"]] for label, d in documents.items()}
-    assert names["plain"] == [] and names["named"] == ["self-kv-cache", "ctc-prefix-scan"]
+    assert names["plain"] == [] and names["named"] == ["ctc-prefix-scan", "self-kv-cache"]  # applied by name
     assert sorted(names["config"]) == ["cross-kv-cache", "ctc-prefix-scan", "search-threads", "self-kv-cache"]
     hypotheses = {label: [u["hypothesis"] for u in d["utterances"]] for label, d in documents.items()}
     assert hypotheses["named"] == hypotheses["plain"] == hypotheses["config"]
@@ -213,4 +213,4 @@ def test_model_size_is_serialized_once_per_runner_not_per_evaluation(tiny_exp: P
     runner = Runner(tiny_exp, threads=1, plugins=["dynamic-int8"])
     reports = [runner.evaluate(shared_corpus, limit=2, warmup=0) for _ in range(2)]
     assert len(calls) == 1
-    assert reports[0].metrics["size_mb"] == reports[1].metrics["size_mb"] == original(runner.bundle)["state_dict_bytes"] / 1e6
+    assert reports[0].metrics.size_mb == reports[1].metrics.size_mb == original(runner.bundle)["state_dict_bytes"] / 1e6

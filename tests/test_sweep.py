@@ -68,7 +68,7 @@ def test_sweep_rows_match_a_single_translate_run(sweep_yaml: Path, tmp_path: Pat
     single = Runner(config.run.model, DecodeOptions(beam_size=2, asr_beam_size=2), threads=1,
                     plugins=[{"name": "hop", "hop_length": 320}, "dynamic-int8"])
     report = single.evaluate(config.run.data, limit=3)
-    assert rows[0]["hypotheses"] == report.hypotheses() and rows[0]["bleu"] == report.bleu
+    assert rows[0]["hypotheses"] == report.hypotheses() and rows[0]["bleu"] == report.bleu.score
 
 
 def test_resume_skips_finished_rows_and_an_interrupted_sweep_keeps_them(

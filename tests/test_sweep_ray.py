@@ -15,7 +15,7 @@ import pytest
 from conftest import run_cli
 from runner.metrics.bleu import corpus_bleu
 from runner.sweep import Sweep, SweepConfig, read_rows
-from runner.sweep_report import summary_markdown
+from runner.sweep.report import summary_markdown
 
 ray = pytest.importorskip("ray")
 

@@ -24,4 +24,4 @@ def test_shipped_model_translates_20_committed_utterances() -> None:
     assert runner.bundle.files.origin == defaults.DEMO_MODEL
     report = runner.evaluate(limit=20)
     assert report.data["n"] == 20
-    assert report.bleu > BLEU_FLOOR, report.hypotheses()[:3]
+    assert report.bleu.score > BLEU_FLOOR, report.hypotheses()[:3]

@@ -24,7 +24,9 @@ from runner.decode import DecodeOptions
 from runner.errors import RunnerError, error_fields, first_line
 from runner.metrics.bleu import corpus_bleu, corpus_chrf
 from runner.metrics.wer import source_wer
-from runner.sweep import RunPlan, Sweep, failed_row, overall_bar, row_from_reports, worker
+from runner.sweep.executors import Executor, SweepRecorder
+from runner.sweep.plan import RunPlan
+from runner.sweep.rows import code_versions, failed_row, overall_bar, row_from_reports, worker
 
 ATTEMPTS = 2  # a run whose worker dies is tried once more
 
@@ -40,6 +42,7 @@ class Job:
     repeats: int
     model_hash: str
     data_hash: str  # of the whole selection, or of the shard
+    versions: dict[str, Any]  # the driver's code: a worker running other code refuses the job
     shard: tuple[int, int] | None = None
 
 
@@ -52,6 +55,9 @@ def execute(job: Job) -> dict[str, Any]:
     from runner.runner import Runner
 
     run = job.run
+    if code_versions() != job.versions:
+        raise RunnerError(f"on worker {socket.gethostname()} st-runner runs other code ({code_versions()}) than the "
+                          f"driver ({job.versions}); install the same version on every node")
     key = (run.model, repr(job.decode), job.threads)
     if key not in _loaded:
         _loaded.clear()
@@ -74,7 +80,21 @@ def execute(job: Job) -> dict[str, Any]:
     return row
 
 
-def run_on_ray(sweep: Sweep, todo: list[RunPlan], base: Any, preloaded: PreloadedSet) -> None:
+class RayExecutor(Executor):
+    """Runs as Ray tasks on an existing cluster (`address`), or on a local one started for the sweep."""
+
+    name = "ray"
+
+    def threads(self, requested: int | None) -> int | None:
+        return requested or 1  # a task reserves `threads` CPUs, so it needs a number
+
+    def run(self, sweep: SweepRecorder, todo: list[RunPlan], base: Any, preloaded: PreloadedSet,
+            options: Any) -> None:
+        run_on_ray(sweep, todo, base, preloaded, self.address)
+
+
+def run_on_ray(sweep: SweepRecorder, todo: list[RunPlan], base: Any, preloaded: PreloadedSet,
+               address: str | None) -> None:
     """Submit every run (or shard) of `todo`, record each row as it completes."""
     try:
         import ray
@@ -83,7 +103,7 @@ def run_on_ray(sweep: Sweep, todo: list[RunPlan], base: Any, preloaded: Preloade
         raise RunnerError("--executor ray needs Ray: pip install 'st-runner[ray]'") from None
 
     config = sweep.config
-    started_here = _connect(sweep.address)
+    started_here = _connect(address)
     try:
         threads = base.threads
         largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
@@ -94,7 +114,7 @@ def run_on_ray(sweep: Sweep, todo: list[RunPlan], base: Any, preloaded: Preloade
         jobs = []
         for plan in todo:
             job = Job(config.run, base.decode, threads, plan, config.repeats, base.bundle.files.content_hash,
-                      preloaded.content_hash)
+                      preloaded.content_hash, code_versions())
             if shards is None:
                 jobs.append(job)
             else:
@@ -145,7 +165,7 @@ def run_on_ray(sweep: Sweep, todo: list[RunPlan], base: Any, preloaded: Preloade
             ray.shutdown()
 
 
-def _give_up(sweep: Sweep, plan: RunPlan, reason: str, pending: dict, parts: dict, attempt: int,
+def _give_up(sweep: SweepRecorder, plan: RunPlan, reason: str, pending: dict, parts: dict, attempt: int,
              **error: Any) -> None:
     import ray
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.metrics.bleu import paired_bootstrap
+from runner.plugin import number_format_plugins
 
 CSV_COLUMNS = ("label", "status", "hop", "quant", "dtype", "size_mb", "parameters", "bleu", "bleu_delta", "p_value",
                "chrf", "source_wer", "latency_mean", "latency_std", "latency_p50", "latency_p90", "latency_p99", "rtf",
@@ -24,11 +25,20 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def baseline_key(row: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """A row's grid point without its number format (the `quant` key and number-format plugins' options)."""
+    formats = number_format_plugins()
+    point = row.get("point") or {"hop": row.get("hop")}  # rows written before points were recorded
+    return tuple(sorted((key, json.dumps(value, sort_keys=True)) for key, value in point.items()
+                        if key != "quant" and key.split(".", 1)[0] not in formats))
+
+
 def add_comparisons(rows: list[dict[str, Any]], references: list[str]) -> None:
-    """BLEU difference to the float row of the same hop, with sacrebleu's paired-bootstrap p-value."""
-    floats = {r["hop"]: r for r in rows if r.get("status") == "ok" and r["quant"] == "none"}
+    """BLEU difference to the float row of the same grid point but for the number format, with
+    sacrebleu's paired-bootstrap p-value."""
+    floats = {baseline_key(r): r for r in rows if r.get("status") == "ok" and r["quant"] == "none"}
     for row in rows:
-        baseline = floats.get(row.get("hop"))
+        baseline = floats.get(baseline_key(row))
         if row.get("status") != "ok" or baseline is None or baseline is row:
             row["bleu_delta"], row["p_value"] = None, None
             continue
@@ -60,9 +70,14 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], config: An
         "",
         "Latency: mean seconds per utterance over the timed utterances"
         + (" (median of the per-repeat means; CV across repeats)" if repeats > 1 else "")
-        + ". ΔBLEU: against the float row of the same hop; p: sacrebleu paired bootstrap (1000 samples).",
+        + ". ΔBLEU: against the float row of the same grid point (every grid key but the number format); "
+        "p: sacrebleu paired bootstrap (1000 samples).",
         "",
     ]
+    codes = {json.dumps(r["versions"], sort_keys=True) for r in rows if r.get("versions")}
+    if len(codes) > 1:
+        lines += [f"**These rows were measured by {len(codes)} versions of the code (resumed with "
+                  f"--allow-mixed-versions); each row's `versions` in results.json says which.**", ""]
     if config.measure == "quality":
         lines += ["Quality pass (`measure: quality`): BLEU, chrF and WER only; no latency was measured.", ""]
     groups = machine_groups(rows) if config.measure == "latency" else {"": rows}
@@ -156,7 +171,8 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     plt.close(figure)
 
 
-def write_outputs(out: Path, rows: list[dict[str, Any]], preloaded: Any, config: Any, base: Any) -> None:
+def write_outputs(out: Path, rows: list[dict[str, Any]], preloaded: Any, config: Any) -> None:
+    """summary.md, results.csv, results.json and the plots, from the rows in plan order."""
     references = [u.segment.reference for u in preloaded.utterances]
     add_comparisons(rows, references)
     env = json.loads((out / "env.json").read_text(encoding="utf-8"))

@@ -1,0 +1,105 @@
+"""What a sweep runs: its YAML (`SweepConfig`) and the runs of its grid (`RunPlan`)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.config import RunConfig, compose_plugins
+from runner.errors import RunnerError
+from runner.plugin import PluginSpec, number_format_plugins
+from runner.plugin import resolve as resolve_plugins
+from runner.yamlio import read_yaml_mapping
+
+SWEEP_KEYS = ("repeats", "grid", "measure", "shards")
+MEASURES = ("latency", "quality")
+
+
+@dataclass
+class SweepConfig:
+    run: RunConfig
+    grid: dict[str, list[Any]]
+    repeats: int = 1
+    source: str = ""
+    measure: str = "latency"  # "quality": BLEU only, no latency (on Ray: utterance shards over workers)
+    shards: int | None = None  # quality passes on Ray; default: one per task slot of the cluster
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SweepConfig:
+        path = Path(path)
+        values = read_yaml_mapping(path, "sweep config")
+        run = RunConfig.from_dict({k: v for k, v in values.items() if k not in SWEEP_KEYS}, str(path))
+        grid = values.get("grid") or {}
+        if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+            raise RunnerError(f"{path}: grid must map keys to non-empty lists, e.g. {{hop: [160, 200]}}")
+        repeats = values.get("repeats", 1)
+        if not isinstance(repeats, int) or repeats < 1:
+            raise RunnerError(f"{path}: repeats must be a positive integer, got {repeats!r}")
+        measure = values.get("measure", "latency")
+        if measure not in MEASURES:
+            raise RunnerError(f"{path}: measure must be one of {list(MEASURES)}, got {measure!r}")
+        shards = values.get("shards")
+        if shards is not None and (not isinstance(shards, int) or isinstance(shards, bool) or shards < 1):
+            raise RunnerError(f"{path}: shards must be a positive integer, got {shards!r}")
+        config = cls(run, grid, repeats, str(path), measure, shards)
+        for key in grid:
+            if key not in ("hop", "quant") and "." not in key:
+                raise RunnerError(f"{path}: grid key '{key}' is not hop, quant or <plugin>.<option>")
+        for point in config.plan():  # every grid point must build: a typo fails before anything runs
+            try:
+                resolve_plugins(point.specs)
+            except RunnerError as error:
+                raise RunnerError(f"{path}: {error}") from error
+        return config
+
+    def plan(self) -> list[RunPlan]:
+        keys = list(self.grid)
+        plans: dict[str, RunPlan] = {}
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            point = dict(zip(keys, values))
+            specs = compose_plugins(self.run.plugins, quant=point.get("quant"), hop=point.get("hop"),
+                                    options={k: v for k, v in point.items() if "." in k})
+            plan = RunPlan(specs, point)
+            plans.setdefault(plan.identity(), plan)  # options of absent plugins would duplicate runs
+        return list(plans.values())
+
+
+@dataclass
+class RunPlan:
+    """One run of a sweep: its plugin list and the grid point it came from."""
+
+    specs: list[PluginSpec]
+    point: dict[str, Any]
+    plan_hash: str = ""  # the configuration (model, data, decoding, plugins)
+    config_hash: str = ""  # the configuration and the code measuring it (rows are keyed by this)
+
+    def identity(self) -> str:
+        return json.dumps([[s.name, s.values] for s in sorted(self.specs, key=lambda s: s.name)], sort_keys=True)
+
+    @property
+    def quant(self) -> str:
+        formats = number_format_plugins()
+        return next((s.name for s in self.specs if s.name in formats), "none")
+
+    @property
+    def hop(self) -> int | None:
+        return next((s.values.get("hop_length", 160) for s in self.specs if s.name == "hop"), None)
+
+    @property
+    def label(self) -> str:
+        parts = [f"hop {self.hop}" if self.hop is not None else "trained hop"]
+        for spec in self.specs:
+            if spec.name != "hop":
+                varied = {k.split(".", 1)[1]: v for k, v in self.point.items() if k.startswith(spec.name + ".")}
+                options = ",".join(f"{k}={v}" for k, v in sorted(varied.items()))
+                parts.append(spec.name + (f"({options})" if options else ""))
+        return " + ".join(parts)
+
+    def baseline_point(self) -> tuple[tuple[str, str], ...]:
+        """This run's grid point without its number format: the float run it is compared with has it too."""
+        formats = number_format_plugins()
+        return tuple(sorted((key, json.dumps(value, sort_keys=True)) for key, value in self.point.items()
+                            if key != "quant" and key.split(".", 1)[0] not in formats))
