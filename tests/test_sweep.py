@@ -174,3 +174,50 @@ def test_grid_over_a_plugin_option_and_deduplication(tmp_path: Path) -> None:
     plans = SweepConfig.from_yaml(path).plan()
     assert [p.label for p in plans] == ["trained hop", "trained hop + static-int8(granularity=linear)",
                                         "trained hop + static-int8(granularity=block)"]
+
+
+def test_rows_record_their_code_and_a_resume_by_other_code_is_refused(sweep_yaml: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.sweep.rows import code_versions
+
+    out = tmp_path / "versions"
+    assert CLI.invoke(app, ["sweep", str(sweep_yaml), "--out", str(out), "--no-progress"]).exit_code == 0
+    rows = read_rows(out / "results.jsonl")
+    assert all(r["versions"] == code_versions() and r["plan_hash"] and r["point"] for r in rows)
+    env = json.loads((out / "env.json").read_text())
+    assert env["code_versions"] == code_versions()
+    # The same rows, as an older commit of the runner would have written them.
+    older = [{**r, "versions": {**r["versions"], "runner_commit": "0123456789ab"}} for r in rows]
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in older))
+    result = CLI.invoke(app, ["sweep", str(sweep_yaml), "--out", str(out), "--resume", "--no-progress"])
+    assert result.exit_code == 2
+    assert (f"{out / 'results.jsonl'}: 4 finished row(s) were measured by other code (runner_commit 0123456789ab -> "
+            f"{code_versions()['runner_commit']}); resume into another --out, or pass --allow-mixed-versions"
+            in result.stderr)
+    calls = {"n": 0}
+    original = Runner.evaluate_preloaded
+
+    def count(self, preloaded, options):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        return original(self, preloaded, options)
+
+    monkeypatch.setattr(Runner, "evaluate_preloaded", count)
+    result = CLI.invoke(app, ["sweep", str(sweep_yaml), "--out", str(out), "--resume", "--allow-mixed-versions",
+                              "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert calls["n"] == 0  # every older row reused, as asked
+    assert json.loads((out / "env.json").read_text())["code_versions"] == code_versions()  # not rewritten
+
+
+def test_delta_bleu_baselines_match_every_grid_key_but_the_number_format() -> None:
+    from runner.sweep.report import add_comparisons
+
+    def row(quant: str, beams: int, hop: int, bleu: float, **point: object) -> dict:
+        return {"status": "ok", "quant": quant, "hop": hop, "bleu": bleu, "hypotheses": [f"{quant}{beams}{hop}"],
+                "point": {"hop": hop, "quant": quant, "wider-beam.beams": beams, **point}}
+
+    rows = [row("none", 2, 160, 50.0), row("none", 4, 160, 60.0), row("dynamic-int8", 2, 160, 49.0),
+            row("dynamic-int8", 4, 160, 58.0, **{"dynamic-int8.per_channel": True}), row("none", 4, 200, 40.0),
+            row("static-int8", 4, 200, 41.0)]
+    add_comparisons(rows, ["ref"])
+    assert [r["bleu_delta"] for r in rows] == [None, None, -1.0, -2.0, None, 1.0]

@@ -227,6 +227,8 @@ def test_a_third_party_plugin_installs_through_the_entry_point_group(tiny_exp: P
     runner = Runner(tiny_exp, threads=1, plugins=[{"name": "halve-beam", "factor": 5}])
     assert runner.bundle.speech2text.beam_search.beam_size == 1
     assert runner.plugins[0].describe()["beam_size"] == 1
+    monkeypatch.undo()
+    assert "halve-beam" not in available(refresh=True)  # uninstalled again for the tests after this one
 
 
 def _count_calls(modules: list[torch.nn.Module]) -> list[int]:
