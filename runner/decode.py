@@ -95,6 +95,16 @@ def keep_pre_x_on_retry(search: Any) -> None:
 
 @dataclass
 class Translation:
+    """One translated utterance.
+
+    Attributes:
+        text: the detokenized translation.
+        source_text: the ASR decoder's transcript (multi-decoder models), else None.
+        tokens: the translation's tokens.
+        seconds: wall time of `Speech2Text.__call__`.
+        stages: seconds per stage (frontend, encoder, asr_search, md_encoder, st_search).
+    """
+
     text: str
     source_text: str | None  # the ASR decoder's transcript, for multi-decoder models
     tokens: list[str]

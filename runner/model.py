@@ -75,6 +75,7 @@ class ModelFiles:
 
 
 def locate(path: str | Path, model_file: str | Path | None = None) -> ModelFiles:
+    """Find a model's config and weights: unpack archives, unwrap trainer checkpoints, resolve paths."""
     origin = Path(path)
     if not origin.exists():
         raise RunnerError(f"{origin}: model path not found")
@@ -251,7 +252,18 @@ def _resolve_config_paths(config: Path) -> Path:
 
 
 class ModelBundle:
-    """A loaded ESPnet `Speech2Text`: the model, its two beam searches and its tokenizers."""
+    """A loaded ESPnet `Speech2Text`: what a plugin's `apply(bundle)` receives.
+
+    Attributes and properties a plugin may use:
+        model: the `ESPnetSTModel` (parts: frontend, normalize, encoder, extra_asr_decoder,
+            md_encoder, decoder, ctc); change it in place.
+        speech2text: ESPnet's `Speech2Text` that every translation calls.
+        searches: the beam searches a translation runs (ST, and a multi-decoder's ASR search).
+        files: where the config and weights came from (`ModelFiles`).
+        options: the decoding options it was loaded with.
+        sample_rate, is_multidecoder: facts about the model.
+    After replacing modules, call `rewire_searches()` (the runner also does, after each plugin).
+    """
 
     def __init__(self, speech2text: Any, files: ModelFiles, options: DecodeOptions) -> None:
         self.speech2text = speech2text
@@ -353,7 +365,19 @@ def frontend_settings(model: torch.nn.Module, train_args: Any) -> dict[str, Any]
 
 
 def load(path: str | Path, options: DecodeOptions | None = None, model_file: str | Path | None = None) -> ModelBundle:
-    """Load a model for decoding with `options` (defaults: configs/decode.yaml's values)."""
+    """Load a model with ESPnet's `Speech2Text` and check that its weights fit its config.
+
+    Args:
+        path: an experiment directory, config.yaml, .pth or packed archive.
+        options: decoding options (default: `DecodeOptions()`).
+        model_file: the weights, when the directory holds several.
+
+    Returns:
+        The loaded model, its two beam searches and tokenizers, as a `ModelBundle`.
+
+    Raises:
+        RunnerError: missing files, paths not found, weights that do not fit, ESPnet load errors.
+    """
     options = options or DecodeOptions()
     files = locate(path, model_file)
     module = _espnet.st_inference()

@@ -185,6 +185,7 @@ class Runner:
                 raise type(error)(f"waveform: {error}") from error
 
     def preload(self, options: EvaluateOptions) -> PreloadedSet:
+        """Read the utterances `options` select into memory at the model's rate (nothing here is timed)."""
         data = options.data if options.data is not None else defaults.data_path()
         test_set = load_test_set(data, options.split, options.text)
         progress = _bar("preload") if options.progress else None

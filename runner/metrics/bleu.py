@@ -9,6 +9,8 @@ from sacrebleu.metrics import BLEU, CHRF
 
 @dataclass(frozen=True)
 class CorpusScore:
+    """A corpus-level sacrebleu score with the signature that reproduces it."""
+
     score: float
     signature: str
     detail: str  # sacrebleu's formatted line (n-gram precisions, BP, lengths)

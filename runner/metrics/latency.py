@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class LatencyStats:
+    """Seconds per utterance over the timed (post-warm-up) utterances."""
+
     count: int
     mean: float
     std: float
