@@ -35,8 +35,12 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv.create(target, with_pip=False)
     site = Path(sysconfig.get_paths(vars={"base": str(target), "platbase": str(target)})["purelib"])
     (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # --ignore-installed: the dependencies' site-packages holds this checkout's editable st-runner,
+    # which pip would otherwise take for the wheel already installed.
     subprocess.run([sys.executable, "-m", "pip", "--python", str(target / "bin" / "python"), "install", "-q",
-                    "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True, text=True)
+                    "--no-deps", "--no-index", "--ignore-installed", str(wheel)], check=True, capture_output=True,
+                   text=True, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert (target / "bin" / "runner").is_file()
     return target
 
 
@@ -68,10 +72,11 @@ def test_installed_wheel_translates_the_embedded_default_from_anywhere(installed
     assert report["data"]["path"].startswith(str(installed))
     source = Runner(threads=1).evaluate(limit=LIMIT, warmup=0)  # the source checkout's own default
     assert [u["hypothesis"] for u in report["utterances"]] == source.hypotheses()
-    assert report["metrics"]["bleu"]["score"] == source.bleu
+    assert report["metrics"]["bleu"]["score"] == source.bleu.score
     shipped = subprocess.run([str(installed / "bin" / "python"), "-c", "from runner import defaults; "
                               "print(defaults.shipped_config('configs/hop.yaml'), defaults.shipped_config('fast-search'))"],
-                             cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split()
+                             cwd=tmp_path, capture_output=True, text=True, check=True,
+                             env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}).stdout.split()
     assert shipped == [str(Path(report["model"]["path"]).parent.parent / "configs" / name)
                        for name in ("hop.yaml", "fast-search.yaml")]
 
