@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import shlex
@@ -72,7 +73,8 @@ class Runner:
             decode: decoding options (default: `DecodeOptions()`, configs/decode.yaml's values).
             threads: intra-op threads for this runner's calls (default: every core).
             model_file: the weights, when the experiment directory holds several .pth files.
-            plugins: names, `{name: ..., option: ...}` dicts or `PluginSpec`s, applied in order.
+            plugins: names, `{name: ..., option: ...}` dicts or `PluginSpec`s; applied in the order
+                their declared constraints give (then by name), whatever order they are listed in.
             calibration_data: data root whose calibration split (e.g. dev) calibrating plugins
                 read. Default: the data of the first `evaluate` call, when it has that split;
                 otherwise the embedded demo corpus, which is logged and recorded in the report.
@@ -103,7 +105,7 @@ class Runner:
         """The quantized engine this runner's plugins packed weights for; None for a float model."""
         return next((p.details["engine"] for p in reversed(self.plugins) if "engine" in p.details), None)
 
-    def _scope(self) -> Any:
+    def _scope(self) -> contextlib.AbstractContextManager[None]:
         return torch_settings(self.threads, self.engine)
 
     def _calibrate(self, data: str | Path | None, source: str) -> None:
@@ -115,7 +117,8 @@ class Runner:
             test_set = load_test_set(where, config.calibration_split)
             calibration = preload(test_set, self.sample_rate, limit=config.calibration_size,
                                   seed=config.calibration_seed)
-            plugin.calibrate(self.bundle, calibration.utterances)
+            with translation_contexts(self.plugins, self.bundle):  # calibrate the model as it will run
+                plugin.calibrate(self.bundle, calibration.utterances)
             self.bundle.rewire_searches()
             plugin.details.update(calibration_data=str(where), calibration_split=config.calibration_split,
                                   calibration_source="plugin option" if config.calibration_data else source)

@@ -93,7 +93,7 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], config: An
     if calibrated:
         lines += ["", "Calibration time (not part of latency): "
                   + "; ".join(f"{r['label']}: {r['calibration_seconds']:.1f} s" for r in calibrated) + "."]
-    lines += ["", f"Reproduce: `{env['command']}`", ""]
+    lines += ["", f"Reproduce: `runner sweep {config.source}` (this run's command line: `{env['command']}`)", ""]
     return "\n".join(lines)
 
 
