@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -21,9 +22,13 @@ LIMIT = 3
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # From a copy of the sources: setuptools packs whatever an old build/ of the checkout still holds.
+    source = shutil.copytree(defaults.REPO_ROOT, tmp_path_factory.mktemp("source") / "st-runner",
+                             ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "results*",
+                                                           "__pycache__", "exp", "train"))
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(defaults.REPO_ROOT)], check=True, capture_output=True, text=True)
+                    str(source)], check=True, capture_output=True, text=True)
     return next(out.glob("st_runner-*.whl"))
 
 
