@@ -242,7 +242,7 @@ def info(
 
 @demo_app.command("corpus")
 def demo_corpus(
-    out: Path = typer.Option(defaults.DEMO_CORPUS, help="Where to write en-de/data/<split>"),
+    out: Path = typer.Option(defaults.demo_output_root() / "mustc-demo", help="Where to write en-de/data/<split>"),
     train: int = typer.Option(2000, help="Training utterances"),
     dev: int = typer.Option(200, help="Dev utterances"),
     test: int = typer.Option(100, help="tst-COMMON utterances"),
@@ -262,9 +262,10 @@ def demo_corpus(
 
 @demo_app.command("train")
 def demo_train(
-    corpus: Path = typer.Option(defaults.DEMO_CORPUS, help="MuST-C-layout corpus with train and dev splits"),
+    corpus: Path = typer.Option(defaults.demo_output_root() / "mustc-demo",
+                                 help="MuST-C-layout corpus with train and dev splits (runner demo corpus writes it)"),
     work: Path = typer.Option(Path("exp/demo"), help="Scratch directory: dumps, stats, checkpoints"),
-    out: Path = typer.Option(defaults.DEMO_MODEL, help="Where to export the experiment directory"),
+    out: Path = typer.Option(defaults.demo_output_root() / "model", help="Where to export the experiment directory"),
     config: Path = typer.Option(defaults.CONFIGS / "demo" / "train.yaml", help="ESPnet training config"),
     max_epoch: Optional[int] = typer.Option(None, help="Override the config's max_epoch"),
     src_vocab: int = typer.Option(250, help="English BPE vocabulary"),
@@ -283,7 +284,7 @@ def demo_train(
 @demo_app.command("export")
 def demo_export(
     work: Path = typer.Option(Path("exp/demo"), help="The training scratch directory"),
-    out: Path = typer.Option(defaults.DEMO_MODEL, help="Where to export the experiment directory"),
+    out: Path = typer.Option(defaults.demo_output_root() / "model", help="Where to export the experiment directory"),
 ) -> None:
     """Export a (possibly stopped) training run: average its kept epoch snapshots, copy what the config names."""
     from runner.demo.train import export

@@ -46,6 +46,14 @@ CONFIGS = configs_root()
 DECODE_CONFIG = CONFIGS / "decode.yaml"
 
 
+def demo_output_root() -> Path:
+    """Where `runner demo corpus|train|export` write by default: the checkout's data/, never site-packages.
+
+    From an install that is ./st-runner-data (then point ST_RUNNER_DATA at it to use what was built).
+    """
+    return REPO_ROOT / "data" if (REPO_ROOT / "pyproject.toml").is_file() else Path("st-runner-data")
+
+
 def data_path() -> Path:
     """The embedded demo corpus (MuST-C layout)."""
     return DEMO_CORPUS

@@ -79,11 +79,13 @@ def test_installed_wheel_translates_the_embedded_default_from_anywhere(installed
     assert [u["hypothesis"] for u in report["utterances"]] == source.hypotheses()
     assert report["metrics"]["bleu"]["score"] == source.bleu.score
     shipped = subprocess.run([str(installed / "bin" / "python"), "-c", "from runner import defaults; "
-                              "print(defaults.shipped_config('configs/hop.yaml'), defaults.shipped_config('fast-search'))"],
+                              "print(defaults.shipped_config('configs/hop.yaml'), defaults.shipped_config('fast-search'), "
+                              "defaults.demo_output_root())"],
                              cwd=tmp_path, capture_output=True, text=True, check=True,
                              env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}).stdout.split()
-    assert shipped == [str(Path(report["model"]["path"]).parent.parent / "configs" / name)
-                       for name in ("hop.yaml", "fast-search.yaml")]
+    assert shipped == [*(str(Path(report["model"]["path"]).parent.parent / "configs" / name)
+                         for name in ("hop.yaml", "fast-search.yaml")), "st-runner-data"]  # never site-packages
+    assert defaults.demo_output_root() == defaults.REPO_ROOT / "data"  # a checkout builds into its data/
 
 
 def test_installed_wheel_without_its_model_says_what_to_pass(installed: Path, tmp_path: Path) -> None:
