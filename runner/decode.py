@@ -103,6 +103,7 @@ class Translation:
         tokens: the translation's tokens.
         seconds: wall time of `Speech2Text.__call__`.
         stages: seconds per stage (frontend, encoder, asr_search, md_encoder, st_search).
+        steps: output steps each beam search took (asr_search, st_search): `BeamSearch.search` calls.
     """
 
     text: str
@@ -110,6 +111,37 @@ class Translation:
     tokens: list[str]
     seconds: float
     stages: dict[str, float] = field(default_factory=dict)
+    steps: dict[str, int] = field(default_factory=dict)
+
+
+SEARCH_STAGES = ("asr_search", "st_search")
+
+
+class StepCounter:
+    """Counts each beam search's output steps (its `search` calls) during one translation.
+
+    A per-instance `search` wraps ESPnet's for the duration of the block only, so a search's
+    time per step can be reported beside its stage time.
+    """
+
+    def __init__(self, searches: dict[str, Any]) -> None:
+        self.searches = {name: search for name, search in searches.items() if search is not None}
+        self.steps = {name: 0 for name in self.searches}
+
+    def __enter__(self) -> StepCounter:
+        for name, search in self.searches.items():
+            original = search.search
+
+            def counted(*args: Any, name: str = name, original: Any = original, **kwargs: Any) -> Any:
+                self.steps[name] += 1
+                return original(*args, **kwargs)
+
+            search.search = counted
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for search in self.searches.values():
+            vars(search).pop("search", None)
 
 
 class StageTimer:
@@ -179,7 +211,10 @@ def translate(speech2text: Any, waveform: np.ndarray,
         raise AudioTooShortError(f"audio too short: {len(waveform)} samples, the frontend's STFT window needs at "
                                  f"least {needed}")
     timer = StageTimer(stage_modules(speech2text))
-    with timer, context or contextlib.nullcontext():
+    multidecoder = getattr(speech2text.st_model, "use_multidecoder", False)
+    counter = StepCounter({"asr_search": speech2text.asr_beam_search if multidecoder else None,
+                           "st_search": speech2text.beam_search})
+    with timer, counter, context or contextlib.nullcontext():
         started = time.perf_counter()
         try:
             output = speech2text(waveform)
@@ -196,4 +231,4 @@ def translate(speech2text: Any, waveform: np.ndarray,
     else:
         results, source_text = output, None
     text, tokens = (results[0][0] or "", results[0][1]) if results else ("", [])
-    return Translation(text, source_text, tokens, seconds, dict(timer.seconds))
+    return Translation(text, source_text, tokens, seconds, dict(timer.seconds), dict(counter.steps))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ class Metrics:
         source_wer: the ASR decoder's WER in percent (None without an ASR decoder or source text).
         latency: latency statistics over the timed (post-warm-up) utterances.
         stages_mean: mean seconds per stage (frontend, encoder, asr_search, md_encoder, st_search).
+        steps_mean: mean output steps per utterance of each beam search (asr_search, st_search).
+        seconds_per_step: each beam search's total time over its total steps.
     """
 
     size_mb: float
@@ -41,6 +43,8 @@ class Metrics:
     source_wer: float | None
     latency: LatencyStats
     stages_mean: dict[str, float]
+    steps_mean: dict[str, float] = field(default_factory=dict)
+    seconds_per_step: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,6 +122,10 @@ class Report:
                         f"p99 {lat.p99:.3f}  total {lat.total:.2f} s  RTF {lat.rtf:.3f}  "
                         f"({lat.count} utterances after {c['warmup']} warm-up)"),
             ("stages (mean s)", stages),
+            ("search steps", "  ".join(
+                f"{name.removesuffix('_search')} {m.steps_mean[name]:.1f} per utterance"
+                + (f", {1000 * m.seconds_per_step[name]:.2f} ms per step" if name in m.seconds_per_step else "")
+                for name in m.steps_mean) or "n/a"),
             ("machine", f"{c['cpu']}, {c['cores']} cores; torch {c['versions']['torch']}, "
                         f"espnet {c['versions']['espnet']}"),
         ]

@@ -19,7 +19,7 @@ import torch
 from runner import defaults
 from runner.audio import resample, to_mono_float
 from runner.data import PreloadedSet, Segment, TestSet, load_test_set, preload
-from runner.decode import STAGES, DecodeOptions, Translation, translate
+from runner.decode import SEARCH_STAGES, STAGES, DecodeOptions, Translation, translate
 from runner.environment import manifest, resolve_threads, torch_settings
 from runner.errors import RunnerError, first_line
 from runner.metrics.bleu import corpus_bleu, corpus_chrf
@@ -284,6 +284,10 @@ class Runner:
         timed = list(range(options.warmup, len(utterances)))
         latency = latency_stats([translations[i].seconds for i in timed], [utterances[i].seconds for i in timed])
         stages = {name: sum(translations[i].stages.get(name, 0.0) for i in timed) / len(timed) for name in STAGES}
+        searches = [name for name in SEARCH_STAGES if all(name in translations[i].steps for i in timed)]
+        steps = {name: sum(translations[i].steps[name] for i in timed) for name in searches}
+        steps_mean = {name: steps[name] / len(timed) for name in searches}
+        seconds_per_step = {name: stages[name] * len(timed) / steps[name] for name in searches if steps[name]}
         sources = [u.segment.source for u in utterances]
         wer = source_wer([t.source_text for t in translations], sources) if self.bundle.is_multidecoder else None
         files = self.bundle.files
@@ -329,6 +333,8 @@ class Runner:
                 source_wer=wer,
                 latency=latency,
                 stages_mean=stages,
+                steps_mean=steps_mean,
+                seconds_per_step=seconds_per_step,
             ),
             utterances=[
                 {
@@ -340,6 +346,7 @@ class Runner:
                     "source_hypothesis": t.source_text,
                     "seconds": t.seconds,
                     "stages": t.stages,
+                    "steps": t.steps,
                     "warmup": i < options.warmup,
                 }
                 for i, (u, t) in enumerate(zip(utterances, translations))

@@ -40,6 +40,21 @@ def test_evaluate_reports_every_figure(tiny_runner: Runner, shared_corpus: Path)
     assert report.latency.count == 3
     assert report.latency.mean == pytest.approx(sum(timed) / 3)
     assert report.latency.total == pytest.approx(sum(timed))
+    steps = [u["steps"] for u in report.utterances[2:]]
+    assert set(report.metrics.steps_mean) == {"asr_search", "st_search"}
+    for name in ("asr_search", "st_search"):
+        assert report.metrics.steps_mean[name] == pytest.approx(sum(s[name] for s in steps) / 3)
+        assert report.metrics.seconds_per_step[name] == pytest.approx(
+            sum(u["stages"][name] for u in report.utterances[2:]) / sum(s[name] for s in steps))
+    assert "search steps" in report.format() and "ms per step" in report.format()
+
+
+def test_search_steps_are_counted_per_search(tiny_exp: Path, shared_corpus: Path) -> None:
+    # A negative max length ratio is ESPnet's "exactly this many output steps".
+    fixed = DecodeOptions(beam_size=2, asr_beam_size=2, maxlenratio=-3, asr_maxlenratio=-4)
+    report = Runner(tiny_exp, fixed, threads=1).evaluate(shared_corpus, limit=2, warmup=0)
+    assert [u["steps"] for u in report.utterances] == [{"asr_search": 4, "st_search": 3}] * 2
+    assert report.metrics.steps_mean == {"asr_search": 4.0, "st_search": 3.0}
 
 
 def test_translate_a_single_waveform_at_any_rate(tiny_runner: Runner, shared_corpus: Path) -> None:

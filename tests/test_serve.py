@@ -39,6 +39,8 @@ def test_translate_matches_runner_translate(server: str, served_utterances: dict
         assert body["config"]["hop_length"] == 160
         assert set(body["latency"]["stages"]) == {"frontend", "encoder", "asr_search", "md_encoder", "st_search"}
         assert 0 < sum(body["latency"]["stages"].values()) <= body["latency"]["seconds"]
+        assert set(body["latency"]["search_steps"]) == {"asr_search", "st_search"}
+        assert all(steps > 0 for steps in body["latency"]["search_steps"].values())
         assert body["audio"] == {"seconds": pytest.approx(soundfile.info(str(utterance.path)).duration),
                                  "sample_rate": 16000, "channels": 1, "format": "FLAC"}
     fp32, int8 = info["models"]["fp32"], info["models"]["dynamic-int8"]

@@ -20,7 +20,7 @@ from runner.report import Report
 from runner.sweep.plan import RunPlan
 
 LATENCY_KEYS = ("latency_mean", "latency_std", "latency_p50", "latency_p90", "latency_p99", "rtf", "repeat_means",
-                "cv", "stages_mean", "timed")
+                "cv", "stages_mean", "seconds_per_step", "timed")
 
 
 def code_versions() -> dict[str, Any]:
@@ -73,7 +73,8 @@ def row_from_reports(plan: RunPlan, reports: list[Report]) -> dict[str, Any]:
         "latency_mean": median, "latency_std": m.latency.std, "latency_p50": m.latency.p50,
         "latency_p90": m.latency.p90, "latency_p99": m.latency.p99, "rtf": m.latency.rtf, "repeats": len(reports),
         "repeat_means": means, "cv": (statistics.stdev(means) / statistics.mean(means)) if len(means) > 1 else None,
-        "stages_mean": m.stages_mean, "calibration_seconds": calibration or None, "n": middle.data["n"],
+        "stages_mean": m.stages_mean, "steps_mean": m.steps_mean, "seconds_per_step": m.seconds_per_step,
+        "calibration_seconds": calibration or None, "n": middle.data["n"],
         "timed": m.latency.count, "threads": c["threads"], "warmup": c["warmup"], "engine": c["quantized_engine"],
         "cpu": c["cpu"], "hypotheses": middle.hypotheses(),
     }
