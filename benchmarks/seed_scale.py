@@ -92,12 +92,22 @@ def decode_options(config: dict[str, Any]) -> DecodeOptions:
                          asr_maxlenratio=-float(config["asr_steps"]))
 
 
-def measure(runner: Runner, utterances: list[Any], warmup: int) -> dict[str, Any]:
-    # Runner.translate: the runner's threads, engine and plugin contexts (bf16 autocast) apply.
-    for utterance in utterances[:warmup]:
-        runner.translate(utterance.waveform, utterance.sample_rate)
-    results = [runner.translate(u.waveform, u.sample_rate) for u in utterances]
-    return {"mean": statistics.mean(r.seconds for r in results),
+def measure(runner: Runner, utterances: list[Any], warmup: int, threads: int) -> dict[str, Any]:
+    """Mean latency and stages through `Runner.translate` (the runner's threads, engine and plugin contexts).
+
+    Checks, at every encoder call, that the decode ran on `threads` intra-op threads.
+    """
+    seen: list[int] = []
+    handle = runner.bundle.model.encoder.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    try:
+        for utterance in utterances[:warmup]:
+            runner.translate(utterance.waveform, utterance.sample_rate)
+        results = [runner.translate(u.waveform, u.sample_rate) for u in utterances]
+    finally:
+        handle.remove()
+    if set(seen) != {threads}:
+        raise RuntimeError(f"decoded on {sorted(set(seen))} threads, expected {threads}")
+    return {"mean": statistics.mean(r.seconds for r in results), "threads": seen[0],
             "stages": {s: statistics.mean(r.stages.get(s, 0.0) for r in results) for s in STAGES}}
 
 
@@ -132,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for threads in [int(t) for t in args.threads.split(",")]:
-        torch.set_num_threads(threads)
+        for runner in runners.values():
+            runner.threads = threads  # a runner scopes its calls to this count (set only between calls)
         for repeat in range(args.repeats):
             for scheme in schemes:  # interleaved
-                results.setdefault((scheme, threads), []).append(measure(runners[scheme], test.utterances, args.warmup))
+                measured = measure(runners[scheme], test.utterances, args.warmup, threads)
+                results.setdefault((scheme, threads), []).append(measured)
                 last = results[(scheme, threads)][-1]
                 print(f"threads {threads} repeat {repeat + 1} {scheme}: {last['mean']:.3f} s", file=sys.stderr)
     text = render(results, sizes, schemes, args, config, count_parameters(float_bundle.model), len(test.utterances))

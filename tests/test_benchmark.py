@@ -9,7 +9,7 @@ from benchmarks import seed_scale
 
 def test_benchmark_runs_on_two_utterances(tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
-    assert seed_scale.main(["--utterances", "2", "--repeats", "1", "--threads", "2", "--warmup", "0",
+    assert seed_scale.main(["--utterances", "2", "--repeats", "1", "--threads", "1,2", "--warmup", "0",
                             "--schemes", "fp32,dynamic-int8,dynamic-int8+fast", "--doc", str(doc)]) == 0
     text = doc.read_text()
     rows = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines()
