@@ -93,7 +93,7 @@ def compose_plugins(base: Sequence[PluginSpec] = (), *, quant: str | None = None
     Args:
         base: a run config's `plugins:` list.
         quant: `--quant` or a grid's `quant`: "none"/"fp32" removes every number-format plugin
-            (int8, fp16, bf16, and third-party ones that declare `changes_number_format`);
+            (int8, fp16, bf16, and third-party ones whose `effects` declare `number_format`);
             another name replaces them with that plugin, keeping `base`'s options for it if listed.
         hop: `--hop` or a grid's `hop`: replaces any hop plugin.
         extra: `--plugin` names, added with their defaults unless `base` lists them already.
@@ -109,10 +109,11 @@ def compose_plugins(base: Sequence[PluginSpec] = (), *, quant: str | None = None
         specs = [s for s in specs if s.name != "hop"] + [PluginSpec("hop", {"hop_length": hop})]
     if quant is not None:
         formats = set(number_format_plugins())
-        kept = [s for s in specs if s.name not in formats or s.name == quant]
-        if quant not in FLOAT and all(s.name != quant for s in kept):
-            kept.append(PluginSpec(quant))
-        specs = [s for s in kept if quant not in FLOAT or s.name not in formats]
+        specs = [s for s in specs if s.name not in formats or s.name == quant]  # the chosen one keeps its options
+        if quant in FLOAT:
+            specs = [s for s in specs if s.name not in formats]
+        elif all(s.name != quant for s in specs):
+            specs.append(PluginSpec(quant))
     for key, value in (options or {}).items():
         plugin, _, option = key.partition(".")
         for spec in specs:

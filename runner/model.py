@@ -63,6 +63,7 @@ class ModelFiles:
     model_file: Path  # the weights ESPnet loads (the unwrapped copy of a trainer checkpoint)
     packed: bool
     checkpoint: Path | None = None  # the trainer checkpoint `model_file` was unwrapped from
+    weight_keys: frozenset[str] = frozenset()  # the state_dict keys in `model_file`, read once by `locate`
 
     @property
     def file_bytes(self) -> int:
@@ -100,9 +101,9 @@ def locate(path: str | Path, model_file: str | Path | None = None) -> ModelFiles
         raise RunnerError(f"{origin}: not a model directory, config, .pth or packed archive")
     if not weights.is_file():
         raise RunnerError(f"{weights}: model file not found")
-    unwrapped = _unwrap_checkpoint(weights)
+    unwrapped, keys = _inspect_weights(weights)
     return ModelFiles(origin, _resolve_config_paths(config), unwrapped or weights, packed,
-                      weights if unwrapped else None)
+                      weights if unwrapped else None, keys)
 
 
 def read_weights(path: Path) -> Any:
@@ -116,11 +117,16 @@ def read_weights(path: Path) -> Any:
         raise RunnerError(f"{path}: not a readable PyTorch model file ({first_line(error)})") from error
 
 
-def _unwrap_checkpoint(weights: Path) -> Path | None:
-    """The model weights of an ESPnet trainer checkpoint, saved once to the cache; None for plain weights."""
+def _inspect_weights(weights: Path) -> tuple[Path | None, frozenset[str]]:
+    """The weights' state_dict keys, and for an ESPnet trainer checkpoint its model weights saved once to
+    the cache (None for plain weights)."""
     state = read_weights(weights)
-    if not (isinstance(state, dict) and isinstance(state.get("model"), dict) and any(k in state for k in TRAINER_KEYS)):
-        return None
+    if isinstance(state, dict) and isinstance(state.get("module"), dict):  # DeepSpeed, as ESPnet unwraps it
+        state = state["module"]
+    if not isinstance(state, dict):
+        raise RunnerError(f"{weights}: not a state_dict (a {type(state).__name__})")
+    if not (isinstance(state.get("model"), dict) and any(k in state for k in TRAINER_KEYS)):
+        return None, frozenset(state)
     target = cache_dir() / "unwrapped" / file_hash(weights) / "model.pth"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +134,7 @@ def _unwrap_checkpoint(weights: Path) -> Path | None:
         torch.save(state["model"], partial)
         partial.replace(target)
     logger.info("%s is a trainer checkpoint: loading its model weights (saved as %s)", weights, target)
-    return target
+    return target, frozenset(state["model"])
 
 
 def check_weights_fit(model: torch.nn.Module, files: ModelFiles) -> None:
@@ -137,22 +143,12 @@ def check_weights_fit(model: torch.nn.Module, files: ModelFiles) -> None:
     ESPnet's `build_model_from_file` loads with `strict=False`, so missing keys would stay
     randomly initialised and unexpected ones would be dropped, without a word.
     """
-    state = read_weights(files.model_file)
-    if isinstance(state, dict) and isinstance(state.get("module"), dict):  # DeepSpeed, as ESPnet unwraps it
-        state = state["module"]
-    if not isinstance(state, dict):
-        raise RunnerError(f"{files.model_file}: not a state_dict (a {type(state).__name__})")
-    expected, found = set(model.state_dict()), set(state)
-    missing, unexpected = sorted(expected - found), sorted(found - expected)
-    if not missing and not unexpected:
+    expected = set(model.state_dict())
+    mismatched = {"missing": sorted(expected - files.weight_keys), "unexpected": sorted(files.weight_keys - expected)}
+    problems = [f"{len(keys)} {kind} key(s) ({', '.join(keys[:SHOWN_KEYS])}{', ...' if len(keys) > SHOWN_KEYS else ''})"
+                for kind, keys in mismatched.items() if keys]
+    if not problems:
         return
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s) ({', '.join(missing[:SHOWN_KEYS])}"
-                        f"{', ...' if len(missing) > SHOWN_KEYS else ''})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s) ({', '.join(unexpected[:SHOWN_KEYS])}"
-                        f"{', ...' if len(unexpected) > SHOWN_KEYS else ''})")
     source = files.checkpoint or files.model_file
     raise RunnerError(f"{source}: the weights do not fit the model {files.config.name} builds: "
                       f"{' and '.join(problems)}; were they trained with this config?")

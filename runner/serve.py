@@ -270,10 +270,10 @@ def load_models(model: str | Path | None = None, quants: Sequence[str] = (), hop
     Returns:
         Scheme name -> a Runner, in the order given.
     """
-    from runner.config import compose_plugins
+    from runner.config import FLOAT, compose_plugins
     from runner.model import load
 
-    names = [FP32 if q in ("none", FP32) else q for q in (quants or [FP32])]
+    names = [FP32 if q in FLOAT else q for q in (quants or [FP32])]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise RunnerError(f"--quant: {repeated} given more than once")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -18,9 +18,6 @@ class LatencyStats:
     p99: float
     total: float
     rtf: float  # total latency / total audio seconds
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def percentile(values: list[float], q: float) -> float:

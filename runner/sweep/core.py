@@ -92,9 +92,8 @@ class Sweep:
         rows = [r for r in read_rows(self.jsonl) if r.get("status") == "ok"]
         other = [r for r in rows if r.get("versions") != versions]
         if other and not self.allow_mixed_versions:
-            changed = sorted({key for r in other for key in {**versions, **(r.get("versions") or {})}
-                              if (r.get("versions") or {}).get(key) != versions.get(key)})
             was = other[0].get("versions") or {}
+            changed = sorted(key for key in {**versions, **was} if was.get(key) != versions.get(key))
             detail = ", ".join(f"{key} {was.get(key)} -> {versions.get(key)}" for key in changed)
             raise RunnerError(f"{self.jsonl}: {len(other)} finished row(s) were measured by other code ({detail}); "
                               f"resume into another --out, or pass --allow-mixed-versions to keep them")

@@ -40,7 +40,7 @@ class Executor(ABC):
     name: ClassVar[str]
 
     def __init__(self, address: str | None = None) -> None:
-        """`address`: where the engine's cluster is (None: this machine); local ignores it."""
+        """`address`: where the engine's cluster is (None: this machine; local accepts nothing else)."""
         self.address = address
 
     def threads(self, requested: int | None) -> int | None:

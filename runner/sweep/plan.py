@@ -97,9 +97,3 @@ class RunPlan:
                 options = ",".join(f"{k}={v}" for k, v in sorted(varied.items()))
                 parts.append(spec.name + (f"({options})" if options else ""))
         return " + ".join(parts)
-
-    def baseline_point(self) -> tuple[tuple[str, str], ...]:
-        """This run's grid point without its number format: the float run it is compared with has it too."""
-        formats = number_format_plugins()
-        return tuple(sorted((key, json.dumps(value, sort_keys=True)) for key, value in self.point.items()
-                            if key != "quant" and key.split(".", 1)[0] not in formats))
