@@ -1,0 +1,198 @@
+"""The lean beam search: ESPnet's `BatchBeamSearch`, step for step, with the beam held in tensors.
+
+`LeanBeamSearch` takes the place of an ESPnet `BatchBeamSearch` inside `Speech2Text` and takes
+its settings (beam, weights, sos/eos, pre-beam, return_hs, normalize_length) from it. It keeps
+ESPnet's order of operations: full scores weighted and summed in the scorers' order, pre-beam
+top-k on them, CTC prefix scores for the pre-beam candidates, the previous score added, one
+top-k over (hypotheses x vocabulary), <eos> added at the last step, ended hypotheses collected
+from step `minlen` on, ESPnet's end detection, n-best sorted by score (optionally per length),
+and the retry with a smaller minlenratio when nothing ended. What changes is the work per
+step: one decoder call for the beam with cached keys/values (`DecoderStep`), CTC states as
+one tensor (`CtcPrefixState`), no per-hypothesis Python objects until a hypothesis ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from runner.errors import RunnerError
+from runner.lean.ctc import CtcPrefixState
+from runner.lean.decoder import DecoderStep, check_decoder
+
+logger = logging.getLogger("runner.lean")
+
+D_END = float(np.log(1 * np.exp(-10)))  # espnet.nets.e2e_asr_common.end_detect's default, computed as it computes it
+
+
+def check_search(search: Any) -> None:
+    """Raise RunnerError naming what `LeanBeamSearch` cannot reproduce in this ESPnet search."""
+    from espnet.nets.batch_beam_search import BatchBeamSearch
+    from espnet.nets.scorers.ctc import CTCPrefixScorer
+    from espnet.nets.scorers.length_bonus import LengthBonus
+
+    if not isinstance(search, BatchBeamSearch):
+        raise RunnerError(f"{type(search).__name__} is not ESPnet's BatchBeamSearch")
+    if search.hyp_primer is not None:
+        raise RunnerError("hypothesis primers (Whisper) are not supported")
+    if search.pre_beam_score_key != "full":
+        raise RunnerError(f"pre_beam_score_key {search.pre_beam_score_key!r} is not supported")
+    decoders = [name for name in search.full_scorers if name == "decoder"]
+    if not decoders:
+        raise RunnerError("the search has no decoder scorer (decoder weight 0)")
+    for name, scorer in search.full_scorers.items():
+        if name == "decoder":
+            check_decoder(scorer)
+        elif not isinstance(scorer, LengthBonus):
+            raise RunnerError(f"full scorer {name!r} ({type(scorer).__name__}) is not supported")
+    for name, scorer in search.part_scorers.items():
+        if name != "ctc" or not isinstance(scorer, CTCPrefixScorer):
+            raise RunnerError(f"partial scorer {name!r} ({type(scorer).__name__}) is not supported")
+
+
+def end_detect(ended: list[tuple[int, torch.Tensor]], i: int, window: int = 3) -> bool:
+    """ESPnet's `end_detect` over (yseq length, score) pairs of the ended hypotheses (float32 differences, as ESPnet)."""
+    if not ended:
+        return False
+    best = max((score for _, score in ended), key=float)
+    count = 0
+    for m in range(window):
+        same_length = [score for length, score in ended if length == i - m]
+        if same_length and float(max(same_length, key=float) - best) < D_END:
+            count += 1
+    return count == window
+
+
+class LeanBeamSearch(torch.nn.Module):
+    """A drop-in for one ESPnet `BatchBeamSearch` (`forward(x, maxlenratio, minlenratio, pre_x)`).
+
+    Args:
+        search: the ESPnet search it replaces (checked by `check_search`); its scorers stay in use.
+    """
+
+    def __init__(self, search: Any) -> None:
+        super().__init__()
+        check_search(search)
+        self._espnet = [search]  # a list, not a submodule: the decoders stay owned by the model
+        self.sos, self.eos = search.sos, search.eos
+        self.beam_size, self.n_vocab = search.beam_size, search.n_vocab
+        self.pre_beam_size, self.do_pre_beam = search.pre_beam_size, search.do_pre_beam
+        self.return_hs, self.normalize_length = search.return_hs, search.normalize_length
+        self.weights = dict(search.weights)
+
+    @property
+    def espnet(self) -> Any:
+        """The ESPnet search this one replaces; its scorer tables are this search's."""
+        return self._espnet[0]
+
+    # The scorer tables are ESPnet's own, so `ModelBundle.rewire_searches` (after a plugin
+    # replaces a decoder) and every reader of them see what this search runs.
+    @property
+    def scorers(self) -> dict[str, Any]:
+        return self.espnet.scorers
+
+    @property
+    def full_scorers(self) -> dict[str, Any]:
+        return self.espnet.full_scorers
+
+    @property
+    def part_scorers(self) -> dict[str, Any]:
+        return self.espnet.part_scorers
+
+    @property
+    def nn_dict(self) -> torch.nn.ModuleDict:
+        return self.espnet.nn_dict
+
+    def forward(self, x: torch.Tensor, maxlenratio: float = 0.0, minlenratio: float = 0.0,
+                pre_x: torch.Tensor | None = None) -> list[Any]:
+        """N-best hypotheses (ESPnet `Hypothesis` tuples), best first, as `BeamSearch.forward` returns them."""
+        source = pre_x if pre_x is not None else x
+        if maxlenratio == 0:
+            maxlen = source.shape[0]
+        elif maxlenratio < 0:
+            maxlen = -1 * int(maxlenratio)
+        else:
+            maxlen = max(1, int(maxlenratio * source.size(0)))
+        minlen = -1 * int(minlenratio) if minlenratio < 0 else int(minlenratio * source.size(0))
+        ended = self._decode(x, pre_x, maxlen, minlen, maxlenratio)
+        if self.normalize_length:
+            ended = sorted(ended, key=lambda h: h.score / (len(h.yseq) - 1), reverse=True)
+        else:
+            ended = sorted(ended, key=lambda h: h.score, reverse=True)
+        if not ended:
+            logger.warning("no hypothesis ended; decoding again with a smaller minlenratio")
+            return [] if minlenratio < 0.1 else self.forward(x, maxlenratio, max(0.0, minlenratio - 0.1), pre_x)
+        return ended
+
+    def _decode(self, x: torch.Tensor, pre_x: torch.Tensor | None, maxlen: int, minlen: int,
+                maxlenratio: float) -> list[Any]:
+        from espnet.nets.beam_search import Hypothesis
+
+        step = DecoderStep(self.full_scorers["decoder"], x, pre_x, maxlen)
+        ctc, ctc_scorer = None, self.part_scorers.get("ctc")
+        if ctc_scorer is not None:
+            ctc_input = x if pre_x is None else pre_x
+            ctc = CtcPrefixState(ctc_scorer.ctc.log_softmax(ctc_input.unsqueeze(0))[0], ctc_scorer.eos)
+        yseq = torch.full((1, 1), self.sos, dtype=torch.long)
+        score = torch.zeros(1, dtype=x.dtype)
+        scores = {name: torch.zeros(1, dtype=x.dtype) for name in self.scorers}
+        full_names = list(self.full_scorers)
+        hs = torch.empty(1, 0, 0)
+        ended: list[Any] = []
+        ended_lengths: list[tuple[int, torch.Tensor]] = []
+        for i in range(maxlen):
+            self.search(i)  # counted per step by runner.decode.StepCounter
+            n = yseq.size(0)
+            logp, hidden = step(yseq[:, -1])
+            full = {"decoder": logp}
+            weighted = self.weights["decoder"] * logp
+            for name in full_names:
+                if name != "decoder":  # LengthBonus: a score of 1 for every token
+                    full[name] = logp.new_ones(()).expand(n, self.n_vocab)
+                    weighted = weighted + self.weights[name] * full[name]
+            part: dict[str, torch.Tensor] = {}
+            if ctc is not None:
+                ids = torch.topk(weighted, self.pre_beam_size, dim=-1)[1] if self.do_pre_beam else None
+                part["ctc"] = ctc.score(yseq[:, -1], i, ids)
+                weighted = weighted + self.weights["ctc"] * part["ctc"]
+            weighted = weighted + score.unsqueeze(1)
+            top = weighted.view(-1).topk(self.beam_size)[1]
+            previous = torch.div(top, self.n_vocab, rounding_mode="trunc")
+            tokens = top % self.n_vocab
+            score = weighted[previous, tokens]
+            scores = {name: scores[name][previous] + values[previous, tokens]
+                      for name, values in {**full, **part}.items()}
+            yseq = torch.cat((yseq[previous], tokens.unsqueeze(1)), dim=1)
+            if self.return_hs:
+                hs = torch.cat((hs[previous] if hs.size(1) else hidden.new_empty(len(tokens), 0, hidden.size(1)),
+                                hidden[previous].unsqueeze(1)), dim=1)
+            step.select(previous)
+            if ctc is not None:
+                ctc.select(previous, tokens)
+            if i == maxlen - 1:
+                yseq = torch.cat((yseq, yseq.new_full((yseq.size(0), 1), self.eos)), dim=1)
+            is_eos = (yseq[:, -1] == self.eos).tolist()
+            if any(is_eos):
+                for b in [b for b, done in enumerate(is_eos) if done]:
+                    if i >= minlen:
+                        ended.append(Hypothesis(yseq=yseq[b], score=score[b], scores={k: v[b] for k, v in scores.items()},
+                                                states={}, hs=hs[b] if self.return_hs else []))
+                        ended_lengths.append((yseq.size(1), score[b]))
+                keep = torch.tensor([b for b, done in enumerate(is_eos) if not done], dtype=torch.long)
+                yseq, score, scores = yseq[keep], score[keep], {k: v[keep] for k, v in scores.items()}
+                if self.return_hs:
+                    hs = hs[keep]
+                step.select(keep)
+                if ctc is not None:
+                    ctc.keep(keep)
+            if maxlenratio == 0.0 and end_detect(ended_lengths, i):
+                break
+            if yseq.size(0) == 0:
+                break
+        return ended
+
+    def search(self, i: int) -> None:
+        """Marks one output step (`runner.decode.StepCounter` counts these calls, as it counts ESPnet's)."""
