@@ -58,6 +58,14 @@ SCHEMES: dict[str, list[Any]] = {
     "static-int8+fast": [{"name": "static-int8", "calibration_size": 4, "granularity": "block"}, *FAST_SEARCH],
     "static-int8-all+fast": [STATIC_ALL, *FAST_SEARCH],
     "static-int8-all-noattn+fast": [{**STATIC_ALL, "skip": ["*decoder.decoders.*_attn.*"]}, *FAST_SEARCH],
+    # The lean engine (plugin `lean`, runner.lean) in place of ESPnet's search.
+    "lean": ["lean"],
+    "dynamic-int8+lean": ["dynamic-int8", "lean"],
+    "static-int8+lean": [{"name": "static-int8", "calibration_size": 4, "granularity": "block"}, "lean"],
+    "static-int8-all+lean": [STATIC_ALL, "lean"],
+    "bf16+lean": ["bf16", "lean"],
+    # Small (d x d) attention projections cost more quantized (activation quantization per call) than in fp32.
+    "dynamic-int8-noattn+lean": [{"name": "dynamic-int8", "skip": ["*decoder.decoders.*_attn.*"]}, "lean"],
 }
 # Earlier runs' intermediate combinations (docs/benchmarks-run3.md ...) stay runnable by name.
 SUPERSEDED = ("dynamic-int8+kv", "static-int8-all+kv", "dynamic-int8+kv+st1", "static-int8-all+kv+st1")

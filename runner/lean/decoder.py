@@ -11,13 +11,14 @@ whatever a quantization plugin made of them) is called as ESPnet calls it, in ES
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from runner.errors import RunnerError
 
-CHUNK = 16  # key/value buffer growth, in positions
 
 
 def check_decoder(decoder: Any) -> None:
@@ -46,29 +47,155 @@ def check_decoder(decoder: Any) -> None:
                 raise RunnerError(f"decoder layer {index} {name} uses SDPA/flash attention")
 
 
-def _heads(attention: Any, x: torch.Tensor) -> torch.Tensor:
-    """(n, d) -> (n, heads, d_k)."""
-    return x.view(x.size(0), attention.h, attention.d_k)
+def direct(module: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The module's computation without `Module.__call__`'s bookkeeping, where that is the same computation.
+
+    A plain `Linear` or last-dimension `LayerNorm` with no hooks becomes its functional call;
+    `Identity` becomes None (skipped); anything else (quantized, wrapped, observed, hooked)
+    is called as a module, so whatever a plugin made of it runs.
+    """
+    if module._forward_hooks or module._forward_pre_hooks:
+        return module
+    if type(module) is torch.nn.Identity:
+        return None
+    if type(module) is torch.nn.Linear:
+        weight, bias = module.weight, module.bias
+        return lambda x: F.linear(x, weight, bias)
+    if isinstance(module, torch.nn.LayerNorm) and type(module).forward in (torch.nn.LayerNorm.forward, _espnet_norm()) \
+            and getattr(module, "dim", -1) == -1:
+        shape, weight, bias, eps = module.normalized_shape, module.weight, module.bias, module.eps
+        return lambda x: F.layer_norm(x, shape, weight, bias, eps)
+    return module
+
+
+def _espnet_norm() -> Any:
+    from espnet.nets.pytorch_backend.transformer.layer_norm import LayerNorm
+
+    return LayerNorm.forward
+
+
+def _feed_forward(module: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """ESPnet's PositionwiseFeedForward (w_2(activation(w_1(x))), dropout off in eval) as direct calls."""
+    from espnet.nets.pytorch_backend.transformer.positionwise_feed_forward import PositionwiseFeedForward
+
+    if type(module) is not PositionwiseFeedForward or module._forward_hooks or module._forward_pre_hooks:
+        return module
+    first, second, activation = direct(module.w_1), direct(module.w_2), module.activation
+    if first is None or second is None:
+        return module
+    relu = type(activation) is torch.nn.ReLU and not activation._forward_hooks
+    return (lambda x: second(F.relu(first(x)))) if relu else (lambda x: second(activation(first(x))))
+
+
+def _fused_projection(attention: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """One (d -> 3d) matmul for the query, key and value of a self-attention whose three projections are plain.
+
+    The concatenated weight is kept on the module and rebuilt only when a weight changes.
+    """
+    linears = (attention.linear_q, attention.linear_k, attention.linear_v)
+    if any(direct(linear) is linear or type(linear) is not torch.nn.Linear or linear.bias is None for linear in linears):
+        return None
+    if type(attention.q_norm) is not torch.nn.Identity or type(attention.k_norm) is not torch.nn.Identity:
+        return None
+    key = tuple((linear.weight.data_ptr(), linear.weight._version, linear.bias._version) for linear in linears)
+    cached = getattr(attention, "runner_lean_qkv", None)
+    if cached is None or cached[0] != key or cached[1].dtype != linears[0].weight.dtype:
+        with torch.no_grad():
+            weight = torch.cat([linear.weight for linear in linears])
+            bias = torch.cat([linear.bias for linear in linears])
+        cached = (key, weight, bias)
+        attention.runner_lean_qkv = cached
+    weight, bias = cached[1], cached[2]
+    return lambda x: F.linear(x, weight, bias)
 
 
 class SourceAttention:
     """Keys and values of one memory (heads, T, d_k), projected once; queries of the whole beam attend to them."""
 
     def __init__(self, attention: Any, memory: torch.Tensor) -> None:
-        self.attention = attention
+        self.heads, self.d_k = attention.h, attention.d_k
         single = memory.unsqueeze(0)  # (1, T, d): ESPnet's input shape for one hypothesis
-        k = attention.linear_k(single).view(1, -1, attention.h, attention.d_k).transpose(1, 2)
+        k = attention.linear_k(single).view(1, -1, self.heads, self.d_k).transpose(1, 2)
         self.keys_t = attention.k_norm(k)[0].transpose(1, 2)  # (heads, d_k, T)
-        self.values = attention.linear_v(single).view(-1, attention.h, attention.d_k).transpose(0, 1)  # (heads, T, d_k)
-        self.scale = math.sqrt(attention.d_k)
+        self.values = attention.linear_v(single).view(-1, self.heads, self.d_k).transpose(0, 1)  # (heads, T, d_k)
+        self.scale = math.sqrt(self.d_k)
+        self.query, self.out = direct(attention.linear_q), direct(attention.linear_out)
+        self.q_norm = direct(attention.q_norm)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        attention, n = self.attention, x.size(0)
-        q = attention.q_norm(_heads(attention, attention.linear_q(x)).unsqueeze(2)).squeeze(2)  # (n, heads, d_k)
-        scores = torch.bmm(q.transpose(0, 1), self.keys_t) / self.scale  # (heads, n, T)
-        weights = torch.softmax(scores, dim=-1)
-        context = torch.bmm(weights, self.values).transpose(0, 1).reshape(n, -1)  # (n, d)
-        return attention.linear_out(context)
+        n = x.size(0)
+        q = self.query(x).view(n, self.heads, 1, self.d_k)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        scores = torch.bmm(q.view(n, self.heads, self.d_k).transpose(0, 1), self.keys_t) / self.scale  # (heads, n, T)
+        context = torch.bmm(torch.softmax(scores, dim=-1), self.values)  # (heads, n, d_k)
+        return self.out(context.transpose(0, 1).reshape(n, -1))
+
+
+class SelfAttention:
+    """The new position's attention over every cached position of its hypothesis (ESPnet's arithmetic)."""
+
+    def __init__(self, attention: Any) -> None:
+        self.heads, self.d_k = attention.h, attention.d_k
+        self.scale = math.sqrt(self.d_k)
+        self.qkv = _fused_projection(attention)
+        self.query, self.key, self.value = (direct(attention.linear_q), direct(attention.linear_k),
+                                            direct(attention.linear_v))
+        self.q_norm, self.k_norm = direct(attention.q_norm), direct(attention.k_norm)
+        self.out = direct(attention.linear_out)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query, key and value of the new position, (n, heads, 1, d_k) each."""
+        n = x.size(0)
+        if self.qkv is not None:
+            q, k, v = self.qkv(x).view(n, 3, self.heads, 1, self.d_k).unbind(1)
+            return q, k, v
+        q = self.query(x).view(n, self.heads, 1, self.d_k)
+        k = self.key(x).view(n, self.heads, 1, self.d_k)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, self.value(x).view(n, self.heads, 1, self.d_k)
+
+    def attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        scores = torch.matmul(q, keys.transpose(-2, -1)) / self.scale  # (n, heads, 1, t+1)
+        context = torch.matmul(torch.softmax(scores, dim=-1), values)  # (n, heads, 1, d_k)
+        return self.out(context.reshape(q.size(0), -1))
+
+
+class Layer:
+    """One decoder layer's step, with its modules resolved once per utterance."""
+
+    def __init__(self, layer: Any, memory: torch.Tensor, speech: torch.Tensor | None) -> None:
+        self.pre = layer.normalize_before
+        self.norms = [direct(getattr(layer, name)) if hasattr(layer, name) else None
+                      for name in ("norm1", "norm2", "norm3", "norm4")]
+        self.self_attention = SelfAttention(layer.self_attn)
+        self.source = SourceAttention(layer.src_attn, memory)
+        sequential = getattr(layer, "sequential_attn", None)
+        self.speech = SourceAttention(sequential, speech) if sequential is not None and speech is not None else None
+        self.feed_forward = _feed_forward(layer.feed_forward)
+
+    def __call__(self, x: torch.Tensor, cache: torch.Tensor, t: int) -> torch.Tensor:
+        """x (n, d) of the new position; `cache` (n, 2, heads, L, d_k) gets its key and value at t."""
+        norm1, norm2, norm3, norm4 = self.norms
+        pre = self.pre
+        q, k, v = self.self_attention.project(norm1(x) if pre else x)
+        cache[:, 0, :, t] = k[:, :, 0]
+        cache[:, 1, :, t] = v[:, :, 0]
+        x = x + self.self_attention.attend(q, cache[:, 0, :, :t + 1], cache[:, 1, :, :t + 1])
+        if not pre:
+            x = norm1(x)
+        if self.speech is not None:
+            x = x + self.speech(norm4(x) if pre else x)
+            if not pre:
+                x = norm4(x)
+        x = x + self.source(norm2(x) if pre else x)
+        if not pre:
+            x = norm2(x)
+        x = x + self.feed_forward(norm3(x) if pre else x)
+        if not pre:
+            x = norm3(x)
+        return x
 
 
 class DecoderStep:
@@ -78,19 +205,25 @@ class DecoderStep:
         decoder: an ESPnet `TransformerDecoder` or `TransformerMDDecoder` (checked by `check_decoder`).
         memory: the memory every layer's source attention reads (T, d).
         speech: the speech encoder output for MD decoders' speech attention (T', d), else None.
-        max_length: the most steps the search can take (positional encodings are extended to it).
+        max_length: the most steps the search can take (the key/value buffers' length).
+        beam_size: the most hypotheses a step holds.
     """
 
-    def __init__(self, decoder: Any, memory: torch.Tensor, speech: torch.Tensor | None, max_length: int) -> None:
-        self.decoder = decoder
-        self.layers = list(decoder.decoders)
+    def __init__(self, decoder: Any, memory: torch.Tensor, speech: torch.Tensor | None, max_length: int,
+                 beam_size: int) -> None:
+        self.layers = [Layer(layer, memory, speech) for layer in decoder.decoders]
+        first = decoder.decoders[0].self_attn
+        self.heads, self.d_k = first.h, first.d_k
         self.embedding, self.positions = decoder.embed[0], decoder.embed[1]
         self.positions.extend_pe(torch.empty(1, max_length + 1))
-        self.sources = [SourceAttention(layer.src_attn, memory) for layer in self.layers]
-        self.speech = [SourceAttention(layer.sequential_attn, speech)
-                       if getattr(layer, "sequential_attn", None) is not None and speech is not None else None
-                       for layer in self.layers]
-        self.cache: torch.Tensor | None = None  # (layers, 2, n, heads, L, d_k)
+        self.after_norm = direct(decoder.after_norm) if decoder.normalize_before else None
+        self.output = direct(decoder.output_layer) if decoder.output_layer is not None else None
+        self.shape = (beam_size, len(self.layers), 2, self.heads, max_length + 1, self.d_k)
+        # Two buffers, (hypotheses, layers, key/value, heads, positions, d_k): a beam reorder copies the
+        # used positions of the chosen rows into the spare one, so no step allocates (or page-faults) memory.
+        self.cache: torch.Tensor | None = None
+        self.spare: torch.Tensor | None = None
+        self.rows = 1
         self.length = 0
 
     def __call__(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,56 +234,24 @@ class DecoderStep:
         """
         t = self.length
         x = self.embedding(tokens) * self.positions.xscale + self.positions.pe[0, t]
-        for index, layer in enumerate(self.layers):
-            x = self._layer(index, layer, x, t)
-        self.length += 1
-        hidden = self.decoder.after_norm(x) if self.decoder.normalize_before else x
-        if self.decoder.output_layer is None:
-            return hidden, hidden
-        return torch.log_softmax(self.decoder.output_layer(hidden), dim=-1), hidden
-
-    def _layer(self, index: int, layer: Any, x: torch.Tensor, t: int) -> torch.Tensor:
-        pre = layer.normalize_before
-        normed = layer.norm1(x) if pre else x
-        x = x + self._self_attention(index, layer.self_attn, normed, t)
-        if not pre:
-            x = layer.norm1(x)
-        speech = self.speech[index]
-        if speech is not None:
-            x = x + speech(layer.norm4(x) if pre else x)
-            if not pre:
-                x = layer.norm4(x)
-        x = x + self.sources[index](layer.norm2(x) if pre else x)
-        if not pre:
-            x = layer.norm2(x)
-        x = x + layer.feed_forward(layer.norm3(x) if pre else x)
-        if not pre:
-            x = layer.norm3(x)
-        return x
-
-    def _self_attention(self, index: int, attention: Any, x: torch.Tensor, t: int) -> torch.Tensor:
-        n = x.size(0)
-        q = attention.q_norm(_heads(attention, attention.linear_q(x)).unsqueeze(2))  # (n, heads, 1, d_k)
-        k = attention.k_norm(_heads(attention, attention.linear_k(x)).unsqueeze(2))
-        v = _heads(attention, attention.linear_v(x))
-        if index == 0:
-            self._reserve(k, t)
-        self.cache[index, 0, :, :, t] = k[:, :, 0]
-        self.cache[index, 1, :, :, t] = v
-        keys, values = self.cache[index, 0, :, :, :t + 1], self.cache[index, 1, :, :, :t + 1]
-        scores = torch.matmul(q, keys.transpose(-2, -1)) / math.sqrt(attention.d_k)  # (n, heads, 1, t+1)
-        context = torch.matmul(torch.softmax(scores, dim=-1), values)  # (n, heads, 1, d_k)
-        return attention.linear_out(context.reshape(n, -1))
-
-    def _reserve(self, k: torch.Tensor, t: int) -> None:
-        """Room for position t: the buffer grows by CHUNK positions, so a beam reorder copies little unused space."""
-        n, heads, _, d_k = k.shape
         if self.cache is None:
-            self.cache = k.new_empty(len(self.layers), 2, n, heads, CHUNK, d_k)
-        elif self.cache.size(4) <= t:
-            self.cache = torch.cat((self.cache, self.cache.new_empty(*self.cache.shape[:4], CHUNK, d_k)), dim=4)
+            dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+            self.cache, self.spare = x.new_empty(self.shape, dtype=dtype), x.new_empty(self.shape, dtype=dtype)
+        cache = self.cache[:x.size(0)]
+        for index, layer in enumerate(self.layers):
+            x = layer(x, cache[:, index], t)
+        self.length += 1
+        self.rows = x.size(0)
+        hidden = self.after_norm(x) if self.after_norm is not None else x
+        if self.output is None:
+            return hidden, hidden
+        return torch.log_softmax(self.output(hidden), dim=-1), hidden
 
     def select(self, hypotheses: torch.Tensor) -> None:
         """Keep the cached keys and values of these hypotheses, in this order."""
-        if self.cache is not None:
-            self.cache = self.cache.index_select(2, hypotheses)
+        if self.cache is None:
+            return
+        used = self.cache[:self.rows, ..., :self.length, :]
+        torch.index_select(used, 0, hypotheses, out=self.spare[:len(hypotheses), ..., :self.length, :])
+        self.cache, self.spare = self.spare, self.cache
+        self.rows = len(hypotheses)

@@ -131,7 +131,7 @@ class LeanBeamSearch(torch.nn.Module):
                 maxlenratio: float) -> list[Any]:
         from espnet.nets.beam_search import Hypothesis
 
-        step = DecoderStep(self.full_scorers["decoder"], x, pre_x, maxlen)
+        step = DecoderStep(self.full_scorers["decoder"], x, pre_x, maxlen, self.beam_size)
         ctc, ctc_scorer = None, self.part_scorers.get("ctc")
         if ctc_scorer is not None:
             ctc_input = x if pre_x is None else pre_x
