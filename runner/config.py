@@ -83,11 +83,13 @@ def decode_options(values: dict[str, Any] | None = None, config: str | Path | No
     return DecodeOptions.from_yaml(path, values)
 
 
+SEARCH_ENGINES: dict[str, str | None] = {"espnet": None, "lean": "lean"}  # --search name -> its plugin
 FLOAT = ("none", "fp32")  # --quant values meaning "no number-format plugin"
 
 
 def compose_plugins(base: Sequence[PluginSpec] = (), *, quant: str | None = None, hop: int | None = None,
-                    extra: Sequence[str] = (), options: dict[str, Any] | None = None) -> list[PluginSpec]:
+                    search: str | None = None, extra: Sequence[str] = (),
+                    options: dict[str, Any] | None = None) -> list[PluginSpec]:
     """The plugin list of one run; `runner translate`, every sweep row and `runner serve` compose it here.
 
     Args:
@@ -96,6 +98,8 @@ def compose_plugins(base: Sequence[PluginSpec] = (), *, quant: str | None = None
             (int8, fp16, bf16, and third-party ones whose `effects` declare `number_format`);
             another name replaces them with that plugin, keeping `base`'s options for it if listed.
         hop: `--hop` or a grid's `hop`: replaces any hop plugin.
+        search: `--search` or a grid's `search`: "lean" adds the lean engine's plugin, "espnet"
+            removes it (ESPnet's own BatchBeamSearch).
         extra: `--plugin` names, added with their defaults unless `base` lists them already.
         options: a grid row's `{"<plugin>.<option>": value}`, set on plugins in the list
             (options of absent plugins are ignored).
@@ -107,6 +111,12 @@ def compose_plugins(base: Sequence[PluginSpec] = (), *, quant: str | None = None
     specs += [PluginSpec(name) for name in dict.fromkeys(extra) if all(s.name != name for s in specs)]
     if hop is not None:
         specs = [s for s in specs if s.name != "hop"] + [PluginSpec("hop", {"hop_length": hop})]
+    if search is not None:
+        if search not in SEARCH_ENGINES:
+            raise RunnerError(f"search engine must be one of {list(SEARCH_ENGINES)}, got {search!r}")
+        specs = [s for s in specs if s.name != SEARCH_ENGINES["lean"]]
+        if SEARCH_ENGINES[search] is not None:
+            specs.append(PluginSpec(SEARCH_ENGINES[search]))
     if quant is not None:
         formats = set(number_format_plugins())
         specs = [s for s in specs if s.name not in formats or s.name == quant]  # the chosen one keeps its options

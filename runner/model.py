@@ -281,6 +281,17 @@ class ModelBundle:
         return int(frontend_conf.get("fs", 16000))
 
     @property
+    def search_engine(self) -> str:
+        """Which engine runs the beam searches: "espnet", "lean", or per search ("asr lean, st espnet")."""
+        engines = {"asr": getattr(self.speech2text, "asr_beam_search", None) if self.is_multidecoder else None,
+                   "st": self.speech2text.beam_search}
+        names = {stage: getattr(search, "engine_name", "espnet") for stage, search in engines.items()
+                 if search is not None}
+        if len(set(names.values())) == 1:
+            return next(iter(names.values()))
+        return ", ".join(f"{stage} {name}" for stage, name in names.items())
+
+    @property
     def searches(self) -> list[Any]:
         """The beam searches a translation runs: the ST search, and a multi-decoder's ASR search."""
         searches = [self.speech2text.beam_search]

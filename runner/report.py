@@ -110,7 +110,8 @@ class Report:
                       f"{', multi-decoder' if summary['multidecoder'] else ''})"),
             ("data", f"{d['path']}  split {d['split']}, {selection}, {d['audio_seconds']:.1f} s audio, "
                      f"preloaded {d['preload_memory_bytes'] / 1e6:.1f} MB"),
-            ("conditions", f"threads {c['threads']}, engine {c['quantized_engine']}, hop {c['hop_length']}, "
+            ("conditions", f"threads {c['threads']}, engine {c['quantized_engine']}, "
+                           f"search {c.get('search', 'espnet')}, hop {c['hop_length']}, "
                            f"dtype {c['dtype']}, plugins {plugins}, warm-up {c['warmup']}, "
                            f"beam {self.decode['beam_size']}/asr {self.decode['asr_beam_size']}"),
             ("size", f"{m.size_mb:.2f} MB state_dict  ({m.model_file_bytes / 1e6:.2f} MB model file)"),

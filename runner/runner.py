@@ -321,6 +321,7 @@ class Runner:
                 **manifest(self.threads, self.engine or "none"),
                 "warmup": options.warmup,
                 "hop_length": (summary["frontend"] or {}).get("hop_length"),
+                "search": self.bundle.search_engine,
                 "plugins": [p.describe() for p in self.plugins],
                 "dtype": next((p.details["dtype"] for p in reversed(self.plugins) if "dtype" in p.details), "float32"),
             },

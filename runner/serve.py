@@ -124,6 +124,7 @@ def model_config(runner: Runner) -> dict[str, Any]:
         "parameters": summary["parameters"],
         "threads": runner.threads,
         "quantized_engine": runner.engine or "none",
+        "search": runner.bundle.search_engine,
         "decode": runner.decode.speech2text_kwargs(),
         "model": str(runner.bundle.files.origin),
         "model_content_hash": runner.bundle.files.content_hash,

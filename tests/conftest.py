@@ -47,7 +47,8 @@ def _discourage_eos(exp: Path, model_name: str = "valid.acc.ave.pth") -> None:
     """A random decoder ends at once; a low <sos/eos> bias makes both searches emit real tokens."""
     state = torch.load(exp / model_name)
     for key in ("decoder.output_layer.bias", "extra_asr_decoder.output_layer.bias"):
-        state[key][-1] = -4.0
+        if key in state:  # a plain ST model has no ASR decoder
+            state[key][-1] = -4.0
     torch.save(state, exp / model_name)
 
 

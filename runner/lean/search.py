@@ -73,6 +73,8 @@ class LeanBeamSearch(torch.nn.Module):
         search: the ESPnet search it replaces (checked by `check_search`); its scorers stay in use.
     """
 
+    engine_name = "lean"  # reports name the search engine by this (ModelBundle.search_engine)
+
     def __init__(self, search: Any) -> None:
         super().__init__()
         check_search(search)

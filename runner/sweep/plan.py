@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.config import RunConfig, compose_plugins
+from runner.config import SEARCH_ENGINES, RunConfig, compose_plugins
 from runner.errors import RunnerError
 from runner.plugin import PluginSpec, number_format_plugins
 from runner.plugin import resolve as resolve_plugins
@@ -46,8 +46,11 @@ class SweepConfig:
             raise RunnerError(f"{path}: shards must be a positive integer, got {shards!r}")
         config = cls(run, grid, repeats, str(path), measure, shards)
         for key in grid:
-            if key not in ("hop", "quant") and "." not in key:
-                raise RunnerError(f"{path}: grid key '{key}' is not hop, quant or <plugin>.<option>")
+            if key not in ("hop", "quant", "search") and "." not in key:
+                raise RunnerError(f"{path}: grid key '{key}' is not hop, quant, search or <plugin>.<option>")
+        bad_engines = [e for e in grid.get("search", []) if e not in SEARCH_ENGINES]
+        if bad_engines:
+            raise RunnerError(f"{path}: grid search values must be among {list(SEARCH_ENGINES)}, got {bad_engines}")
         for point in config.plan():  # every grid point must build: a typo fails before anything runs
             try:
                 resolve_plugins(point.specs)
@@ -61,7 +64,7 @@ class SweepConfig:
         for values in itertools.product(*(self.grid[k] for k in keys)):
             point = dict(zip(keys, values))
             specs = compose_plugins(self.run.plugins, quant=point.get("quant"), hop=point.get("hop"),
-                                    options={k: v for k, v in point.items() if "." in k})
+                                    search=point.get("search"), options={k: v for k, v in point.items() if "." in k})
             plan = RunPlan(specs, point)
             plans.setdefault(plan.identity(), plan)  # options of absent plugins would duplicate runs
         return list(plans.values())

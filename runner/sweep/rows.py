@@ -76,6 +76,7 @@ def row_from_reports(plan: RunPlan, reports: list[Report]) -> dict[str, Any]:
         "stages_mean": m.stages_mean, "steps_mean": m.steps_mean, "seconds_per_step": m.seconds_per_step,
         "calibration_seconds": calibration or None, "n": middle.data["n"],
         "timed": m.latency.count, "threads": c["threads"], "warmup": c["warmup"], "engine": c["quantized_engine"],
+        "search": c.get("search", "espnet"),
         "cpu": c["cpu"], "hypotheses": middle.hypotheses(),
     }
 

@@ -1,0 +1,185 @@
+"""The lean engine's hypotheses are ESPnet's: token for token on models of several shapes.
+
+Every case decodes the same audio with ESPnet's own `Speech2Text` (its BatchBeamSearch) and with
+the `lean` plugin's searches over the same weights, and compares every n-best entry of both the
+ST and (multi-decoder) ASR searches. Where float rounding (keys/values projected a row at a time
+instead of the whole prefix at once) flips a near-tie, the two entries' scores must agree to 1e-4.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from runner import defaults
+from runner.data import load_test_set, preload
+from runner.decode import DecodeOptions
+from runner.demo.build import char_token_list, md_config, write_experiment
+from runner.errors import RunnerError
+from runner.lean import LeanBeamSearch, check_search
+from runner.model import load
+from runner.runner import Runner
+from tests.conftest import _discourage_eos
+
+SCORE_TOLERANCE = 1e-4
+TRANSFORMER_ENCODER = dict(output_size=32, attention_heads=2, linear_units=64, num_blocks=2, dropout_rate=0.1,
+                           positional_dropout_rate=0.1, attention_dropout_rate=0.1, input_layer="conv2d",
+                           normalize_before=True)
+
+
+def _plain_config(**decoder: Any) -> dict[str, Any]:
+    """A plain (single-decoder) ST model: transformer encoder, ST CTC head, decoder options as given."""
+    tokens = char_token_list()
+    config = md_config(tokens, tokens, "tiny")
+    config.update(extra_asr_decoder=None, md_encoder=None, decoder="transformer", encoder="transformer",
+                  encoder_conf=TRANSFORMER_ENCODER,
+                  decoder_conf={**{k: v for k, v in config["decoder_conf"].items() if k != "use_speech_attn"},
+                                **decoder},
+                  model_conf={**config["model_conf"], "asr_weight": 0.0, "st_mtlalpha": 0.3})
+    return config
+
+
+def _md_without_speech_attention() -> dict[str, Any]:
+    tokens = char_token_list()
+    config = md_config(tokens, tokens, "tiny")
+    config["decoder_conf"] = {**config["decoder_conf"], "use_speech_attn": False}
+    return config
+
+
+@pytest.fixture(scope="module")
+def shapes(tiny_exp: Path, recipe_exp: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Experiment dirs of several shapes (random weights; <sos/eos> discouraged so hypotheses are long)."""
+    root = tmp_path_factory.mktemp("lean-shapes")
+    built = {"md-conformer": tiny_exp, "md-bpe-global-mvn": recipe_exp}
+    for name, config in {"plain-transformer": _plain_config(),
+                         "plain-post-norm": _plain_config(normalize_before=False, num_blocks=2),
+                         "md-no-speech-attention": _md_without_speech_attention()}.items():
+        exp = write_experiment(root / name, config, seed=1)
+        _discourage_eos(exp)
+        built[name] = exp
+    return built
+
+
+@pytest.fixture(scope="module")
+def waveforms() -> list[np.ndarray]:
+    test = preload(load_test_set(defaults.data_path(), "tst-COMMON"), 16000, limit=3)
+    return [u.waveform for u in test.utterances]
+
+
+def _nbest(output: Any) -> dict[str, list[tuple[list[int], float]]]:
+    """Both searches' n-best lists as (token ids, score)."""
+    results, source = output if isinstance(output, tuple) else (output, [])
+    entries = {"st": [(r[2], float(r[3].score)) for r in results]}
+    if source:
+        entries["asr"] = [(r[2], float(r[3].score)) for r in source]
+        entries["asr_hs"] = source[0][-1]
+    return entries
+
+
+def assert_same_hypotheses(espnet: Any, lean: Any, label: str) -> int:
+    """Equal n-best lists (a near-tie flip allowed when the scores agree to 1e-4); returns the flips."""
+    expected, got = _nbest(espnet), _nbest(lean)
+    flips = 0
+    for search in ("st", "asr"):
+        if search not in expected:
+            continue
+        assert len(got[search]) == len(expected[search]), (label, search)
+        for rank, ((tokens, score), (lean_tokens, lean_score)) in enumerate(zip(expected[search], got[search])):
+            assert abs(score - lean_score) <= SCORE_TOLERANCE * max(1.0, abs(score)), (label, search, rank)
+            flips += tokens != lean_tokens
+    if "asr_hs" in expected and got["asr"][0][0] == expected["asr"][0][0]:
+        torch.testing.assert_close(got["asr_hs"], expected["asr_hs"], atol=1e-4, rtol=1e-4)
+    return flips
+
+
+CASES = [
+    ("md-conformer", dict(beam_size=1, asr_beam_size=1)),
+    ("md-conformer", dict(beam_size=5, asr_beam_size=5, nbest=3)),
+    ("md-conformer", dict(beam_size=10, asr_beam_size=10, asr_ctc_weight=0.0)),
+    ("md-conformer", dict(beam_size=4, asr_beam_size=3, penalty=0.5, asr_penalty=0.2, maxlenratio=0.5)),
+    ("md-bpe-global-mvn", dict(beam_size=5, asr_beam_size=5, nbest=2)),
+    ("md-no-speech-attention", dict(beam_size=5, asr_beam_size=5)),
+    ("plain-transformer", dict(beam_size=5, ctc_weight=0.3, nbest=3)),
+    ("plain-transformer", dict(beam_size=10, ctc_weight=0.0, minlenratio=0.2)),
+    ("plain-post-norm", dict(beam_size=5, ctc_weight=0.3)),
+]
+
+
+@pytest.mark.parametrize(("shape", "options"), CASES, ids=[f"{s}-{'-'.join(f'{k}{v}' for k, v in o.items())}"
+                                                           for s, o in CASES])
+def test_lean_search_equals_espnets(shapes: dict[str, Path], waveforms: list[np.ndarray], shape: str,
+                                    options: dict[str, Any]) -> None:
+    bundle = load(shapes[shape], DecodeOptions(**options))
+    lean = Runner.from_bundle(bundle, threads=1, plugins=["lean"])
+    searches = lean.bundle.searches
+    assert searches and all(isinstance(s, LeanBeamSearch) for s in searches), lean.plugins[0].details
+    assert lean.bundle.search_engine == "lean" and bundle.search_engine == "espnet"
+    flips = 0
+    for index, waveform in enumerate(waveforms):
+        flips += assert_same_hypotheses(bundle.speech2text(waveform), lean.bundle.speech2text(waveform),
+                                        f"{shape} utterance {index}")
+    assert flips <= 1, f"{flips} near-tie flips"
+
+
+def test_lean_counts_the_same_steps_and_reports_its_engine(tiny_exp: Path, waveforms: list[np.ndarray]) -> None:
+    bundle = load(tiny_exp)
+    espnet, lean = Runner.from_bundle(bundle, threads=1), Runner.from_bundle(bundle, threads=1, plugins=["lean"])
+    first, second = espnet.translate(waveforms[0], 16000), lean.translate(waveforms[0], 16000)
+    assert (second.tokens, second.source_text) == (first.tokens, first.source_text)
+    assert second.steps == first.steps and all(second.steps.values())
+    assert set(second.stages) == set(first.stages) and second.stages["st_search"] > 0
+
+
+def test_lean_runs_the_quantized_decoders(tiny_exp: Path, waveforms: list[np.ndarray]) -> None:
+    """After dynamic int8 the engine calls every quantized decoder Linear (it must not bypass a plugin's modules).
+
+    Hypotheses are not compared with ESPnet's here: dynamic int8 scales activations per call, and
+    ESPnet projects a whole prefix per call where the engine projects one new position.
+    """
+    bundle = load(tiny_exp)
+    both = Runner.from_bundle(bundle, threads=1, plugins=["dynamic-int8", "lean"])
+    assert [p.name for p in both.plugins] == ["dynamic-int8", "lean"]
+    quantized = {name: module for part in ("decoder", "extra_asr_decoder")
+                 for name, module in getattr(both.bundle.model, part).named_modules(prefix=part)
+                 if type(module).__name__ == "DynamicQuantizedLinear" or type(module).__name__ == "Linear"
+                 and type(module).__module__.startswith("torch.ao.nn.quantized.dynamic")}
+    assert quantized
+    calls = dict.fromkeys(quantized, 0)
+    handles = [module.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+               for name, module in quantized.items()]
+    try:
+        translation = both.translate(waveforms[0], 16000)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert translation.tokens and all(calls.values()), [name for name, count in calls.items() if not count]
+
+
+def test_unsupported_searches_keep_espnets_engine_and_say_why(tiny_exp: Path) -> None:
+    from espnet.nets.beam_search import BeamSearch
+
+    bundle = load(tiny_exp)
+    search = bundle.speech2text.beam_search
+    plain = BeamSearch(scorers=dict(search.scorers), weights=dict(search.weights), beam_size=2,
+                       vocab_size=search.n_vocab, sos=search.sos, eos=search.eos)
+    with pytest.raises(RunnerError, match="not ESPnet's BatchBeamSearch"):
+        check_search(plain)
+    bundle.speech2text.beam_search = plain  # e.g. a non-batch scorer made ESPnet fall back to BeamSearch
+    runner = Runner.from_bundle(bundle, threads=1, plugins=["lean"])
+    engines = runner.plugins[0].details["engines"]
+    assert engines["asr_search"] == "lean" and engines["st_search"].startswith("espnet (")
+    assert runner.bundle.search_engine == "asr lean, st espnet"
+
+
+def test_search_option_composes_the_engine(tmp_path: Path) -> None:
+    from runner.config import compose_plugins
+    from runner.plugin import PluginSpec
+
+    assert [s.name for s in compose_plugins([], search="lean")] == ["lean"]
+    assert compose_plugins([PluginSpec("lean")], search="espnet") == []
+    with pytest.raises(RunnerError, match="search engine must be one of"):
+        compose_plugins([], search="fast")
