@@ -26,6 +26,7 @@ import torch
 from espnet.nets.ctc_prefix_score import CTCPrefixScoreTH
 
 from runner.compat import check_espnet_version, require_attributes, require_parameters
+from runner.lean.ctc import prefix_step
 from runner.model import ModelBundle
 from runner.plugin import Effects, Plugin
 
@@ -51,22 +52,6 @@ def check_internals(plugin: str) -> None:
 @dataclass
 class CtcPrefixScanConfig:
     pass
-
-
-def forward_scan(r: torch.Tensor, log_phi: torch.Tensor, x: torch.Tensor, start: int, end: int) -> None:
-    """Fill r[start:end] (T, 2, N, S) from r[start-1], log_phi (T, N, S) and x (2, T, N, S), in place."""
-    if end <= start:
-        return
-    label, blank = x[0, start:end].double(), x[1, start:end].double()
-    initial_n, initial_b = r[start - 1, 0].double(), r[start - 1, 1].double()
-    label_sum, blank_sum = label.cumsum(0), blank.cumsum(0)
-    # r_n[start + k] = X[k] + logaddexp(r_n[start-1], logcumsumexp_j(phi[start-1+j] - X[j-1])), X[-1] = 0
-    entering = log_phi[start - 1:end - 1].double() - (label_sum - label)
-    r_n = label_sum + torch.logaddexp(initial_n, entering.logcumsumexp(0))
-    previous_n = torch.cat((initial_n.unsqueeze(0), r_n[:-1]))
-    r_b = blank_sum + torch.logaddexp(initial_b, (previous_n - (blank_sum - blank)).logcumsumexp(0))
-    r[start:end, 0] = r_n.to(r.dtype)
-    r[start:end, 1] = r_b.to(r.dtype)
 
 
 class ScanCTCPrefixScore(CTCPrefixScoreTH):
@@ -105,20 +90,7 @@ class ScanCTCPrefixScore(CTCPrefixScoreTH):
             x_ = self.x.unsqueeze(3).repeat(1, 1, 1, n_hyps, 1).view(2, -1, n_bh, snum)
             last_pos = last_ids
 
-        r = torch.full((self.input_length, 2, n_bh, snum), self.logzero, dtype=self.dtype, device=self.device)
-        if output_length == 0:
-            r[0, 0] = x_[0, 0]
-        r_sum = torch.logsumexp(r_prev, 1)
-        log_phi = r_sum.unsqueeze(2).repeat(1, 1, snum)
-        # Repeating the last label needs a blank in between: its phi is the blank-ending path only.
-        scored = last_pos >= 0
-        log_phi[:, rows[scored], last_pos[scored]] = r_prev[:, 1, rows[scored]]
-
-        start, end = max(output_length, 1), self.input_length
-        forward_scan(r, log_phi, x_, start, end)
-
-        log_phi_x = torch.cat((log_phi[0].unsqueeze(0), log_phi[:-1]), dim=0) + x_[0]
-        log_psi_ = torch.logsumexp(torch.cat((log_phi_x[start:end], r[start - 1, 0].unsqueeze(0)), dim=0), dim=0)
+        r, r_sum, log_psi_ = prefix_step(r_prev, x_, last_pos, output_length)
         if scoring_ids is not None:
             log_psi = torch.full((n_bh, self.odim), self.logzero, dtype=self.dtype, device=self.device)
             log_psi.scatter_(1, scoring_ids, log_psi_)

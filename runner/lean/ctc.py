@@ -39,6 +39,36 @@ def forward_scan(r: torch.Tensor, log_phi: torch.Tensor, x: torch.Tensor, start:
     r[start:end, 1] = r_b.to(r.dtype)
 
 
+def prefix_step(r_prev: torch.Tensor, x_: torch.Tensor, last_pos: torch.Tensor,
+                output_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of `CTCPrefixScoreTH.__call__` for every (hypothesis, candidate) column.
+
+    Args:
+        r_prev: forward variables of the prefixes (T, 2, N).
+        x_: label and blank log-probabilities of the candidates (2, T, N, S).
+        last_pos: each prefix's last label among its candidates, -1 where it is not one (N,).
+        output_length: labels after <sos> so far.
+
+    Returns:
+        r (T, 2, N, S) of the extended prefixes, r_sum (T, N) of the prefixes, and log psi (N, S).
+    """
+    frames, n, snum = x_.size(1), x_.size(2), x_.size(3)
+    rows = torch.arange(n, device=x_.device)
+    r = torch.full((frames, 2, n, snum), LOGZERO, dtype=x_.dtype, device=x_.device)
+    if output_length == 0:
+        r[0, 0] = x_[0, 0]
+    r_sum = torch.logsumexp(r_prev, 1)
+    log_phi = r_sum.unsqueeze(2).repeat(1, 1, snum)
+    # Repeating the last label needs a blank in between: its phi is the blank-ending path only.
+    scored = last_pos >= 0
+    log_phi[:, rows[scored], last_pos[scored]] = r_prev[:, 1, rows[scored]]
+    start, end = max(output_length, 1), frames
+    forward_scan(r, log_phi, x_, start, end)
+    log_phi_x = torch.cat((log_phi[0].unsqueeze(0), log_phi[:-1]), dim=0) + x_[0]
+    psi = torch.logsumexp(torch.cat((log_phi_x[start:end], r[start - 1, 0].unsqueeze(0)), dim=0), dim=0)
+    return r, r_sum, psi
+
+
 class CtcPrefixState:
     """Every running hypothesis's CTC prefix state for one utterance.
 
@@ -78,19 +108,7 @@ class CtcPrefixState:
             snum, idmap = self.vocab, None
             x_ = self.x.unsqueeze(2).expand(-1, -1, n, -1)
             last_pos = last_tokens
-        r = torch.full((self.frames, 2, n, snum), LOGZERO, dtype=self.x.dtype)
-        if output_length == 0:
-            r[0, 0] = x_[0, 0]
-        r_prev = self.r
-        r_sum = torch.logsumexp(r_prev, 1)  # (T, n)
-        log_phi = r_sum.unsqueeze(2).repeat(1, 1, snum)
-        # Repeating the last label needs a blank in between: its phi is the blank-ending path only.
-        scored = last_pos >= 0
-        log_phi[:, rows[scored], last_pos[scored]] = r_prev[:, 1, rows[scored]]
-        start, end = max(output_length, 1), self.frames
-        forward_scan(r, log_phi, x_, start, end)
-        log_phi_x = torch.cat((log_phi[0].unsqueeze(0), log_phi[:-1]), dim=0) + x_[0]
-        psi = torch.logsumexp(torch.cat((log_phi_x[start:end], r[start - 1, 0].unsqueeze(0)), dim=0), dim=0)
+        r, r_sum, psi = prefix_step(self.r, x_, last_pos, output_length)
         if scoring_ids is not None:
             log_psi = torch.full((n, self.vocab), LOGZERO, dtype=self.x.dtype)
             log_psi.scatter_(1, scoring_ids, psi)

@@ -155,3 +155,17 @@ def test_int8_and_bf16_keep_bleu_on_the_shipped_model(fresh_commands: dict[str, 
     for scheme in ("dynamic-int8", "static-int8", "bf16"):
         bleu = fresh_commands[f"runner translate --quant {scheme}"]["metrics"]["bleu"]["score"]
         assert abs(bleu - fp32) <= INT8_BLEU_TOLERANCE, (scheme, bleu, fp32)
+
+
+def test_the_lean_engine_gives_espnets_translations_and_keeps_int8_bleu(
+        fresh_commands: dict[str, dict[str, Any]]) -> None:
+    """fp32 with the lean engine: the 100 demo hypotheses and transcripts of ESPnet's search, identical."""
+    espnet, lean = fresh_commands["runner translate"], fresh_commands["runner translate --search lean"]
+    assert lean["conditions"]["search"] == "lean" and espnet["conditions"]["search"] == "espnet"
+    assert len(lean["utterances"]) == 100
+    for field in ("hypothesis", "source_hypothesis"):
+        assert [u.get(field) for u in lean["utterances"]] == [u.get(field) for u in espnet["utterances"]], field
+    fp32 = espnet["metrics"]["bleu"]["score"]
+    for scheme in ("dynamic-int8", "static-int8", "bf16"):
+        bleu = fresh_commands[f"runner translate --search lean --quant {scheme}"]["metrics"]["bleu"]["score"]
+        assert abs(bleu - fp32) <= INT8_BLEU_TOLERANCE, (scheme, bleu, fp32)
