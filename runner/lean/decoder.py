@@ -144,22 +144,26 @@ class SelfAttention:
         self.q_norm, self.k_norm = direct(attention.q_norm), direct(attention.k_norm)
         self.out = direct(attention.linear_out)
 
-    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Query, key and value of the new position, (n, heads, 1, d_k) each."""
+    def __call__(self, x: torch.Tensor, cache: torch.Tensor, t: int) -> torch.Tensor:
+        """Attention of the new position x (n, d); its key and value go into `cache` (2, n, heads, L, d_k) at t."""
         n = x.size(0)
         if self.qkv is not None:
-            q, k, v = self.qkv(x).view(n, 3, self.heads, 1, self.d_k).unbind(1)
-            return q, k, v
-        q = self.query(x).view(n, self.heads, 1, self.d_k)
-        k = self.key(x).view(n, self.heads, 1, self.d_k)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        return q, k, self.value(x).view(n, self.heads, 1, self.d_k)
-
-    def attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        scores = torch.matmul(q, keys.transpose(-2, -1)) / self.scale  # (n, heads, 1, t+1)
-        context = torch.matmul(torch.softmax(scores, dim=-1), values)  # (n, heads, 1, d_k)
-        return self.out(context.reshape(q.size(0), -1))
+            qkv = self.qkv(x).view(n, 3, self.heads, self.d_k)
+            q = qkv[:, 0]
+            cache[:, :, :, t] = qkv[:, 1:].transpose(0, 1)  # key and value in one copy
+        else:
+            q = self.query(x).view(n, self.heads, self.d_k)
+            k = self.key(x).view(n, self.heads, self.d_k)
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            cache[0, :, :, t] = k
+            cache[1, :, :, t] = self.value(x).view(n, self.heads, self.d_k)
+        # (n x heads) batches of one query row: hypotheses and heads merge into one bmm batch without a copy.
+        keys = cache[0].flatten(0, 1)[:, :t + 1]  # (n*heads, t+1, d_k)
+        values = cache[1].flatten(0, 1)[:, :t + 1]
+        scores = torch.bmm(q.reshape(n * self.heads, 1, self.d_k), keys.transpose(1, 2)) / self.scale
+        context = torch.bmm(torch.softmax(scores, dim=-1), values)  # (n*heads, 1, d_k)
+        return self.out(context.view(n, -1))
 
 
 class Layer:
@@ -176,13 +180,10 @@ class Layer:
         self.feed_forward = _feed_forward(layer.feed_forward)
 
     def __call__(self, x: torch.Tensor, cache: torch.Tensor, t: int) -> torch.Tensor:
-        """x (n, d) of the new position; `cache` (n, 2, heads, L, d_k) gets its key and value at t."""
+        """x (n, d) of the new position; `cache` (2, n, heads, L, d_k) gets its key and value at t."""
         norm1, norm2, norm3, norm4 = self.norms
         pre = self.pre
-        q, k, v = self.self_attention.project(norm1(x) if pre else x)
-        cache[:, 0, :, t] = k[:, :, 0]
-        cache[:, 1, :, t] = v[:, :, 0]
-        x = x + self.self_attention.attend(q, cache[:, 0, :, :t + 1], cache[:, 1, :, :t + 1])
+        x = x + self.self_attention(norm1(x) if pre else x, cache, t)
         if not pre:
             x = norm1(x)
         if self.speech is not None:
@@ -218,8 +219,8 @@ class DecoderStep:
         self.positions.extend_pe(torch.empty(1, max_length + 1))
         self.after_norm = direct(decoder.after_norm) if decoder.normalize_before else None
         self.output = direct(decoder.output_layer) if decoder.output_layer is not None else None
-        self.shape = (beam_size, len(self.layers), 2, self.heads, max_length + 1, self.d_k)
-        # Two buffers, (hypotheses, layers, key/value, heads, positions, d_k): a beam reorder copies the
+        self.shape = (len(self.layers), 2, beam_size, self.heads, max_length + 1, self.d_k)
+        # Two buffers, (layers, key/value, hypotheses, heads, positions, d_k): a beam reorder copies the
         # used positions of the chosen rows into the spare one, so no step allocates (or page-faults) memory.
         self.cache: torch.Tensor | None = None
         self.spare: torch.Tensor | None = None
@@ -237,9 +238,9 @@ class DecoderStep:
         if self.cache is None:
             dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
             self.cache, self.spare = x.new_empty(self.shape, dtype=dtype), x.new_empty(self.shape, dtype=dtype)
-        cache = self.cache[:x.size(0)]
+        cache = self.cache[:, :, :x.size(0)]
         for index, layer in enumerate(self.layers):
-            x = layer(x, cache[:, index], t)
+            x = layer(x, cache[index], t)
         self.length += 1
         self.rows = x.size(0)
         hidden = self.after_norm(x) if self.after_norm is not None else x
@@ -251,7 +252,7 @@ class DecoderStep:
         """Keep the cached keys and values of these hypotheses, in this order."""
         if self.cache is None:
             return
-        used = self.cache[:self.rows, ..., :self.length, :]
-        torch.index_select(used, 0, hypotheses, out=self.spare[:len(hypotheses), ..., :self.length, :])
+        used = self.cache[:, :, :self.rows, :, :self.length]
+        torch.index_select(used, 2, hypotheses, out=self.spare[:, :, :len(hypotheses), :, :self.length])
         self.cache, self.spare = self.spare, self.cache
         self.rows = len(hypotheses)

@@ -25,6 +25,8 @@ from runner.lean.decoder import DecoderStep, check_decoder
 
 logger = logging.getLogger("runner.lean")
 
+import os
+INFERENCE_MODE = os.environ.get("LEAN_INFERENCE", "1") == "1"
 D_END = float(np.log(1 * np.exp(-10)))  # espnet.nets.e2e_asr_common.end_detect's default, computed as it computes it
 
 
@@ -119,7 +121,8 @@ class LeanBeamSearch(torch.nn.Module):
         else:
             maxlen = max(1, int(maxlenratio * source.size(0)))
         minlen = -1 * int(minlenratio) if minlenratio < 0 else int(minlenratio * source.size(0))
-        ended = self._decode(x, pre_x, maxlen, minlen, maxlenratio)
+        with torch.inference_mode() if INFERENCE_MODE else torch.no_grad():
+            ended = self._decode(x, pre_x, maxlen, minlen, maxlenratio)
         if self.normalize_length:
             ended = sorted(ended, key=lambda h: h.score / (len(h.yseq) - 1), reverse=True)
         else:
