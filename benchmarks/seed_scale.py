@@ -64,6 +64,7 @@ SCHEMES: dict[str, list[Any]] = {
     "static-int8+lean": [{"name": "static-int8", "calibration_size": 4, "granularity": "block"}, "lean"],
     "static-int8-all+lean": [STATIC_ALL, "lean"],
     "bf16+lean": ["bf16", "lean"],
+    "dynamic-fp16+lean": ["dynamic-fp16", "lean"],
     # Small (d x d) attention projections cost more quantized (activation quantization per call) than in fp32.
     "dynamic-int8-noattn+lean": [{"name": "dynamic-int8", "skip": ["*decoder.decoders.*_attn.*"]}, "lean"],
 }

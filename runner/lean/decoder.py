@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from runner.errors import RunnerError
 
@@ -88,25 +89,63 @@ def _feed_forward(module: Any) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _fused_projection(attention: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """One (d -> 3d) matmul for the query, key and value of a self-attention whose three projections are plain.
+    """One (d -> 3d) product for the query, key and value of a self-attention, where that is the same arithmetic.
 
-    The concatenated weight is kept on the module and rebuilt only when a weight changes.
+    Three plain float Linears share one concatenated weight. Three dynamically quantized Linears
+    (the `dynamic-int8`/`dynamic-fp16` plugins) share one packed weight: their activation is the
+    same tensor, so it is quantized the same way once, and per-tensor weight scales become the
+    per-channel scales of their rows, which gives the three products bit for bit. The fused
+    weight is kept on the attention module and rebuilt when a projection changes.
     """
     linears = (attention.linear_q, attention.linear_k, attention.linear_v)
-    if any(direct(linear) is linear or type(linear) is not torch.nn.Linear or linear.bias is None for linear in linears):
-        return None
     if type(attention.q_norm) is not torch.nn.Identity or type(attention.k_norm) is not torch.nn.Identity:
         return None
-    key = tuple((linear.weight.data_ptr(), linear.weight._version, linear.bias._version) for linear in linears)
+    if any(linear._forward_hooks or linear._forward_pre_hooks for linear in linears):
+        return None
+    kinds = {type(linear) for linear in linears}
+    if kinds == {torch.nn.Linear}:
+        if any(linear.bias is None for linear in linears):
+            return None
+        key: Any = tuple((linear.weight.data_ptr(), linear.weight._version, linear.bias._version) for linear in linears)
+        build = _float_qkv
+    elif kinds == {DynamicLinear} and len({(linear._packed_params.dtype, linear.version) for linear in linears}) == 1:
+        key = tuple(id(linear._packed_params._packed_params) for linear in linears)
+        build = _dynamic_qkv
+    else:
+        return None
     cached = getattr(attention, "runner_lean_qkv", None)
-    if cached is None or cached[0] != key or cached[1].dtype != linears[0].weight.dtype:
+    if cached is None or cached[0] != key:
         with torch.no_grad():
-            weight = torch.cat([linear.weight for linear in linears])
-            bias = torch.cat([linear.bias for linear in linears])
-        cached = (key, weight, bias)
+            cached = (key, build(linears))
         attention.runner_lean_qkv = cached
-    weight, bias = cached[1], cached[2]
+    return cached[1]
+
+
+def _float_qkv(linears: tuple[Any, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
+    weight = torch.cat([linear.weight for linear in linears])
+    bias = torch.cat([linear.bias for linear in linears])
     return lambda x: F.linear(x, weight, bias)
+
+
+def _dynamic_qkv(linears: tuple[Any, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
+    weights, biases = zip(*[linear._packed_params._weight_bias() for linear in linears])
+    bias = None if any(b is None for b in biases) else torch.cat(biases)
+    if linears[0]._packed_params.dtype == torch.float16:
+        packed = torch.ops.quantized.linear_prepack_fp16(torch.cat(weights), bias)
+        return lambda x: torch.ops.quantized.linear_dynamic_fp16(x, packed)
+    rows = []
+    for weight in weights:
+        if weight.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            count = weight.size(0)
+            rows.append((weight.int_repr(), torch.full((count,), weight.q_scale(), dtype=torch.double),
+                         torch.full((count,), weight.q_zero_point(), dtype=torch.long)))
+        else:
+            rows.append((weight.int_repr(), weight.q_per_channel_scales(), weight.q_per_channel_zero_points()))
+    fused = torch._make_per_channel_quantized_tensor(torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows]),
+                                                     torch.cat([r[2] for r in rows]), 0)
+    packed = torch.ops.quantized.linear_prepack(fused, bias)
+    reduce_range = (linears[0].version or 0) >= 4  # as the module's forward decides
+    return lambda x: torch.ops.quantized.linear_dynamic(x, packed, reduce_range)
 
 
 class SourceAttention:
