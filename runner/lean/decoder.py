@@ -16,7 +16,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.ao.nn.intrinsic.quantized import LinearReLU as QuantizedLinearReLU
+from torch.ao.nn.quantized import DeQuantize, Quantize
+from torch.ao.nn.quantized import Linear as QuantizedLinear
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+from torch.ao.quantization import QuantWrapper
+
+# The overloads themselves: calling the packet re-resolves the overload on every call.
+LINEAR_DYNAMIC = torch.ops.quantized.linear_dynamic.default
+LINEAR_DYNAMIC_FP16 = torch.ops.quantized.linear_dynamic_fp16.default
+QLINEAR = torch.ops.quantized.linear.default
+QLINEAR_RELU = torch.ops.quantized.linear_relu.default
 
 from runner.errors import RunnerError
 
@@ -62,6 +72,24 @@ def direct(module: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
     if type(module) is torch.nn.Linear:
         weight, bias = module.weight, module.bias
         return lambda x: F.linear(x, weight, bias)
+    if type(module) is DynamicLinear:  # the quantized op its forward calls, without the module around it
+        packed = module._packed_params._packed_params
+        if module._packed_params.dtype == torch.float16:
+            return lambda x: LINEAR_DYNAMIC_FP16(x, packed)
+        if module._packed_params.dtype == torch.qint8:
+            reduce_range = (module.version or 0) >= 4
+            return lambda x: LINEAR_DYNAMIC(x, packed, reduce_range)
+    if type(module) in (QuantizedLinear, QuantizedLinearReLU):  # static int8: quantized in, quantized out
+        op = QLINEAR if type(module) is QuantizedLinear else QLINEAR_RELU
+        packed, scale, zero_point = module._packed_params._packed_params, float(module.scale), int(module.zero_point)
+        return lambda x: op(x, packed, scale, zero_point)
+    if type(module) is QuantWrapper and type(module.quant) is Quantize and type(module.dequant) is DeQuantize:
+        inner = _feed_forward(module.module) if type(module.module).__name__ == "PositionwiseFeedForward" \
+            else direct(module.module)
+        if inner is None or inner is module.module:
+            return module
+        scale, zero_point, dtype = float(module.quant.scale), int(module.quant.zero_point), module.quant.dtype
+        return lambda x: inner(torch.quantize_per_tensor(x, scale, zero_point, dtype)).dequantize()
     if isinstance(module, torch.nn.LayerNorm) and type(module).forward in (torch.nn.LayerNorm.forward, _espnet_norm()) \
             and getattr(module, "dim", -1) == -1:
         shape, weight, bias, eps = module.normalized_shape, module.weight, module.bias, module.eps
@@ -79,11 +107,15 @@ def _feed_forward(module: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """ESPnet's PositionwiseFeedForward (w_2(activation(w_1(x))), dropout off in eval) as direct calls."""
     from espnet.nets.pytorch_backend.transformer.positionwise_feed_forward import PositionwiseFeedForward
 
+    if type(module) is QuantWrapper:  # static int8 with `granularity: block`: one quantized region
+        return direct(module)
     if type(module) is not PositionwiseFeedForward or module._forward_hooks or module._forward_pre_hooks:
         return module
     first, second, activation = direct(module.w_1), direct(module.w_2), module.activation
     if first is None or second is None:
         return module
+    if type(activation) is torch.nn.Identity:  # static int8 fused the ReLU into w_1
+        return lambda x: second(first(x))
     relu = type(activation) is torch.nn.ReLU and not activation._forward_hooks
     return (lambda x: second(F.relu(first(x)))) if relu else (lambda x: second(activation(first(x))))
 
@@ -132,7 +164,7 @@ def _dynamic_qkv(linears: tuple[Any, ...]) -> Callable[[torch.Tensor], torch.Ten
     bias = None if any(b is None for b in biases) else torch.cat(biases)
     if linears[0]._packed_params.dtype == torch.float16:
         packed = torch.ops.quantized.linear_prepack_fp16(torch.cat(weights), bias)
-        return lambda x: torch.ops.quantized.linear_dynamic_fp16(x, packed)
+        return lambda x: LINEAR_DYNAMIC_FP16(x, packed)
     rows = []
     for weight in weights:
         if weight.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
@@ -145,7 +177,7 @@ def _dynamic_qkv(linears: tuple[Any, ...]) -> Callable[[torch.Tensor], torch.Ten
                                                      torch.cat([r[2] for r in rows]), 0)
     packed = torch.ops.quantized.linear_prepack(fused, bias)
     reduce_range = (linears[0].version or 0) >= 4  # as the module's forward decides
-    return lambda x: torch.ops.quantized.linear_dynamic(x, packed, reduce_range)
+    return lambda x: LINEAR_DYNAMIC(x, packed, reduce_range)
 
 
 class SourceAttention:
