@@ -4,13 +4,16 @@ ESPnet's `forward_one_step` re-embeds the whole prefix, re-projects every earlie
 self-attention keys and values, and projects the encoder memory again for every hypothesis, at
 every step. Here each step embeds only the new token, projects only its keys and values into one
 (layers, 2, n, heads, L, d_k) buffer that follows the beam, and attends to source keys and
-values projected once per utterance. Every submodule (Linear, LayerNorm, feed-forward, and
-whatever a quantization plugin made of them) is called as ESPnet calls it, in ESPnet's order.
+values projected once per utterance. The layer's sublayers run in ESPnet's order with ESPnet's
+modules; where a module's computation is a single op (a plain Linear or LayerNorm, a dynamically
+or statically quantized Linear, a static int8 region) that op is called directly, the three
+self-attention projections share one product, and the softmax attention is PyTorch's
+`scaled_dot_product_attention`. These change float rounding in the last bits only (the tests
+compare with ESPnet's n-best to 1e-4); anything else a plugin made of a module is called as it is.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -187,9 +190,8 @@ class SourceAttention:
         self.heads, self.d_k = attention.h, attention.d_k
         single = memory.unsqueeze(0)  # (1, T, d): ESPnet's input shape for one hypothesis
         k = attention.linear_k(single).view(1, -1, self.heads, self.d_k).transpose(1, 2)
-        self.keys_t = attention.k_norm(k)[0].transpose(1, 2)  # (heads, d_k, T)
-        self.values = attention.linear_v(single).view(-1, self.heads, self.d_k).transpose(0, 1)  # (heads, T, d_k)
-        self.scale = math.sqrt(self.d_k)
+        self.keys = attention.k_norm(k)  # (1, heads, T, d_k)
+        self.values = attention.linear_v(single).view(1, -1, self.heads, self.d_k).transpose(1, 2)  # (1, heads, T, d_k)
         self.query, self.out = direct(attention.linear_q), direct(attention.linear_out)
         self.q_norm = direct(attention.q_norm)
 
@@ -198,8 +200,9 @@ class SourceAttention:
         q = self.query(x).view(n, self.heads, 1, self.d_k)
         if self.q_norm is not None:
             q = self.q_norm(q)
-        scores = torch.bmm(q.view(n, self.heads, self.d_k).transpose(0, 1), self.keys_t) / self.scale  # (heads, n, T)
-        context = torch.bmm(torch.softmax(scores, dim=-1), self.values)  # (heads, n, d_k)
+        # The hypotheses as query rows of one batch item: each attends alone (no mask) to the one memory.
+        context = F.scaled_dot_product_attention(q.view(n, self.heads, self.d_k).transpose(0, 1).unsqueeze(0),
+                                                 self.keys, self.values)[0]  # (heads, n, d_k)
         return self.out(context.transpose(0, 1).reshape(n, -1))
 
 
@@ -208,7 +211,6 @@ class SelfAttention:
 
     def __init__(self, attention: Any) -> None:
         self.heads, self.d_k = attention.h, attention.d_k
-        self.scale = math.sqrt(self.d_k)
         self.qkv = _fused_projection(attention)
         self.query, self.key, self.value = (direct(attention.linear_q), direct(attention.linear_k),
                                             direct(attention.linear_v))
@@ -230,11 +232,8 @@ class SelfAttention:
             cache[0, :, :, t] = k
             cache[1, :, :, t] = self.value(x).view(n, self.heads, self.d_k)
         # (n x heads) batches of one query row: hypotheses and heads merge into one bmm batch without a copy.
-        keys = cache[0].flatten(0, 1)[:, :t + 1]  # (n*heads, t+1, d_k)
-        values = cache[1].flatten(0, 1)[:, :t + 1]
-        scores = torch.bmm(q.reshape(n * self.heads, 1, self.d_k), keys.transpose(1, 2)) / self.scale
-        context = torch.bmm(torch.softmax(scores, dim=-1), values)  # (n*heads, 1, d_k)
-        return self.out(context.view(n, -1))
+        context = F.scaled_dot_product_attention(q.unsqueeze(2), cache[0, :, :, :t + 1], cache[1, :, :, :t + 1])
+        return self.out(context.view(n, -1))  # (n, heads, 1, d_k) -> (n, d)
 
 
 class Layer:
