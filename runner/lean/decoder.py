@@ -25,11 +25,19 @@ from torch.ao.nn.quantized import Linear as QuantizedLinear
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from torch.ao.quantization import QuantWrapper
 
-# The overloads themselves: calling the packet re-resolves the overload on every call.
-LINEAR_DYNAMIC = torch.ops.quantized.linear_dynamic.default
-LINEAR_DYNAMIC_FP16 = torch.ops.quantized.linear_dynamic_fp16.default
-QLINEAR = torch.ops.quantized.linear.default
-QLINEAR_RELU = torch.ops.quantized.linear_relu.default
+
+
+def _kernel(overload: Any) -> Any:
+    """The C++ operator behind an overload: its Python `__call__` checks every argument for the fake
+    script objects of tracing (packed weights are script objects), some µs per call in eager decoding."""
+    return getattr(overload, "_op", overload)
+
+
+LINEAR_DYNAMIC = _kernel(torch.ops.quantized.linear_dynamic.default)
+LINEAR_RELU_DYNAMIC = _kernel(torch.ops.quantized.linear_relu_dynamic.default)
+LINEAR_DYNAMIC_FP16 = _kernel(torch.ops.quantized.linear_dynamic_fp16.default)
+QLINEAR = _kernel(torch.ops.quantized.linear.default)
+QLINEAR_RELU = _kernel(torch.ops.quantized.linear_relu.default)
 
 from runner.errors import RunnerError
 
@@ -120,7 +128,14 @@ def _feed_forward(module: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     if type(activation) is torch.nn.Identity:  # static int8 fused the ReLU into w_1
         return lambda x: second(first(x))
     relu = type(activation) is torch.nn.ReLU and not activation._forward_hooks
-    return (lambda x: second(F.relu(first(x)))) if relu else (lambda x: second(activation(first(x))))
+    if not relu:
+        return lambda x: second(activation(first(x)))
+    w_1 = module.w_1
+    if type(w_1) is DynamicLinear and w_1._packed_params.dtype == torch.qint8 and not w_1._forward_hooks:
+        # fbgemm applies the ReLU to the dequantized output in the same call: the same numbers
+        packed, reduce_range = w_1._packed_params._packed_params, (w_1.version or 0) >= 4
+        return lambda x: second(LINEAR_RELU_DYNAMIC(x, packed, reduce_range))
+    return lambda x: second(F.relu(first(x)))
 
 
 def _fused_projection(attention: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
