@@ -14,6 +14,7 @@ compare with ESPnet's n-best to 1e-4); anything else a plugin made of a module i
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,11 @@ def _kernel(overload: Any) -> Any:
 LINEAR_DYNAMIC = _kernel(torch.ops.quantized.linear_dynamic.default)
 LINEAR_RELU_DYNAMIC = _kernel(torch.ops.quantized.linear_relu_dynamic.default)
 LINEAR_DYNAMIC_FP16 = _kernel(torch.ops.quantized.linear_dynamic_fp16.default)
+# MKL's prepacked sgemm, where this PyTorch build has it.
+_MKL = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+MKL_LINEAR = _kernel(torch.ops.mkl._mkl_linear.default) if _MKL else None
+MKL_REORDER = torch.ops.mkl._mkl_reorder_linear_weight if _MKL else None
+_PACK_ROWS: contextvars.ContextVar[int | None] = contextvars.ContextVar("lean_pack_rows", default=None)
 QLINEAR = _kernel(torch.ops.quantized.linear.default)
 QLINEAR_RELU = _kernel(torch.ops.quantized.linear_relu.default)
 
@@ -81,8 +87,7 @@ def direct(module: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
     if type(module) is torch.nn.Identity:
         return None
     if type(module) is torch.nn.Linear:
-        weight, bias = module.weight, module.bias
-        return lambda x: F.linear(x, weight, bias)
+        return _float_linear(module, module.weight, module.bias)
     if type(module) is DynamicLinear:  # the quantized op its forward calls, without the module around it
         packed = module._packed_params._packed_params
         if module._packed_params.dtype == torch.float16:
@@ -163,6 +168,7 @@ def _fused_projection(attention: Any) -> Callable[[torch.Tensor], torch.Tensor] 
         build = _dynamic_qkv
     else:
         return None
+    key = (key, _PACK_ROWS.get(), torch.is_autocast_enabled("cpu"))  # how a float weight is packed
     cached = getattr(attention, "runner_lean_qkv", None)
     if cached is None or cached[0] != key:
         with torch.no_grad():
@@ -174,7 +180,29 @@ def _fused_projection(attention: Any) -> Callable[[torch.Tensor], torch.Tensor] 
 def _float_qkv(linears: tuple[Any, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
     weight = torch.cat([linear.weight for linear in linears])
     bias = torch.cat([linear.bias for linear in linears])
-    return lambda x: F.linear(x, weight, bias)
+    return _float_linear(None, weight, bias)
+
+
+def _float_linear(owner: torch.nn.Module | None, weight: torch.Tensor,
+                  bias: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x W^T + b: with the weight prepacked for MKL's GEMM at the beam's row count where that is available.
+
+    MKL's packed GEMM (what Inductor's freezing uses on CPU) is 1.3-1.6x faster than `F.linear` for
+    4-10 rows here. Not under autocast (the bf16 plugin lowers `F.linear` itself), not for other dtypes.
+    A weight packed for `owner` is kept on it until the weight changes.
+    """
+    rows = _PACK_ROWS.get()
+    if rows is None or MKL_LINEAR is None or weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        return lambda x: F.linear(x, weight, bias)
+    key = (weight.data_ptr(), weight._version, rows) if owner is not None else None
+    cached = owner.__dict__.get("runner_lean_mkl") if owner is not None else None
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, MKL_REORDER(weight.detach(), rows))
+        if owner is not None:
+            owner.__dict__["runner_lean_mkl"] = cached
+    packed = cached[1]
+    return lambda x: MKL_LINEAR(x, packed, weight, bias, rows)
 
 
 def _dynamic_qkv(linears: tuple[Any, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -297,13 +325,17 @@ class DecoderStep:
 
     def __init__(self, decoder: Any, memory: torch.Tensor, speech: torch.Tensor | None, max_length: int,
                  beam_size: int) -> None:
-        self.layers = [Layer(layer, memory, speech) for layer in decoder.decoders]
+        token = _PACK_ROWS.set(beam_size)  # float weights are packed for the beam's row count
+        try:
+            self.layers = [Layer(layer, memory, speech) for layer in decoder.decoders]
+            self.after_norm = direct(decoder.after_norm) if decoder.normalize_before else None
+            self.output = direct(decoder.output_layer) if decoder.output_layer is not None else None
+        finally:
+            _PACK_ROWS.reset(token)
         first = decoder.decoders[0].self_attn
         self.heads, self.d_k = first.h, first.d_k
         self.embedding, self.positions = decoder.embed[0], decoder.embed[1]
         self.positions.extend_pe(torch.empty(1, max_length + 1))
-        self.after_norm = direct(decoder.after_norm) if decoder.normalize_before else None
-        self.output = direct(decoder.output_layer) if decoder.output_layer is not None else None
         self.shape = (len(self.layers), 2, beam_size, self.heads, max_length + 1, self.d_k)
         # Two buffers, (layers, key/value, hypotheses, heads, positions, d_k): a beam reorder copies the
         # used positions of the chosen rows into the spare one, so no step allocates (or page-faults) memory.
