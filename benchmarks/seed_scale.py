@@ -25,7 +25,7 @@ import yaml
 
 from runner import defaults
 from runner.data import load_test_set, preload
-from runner.decode import STAGES, DecodeOptions
+from runner.decode import SEARCH_STAGES, STAGES, DecodeOptions
 from runner.demo.build import SPECIALS_HEAD, SPECIALS_TAIL, md_config, write_experiment
 from runner.environment import manifest
 from runner.metrics.size import count_parameters, state_dict_bytes
@@ -117,7 +117,8 @@ def measure(runner: Runner, utterances: list[Any], warmup: int, threads: int) ->
     if set(seen) != {threads}:
         raise RuntimeError(f"decoded on {sorted(set(seen))} threads, expected {threads}")
     return {"mean": statistics.mean(r.seconds for r in results), "threads": seen[0],
-            "stages": {s: statistics.mean(r.stages.get(s, 0.0) for r in results) for s in STAGES}}
+            "stages": {s: statistics.mean(r.stages.get(s, 0.0) for r in results) for s in STAGES},
+            "steps": {s: statistics.mean(r.steps.get(s, 0) for r in results) for s in SEARCH_STAGES}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,8 +185,8 @@ def render(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: dict[str
         "interleaved order. Ratios are to fp32 in the same repeat and thread count: min / median / max.",
         "",
         "| scheme | threads | size MB | size ratio | params | latency s (median) | latency ratio min / med / max |"
-        + "".join(f" {s} |" for s in STAGES),
-        "|---|---|---|---|---|---|---|" + "---|" * len(STAGES),
+        + "".join(f" {s} |" for s in STAGES) + "".join(f" {s} steps | {s} ms/step |" for s in SEARCH_STAGES),
+        "|---|---|---|---|---|---|---|" + "---|" * (len(STAGES) + 2 * len(SEARCH_STAGES)),
     ]
     for threads in sorted({t for _, t in results}):
         base = results[("fp32", threads)]
@@ -194,12 +195,18 @@ def render(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: dict[str
             ratios = sorted(r["mean"] / b["mean"] for r, b in zip(runs, base))
             median = statistics.median(r["mean"] for r in runs)
             stages = {s: statistics.median(r["stages"][s] for r in runs) for s in STAGES}
+            steps = {s: statistics.median(r["steps"][s] for r in runs) for s in SEARCH_STAGES}
+            per_step = {s: statistics.median(r["stages"][s] / r["steps"][s] * 1e3 if r["steps"][s] else 0.0
+                                             for r in runs) for s in SEARCH_STAGES}
             size, params = sizes[scheme]
             lines.append(
                 f"| {scheme} | {threads} | {size:.1f} | {size / sizes['fp32'][0]:.2f}x | {params:,} | {median:.3f} | "
                 f"{ratios[0]:.2f} / {statistics.median(ratios):.2f} / {ratios[-1]:.2f} |"
-                + "".join(f" {stages[s]:.3f} |" for s in STAGES))
-    lines += ["", "Stage columns are mean seconds per utterance (median over repeats).", "",
+                + "".join(f" {stages[s]:.3f} |" for s in STAGES)
+                + "".join(f" {steps[s]:.1f} | {per_step[s]:.2f} |" for s in SEARCH_STAGES))
+    lines += ["", "Stage columns are mean seconds per utterance (median over repeats); steps are each search's "
+              "output steps per utterance (`BeamSearch.search` calls, or the lean engine's), ms/step its stage "
+              "time per step.", "",
               "## Environment", "", "```", *(f"{k}: {v}" for k, v in env.items()), "```", ""]
     return "\n".join(lines)
 
