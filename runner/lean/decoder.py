@@ -343,9 +343,10 @@ class DecoderStep:
         self.spare: torch.Tensor | None = None
         self.rows = 1
         self.length = 0
+        self.hidden: torch.Tensor | None = None
 
-    def __call__(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probabilities (n, V) of the next token and the last layer's normalized output (n, d).
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (n, V) of the next token; `hidden` keeps the last layer's normalized output (n, d).
 
         Args:
             tokens: each hypothesis's last token (n,); the positions before it are in the cache.
@@ -360,10 +361,10 @@ class DecoderStep:
             x = layer(x, cache[index], t)
         self.length += 1
         self.rows = x.size(0)
-        hidden = self.after_norm(x) if self.after_norm is not None else x
+        self.hidden = self.after_norm(x) if self.after_norm is not None else x
         if self.output is None:
-            return hidden, hidden
-        return torch.log_softmax(self.output(hidden), dim=-1), hidden
+            return self.hidden
+        return torch.log_softmax(self.output(self.hidden), dim=-1)
 
     def select(self, hypotheses: torch.Tensor) -> None:
         """Keep the cached keys and values of these hypotheses, in this order."""

@@ -14,6 +14,7 @@ one tensor (`CtcPrefixState`), no per-hypothesis Python objects until a hypothes
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,8 +26,6 @@ from runner.lean.decoder import DecoderStep, check_decoder
 
 logger = logging.getLogger("runner.lean")
 
-import os
-INFERENCE_MODE = os.environ.get("LEAN_INFERENCE", "1") == "1"
 D_END = float(np.log(1 * np.exp(-10)))  # espnet.nets.e2e_asr_common.end_detect's default, computed as it computes it
 
 
@@ -66,6 +65,51 @@ def end_detect(ended: list[tuple[int, torch.Tensor]], i: int, window: int = 3) -
         if same_length and float(max(same_length, key=float) - best) < D_END:
             count += 1
     return count == window
+
+
+@dataclass
+class Beam:
+    """The running hypotheses, one row each: tokens, total and per-scorer scores, decoder outputs (MD's ASR)."""
+
+    yseq: torch.Tensor  # (n, length), starting with <sos>
+    score: torch.Tensor  # (n,)
+    scores: dict[str, torch.Tensor]  # scorer -> (n,)
+    hs: torch.Tensor | None  # (n, length - 1, d) when the search returns hidden states
+
+    def __len__(self) -> int:
+        return self.yseq.size(0)
+
+    def extend(self, previous: torch.Tensor, tokens: torch.Tensor, score: torch.Tensor,
+               step_scores: dict[str, torch.Tensor], hidden: torch.Tensor | None) -> Beam:
+        """The hypotheses `previous` extended by `tokens`, with their new scores."""
+        hs = None
+        if hidden is not None:
+            new = hidden[previous].unsqueeze(1)
+            hs = new if self.hs is None else torch.cat((self.hs[previous], new), dim=1)
+        return Beam(torch.cat((self.yseq[previous], tokens.unsqueeze(1)), dim=1), score,
+                    {name: self.scores[name][previous] + values[previous, tokens] for name, values in step_scores.items()},
+                    hs)
+
+    def select(self, rows: torch.Tensor) -> Beam:
+        return Beam(self.yseq[rows], self.score[rows], {k: v[rows] for k, v in self.scores.items()},
+                    None if self.hs is None else self.hs[rows])
+
+
+class Ended:
+    """Ended hypotheses, as ESPnet `Hypothesis` tuples, in the order ESPnet collects them."""
+
+    def __init__(self) -> None:
+        self.hypotheses: list[Any] = []
+        self.lengths: list[tuple[int, torch.Tensor]] = []  # (yseq length, score), for end detection
+
+    def add(self, beam: Beam, rows: list[int]) -> None:
+        from espnet.nets.beam_search import Hypothesis
+
+        for b in rows:
+            self.hypotheses.append(Hypothesis(yseq=beam.yseq[b], score=beam.score[b],
+                                              scores={k: v[b] for k, v in beam.scores.items()}, states={},
+                                              hs=beam.hs[b] if beam.hs is not None else []))
+            self.lengths.append((beam.yseq.size(1), beam.score[b]))
 
 
 class LeanBeamSearch(torch.nn.Module):
@@ -121,7 +165,7 @@ class LeanBeamSearch(torch.nn.Module):
         else:
             maxlen = max(1, int(maxlenratio * source.size(0)))
         minlen = -1 * int(minlenratio) if minlenratio < 0 else int(minlenratio * source.size(0))
-        with torch.inference_mode() if INFERENCE_MODE else torch.no_grad():
+        with torch.inference_mode():  # no autograd bookkeeping on any op of the loop
             ended = self._decode(x, pre_x, maxlen, minlen, maxlenratio)
         if self.normalize_length:
             ended = sorted(ended, key=lambda h: h.score / (len(h.yseq) - 1), reverse=True)
@@ -134,70 +178,61 @@ class LeanBeamSearch(torch.nn.Module):
 
     def _decode(self, x: torch.Tensor, pre_x: torch.Tensor | None, maxlen: int, minlen: int,
                 maxlenratio: float) -> list[Any]:
-        from espnet.nets.beam_search import Hypothesis
-
+        """ESPnet's main loop (`BeamSearch.forward`'s) over `BatchBeamSearch.search` and `post_process`."""
         step = DecoderStep(self.full_scorers["decoder"], x, pre_x, maxlen, self.beam_size)
         ctc, ctc_scorer = None, self.part_scorers.get("ctc")
         if ctc_scorer is not None:
             ctc_input = x if pre_x is None else pre_x
             ctc = CtcPrefixState(ctc_scorer.ctc.log_softmax(ctc_input.unsqueeze(0))[0], ctc_scorer.eos)
-        yseq = torch.full((1, 1), self.sos, dtype=torch.long)
-        score = torch.zeros(1, dtype=x.dtype)
-        scores = {name: torch.zeros(1, dtype=x.dtype) for name in self.scorers}
-        full_names = list(self.full_scorers)
-        hs = torch.empty(1, 0, 0)
-        ended: list[Any] = []
-        ended_lengths: list[tuple[int, torch.Tensor]] = []
+        beam = Beam(torch.full((1, 1), self.sos, dtype=torch.long, device=x.device),
+                    torch.zeros(1, dtype=x.dtype, device=x.device),
+                    {name: torch.zeros(1, dtype=x.dtype, device=x.device) for name in self.scorers},
+                    None)
+        ended = Ended()
         for i in range(maxlen):
             self.search(i)  # counted per step by runner.decode.StepCounter
-            n = yseq.size(0)
-            logp, hidden = step(yseq[:, -1])
-            full = {"decoder": logp}
-            weighted = self.weights["decoder"] * logp
-            for name in full_names:
-                if name != "decoder":  # LengthBonus: a score of 1 for every token
-                    full[name] = logp.new_ones(()).expand(n, self.n_vocab)
-                    weighted = weighted + self.weights[name] * full[name]
-            part: dict[str, torch.Tensor] = {}
-            if ctc is not None:
-                ids = torch.topk(weighted, self.pre_beam_size, dim=-1)[1] if self.do_pre_beam else None
-                part["ctc"] = ctc.score(yseq[:, -1], i, ids)
-                weighted = weighted + self.weights["ctc"] * part["ctc"]
-            weighted = weighted + score.unsqueeze(1)
+            weighted, scores = self._score(beam, step, ctc, i)
             top = weighted.view(-1).topk(self.beam_size)[1]
             previous = torch.div(top, self.n_vocab, rounding_mode="trunc")
             tokens = top % self.n_vocab
-            score = weighted[previous, tokens]
-            scores = {name: scores[name][previous] + values[previous, tokens]
-                      for name, values in {**full, **part}.items()}
-            yseq = torch.cat((yseq[previous], tokens.unsqueeze(1)), dim=1)
-            if self.return_hs:
-                hs = torch.cat((hs[previous] if hs.size(1) else hidden.new_empty(len(tokens), 0, hidden.size(1)),
-                                hidden[previous].unsqueeze(1)), dim=1)
+            beam = beam.extend(previous, tokens, weighted[previous, tokens], scores, step.hidden if self.return_hs
+                               else None)
             step.select(previous)
             if ctc is not None:
                 ctc.select(previous, tokens)
-            if i == maxlen - 1:
-                yseq = torch.cat((yseq, yseq.new_full((yseq.size(0), 1), self.eos)), dim=1)
-            is_eos = (yseq[:, -1] == self.eos).tolist()
-            if any(is_eos):
-                for b in [b for b, done in enumerate(is_eos) if done]:
-                    if i >= minlen:
-                        ended.append(Hypothesis(yseq=yseq[b], score=score[b], scores={k: v[b] for k, v in scores.items()},
-                                                states={}, hs=hs[b] if self.return_hs else []))
-                        ended_lengths.append((yseq.size(1), score[b]))
-                keep = torch.tensor([b for b, done in enumerate(is_eos) if not done], dtype=torch.long)
-                yseq, score, scores = yseq[keep], score[keep], {k: v[keep] for k, v in scores.items()}
-                if self.return_hs:
-                    hs = hs[keep]
+            if i == maxlen - 1:  # ESPnet adds <eos> in the last position so that something ends
+                beam.yseq = torch.cat((beam.yseq, beam.yseq.new_full((len(beam), 1), self.eos)), dim=1)
+            finished = (beam.yseq[:, -1] == self.eos).tolist()
+            if any(finished):
+                if i >= minlen:
+                    ended.add(beam, [b for b, done in enumerate(finished) if done])
+                keep = torch.tensor([b for b, done in enumerate(finished) if not done], dtype=torch.long,
+                                    device=x.device)
+                beam = beam.select(keep)
                 step.select(keep)
                 if ctc is not None:
                     ctc.keep(keep)
-            if maxlenratio == 0.0 and end_detect(ended_lengths, i):
+            if maxlenratio == 0.0 and end_detect(ended.lengths, i):
                 break
-            if yseq.size(0) == 0:
+            if len(beam) == 0:
                 break
-        return ended
+        return ended.hypotheses
+
+    def _score(self, beam: Beam, step: DecoderStep, ctc: CtcPrefixState | None,
+               i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted scores (n, V) of every extension, summed in ESPnet's order, and each scorer's own."""
+        logp = step(beam.yseq[:, -1])
+        scores = {"decoder": logp}
+        weighted = self.weights["decoder"] * logp
+        for name in self.full_scorers:
+            if name != "decoder":  # LengthBonus: a score of 1 for every token
+                scores[name] = logp.new_ones(()).expand(len(beam), self.n_vocab)
+                weighted = weighted + self.weights[name] * scores[name]
+        if ctc is not None:
+            ids = torch.topk(weighted, self.pre_beam_size, dim=-1)[1] if self.do_pre_beam else None
+            scores["ctc"] = ctc.score(beam.yseq[:, -1], i, ids)
+            weighted = weighted + self.weights["ctc"] * scores["ctc"]
+        return weighted + beam.score.unsqueeze(1), scores
 
     def search(self, i: int) -> None:
         """Marks one output step (`runner.decode.StepCounter` counts these calls, as it counts ESPnet's)."""
