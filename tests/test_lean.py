@@ -183,3 +183,34 @@ def test_search_option_composes_the_engine(tmp_path: Path) -> None:
     assert compose_plugins([PluginSpec("lean")], search="espnet") == []
     with pytest.raises(RunnerError, match="search engine must be one of"):
         compose_plugins([], search="fast")
+
+
+def test_cli_search_option_reports_the_engine(tiny_exp: Path, shared_corpus: Path, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from runner.cli import app
+
+    documents = {}
+    for engine in ("espnet", "lean"):
+        out = tmp_path / f"{engine}.json"
+        result = CliRunner().invoke(app, ["translate", "--model", str(tiny_exp), "--data", str(shared_corpus),
+                                          "--limit", "3", "--threads", "1", "--search", engine, "--no-progress",
+                                          "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert f"search {engine}" in result.stdout
+        documents[engine] = json.loads(out.read_text())
+    assert documents["lean"]["conditions"]["search"] == "lean"
+    assert [u["hypothesis"] for u in documents["lean"]["utterances"]] == [
+        u["hypothesis"] for u in documents["espnet"]["utterances"]]
+    bad = CliRunner().invoke(app, ["translate", "--model", str(tiny_exp), "--search", "fastest"])
+    assert bad.exit_code != 0 and "search engine must be one of" in bad.output
+
+
+def test_served_models_state_their_search_engine(tiny_exp: Path) -> None:
+    from runner.serve import load_models, model_config
+
+    models = load_models(tiny_exp, ["none", "dynamic-int8"], threads=1, plugins=["lean"])
+    assert {name: model_config(runner)["search"] for name, runner in models.items()} == {"fp32": "lean",
+                                                                                        "dynamic-int8": "lean"}
