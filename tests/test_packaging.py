@@ -18,6 +18,7 @@ from runner import defaults
 from runner.runner import Runner
 
 LIMIT = 3
+REPO_ROOT = defaults.REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,9 @@ def test_wheel_installs_only_the_runner_package(wheel: Path) -> None:
     assert "runner/embedded/model/valid.acc.ave.pth" in names
     assert "runner/embedded/mustc-demo/en-de/data/tst-COMMON/txt/tst-COMMON.de" in names
     assert not any("/train/" in name for name in names)
+    packages = sorted(str(init.parent.relative_to(REPO_ROOT)) for init in (REPO_ROOT / "runner").rglob("__init__.py"))
+    missing = [package for package in packages if f"{package}/__init__.py" not in names]
+    assert not missing, f"runner subpackages left out of the wheel (pyproject [tool.setuptools] packages): {missing}"
     entry_points = zipfile.ZipFile(wheel).read(f"{wheel.name.split('-py3')[0]}.dist-info/entry_points.txt").decode()
     assert "hop = runner.plugins.hop:Hop" in entry_points
 
@@ -86,6 +90,16 @@ def test_installed_wheel_translates_the_embedded_default_from_anywhere(installed
     assert shipped == [*(str(Path(report["model"]["path"]).parent.parent / "configs" / name)
                          for name in ("hop.yaml", "fast-search.yaml")), "st-runner-data"]  # never site-packages
     assert defaults.demo_output_root() == defaults.REPO_ROOT / "data"  # a checkout builds into its data/
+
+
+def test_installed_wheel_sweeps_both_search_engines(installed: Path, tmp_path: Path) -> None:
+    config = tmp_path / "engines.yaml"
+    config.write_text(f"limit: {LIMIT}\nthreads: 1\nwarmup: 0\ngrid:\n  search: [espnet, lean]\n")
+    done = _run(installed, tmp_path, "sweep", str(config), "--out", str(tmp_path / "engines"), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    rows = {row["label"]: row for row in json.loads((tmp_path / "engines" / "results.json").read_text())["rows"]}
+    assert rows["trained hop + lean"]["search"] == "lean" and rows["trained hop"]["search"] == "espnet"
+    assert rows["trained hop + lean"]["hypotheses"] == rows["trained hop"]["hypotheses"]
 
 
 def test_installed_wheel_without_its_model_says_what_to_pass(installed: Path, tmp_path: Path) -> None:
