@@ -83,7 +83,7 @@ class CtcPrefixState:
         self.eos, self.blank = eos, blank
         # ESPnet's x: labels and the blank column broadcast to every label, (2, T, V).
         self.x = torch.stack((log_probs, log_probs[:, blank].unsqueeze(1).expand(-1, self.vocab)))
-        self.r = torch.full((self.frames, 2, 1), LOGZERO, dtype=log_probs.dtype)
+        self.r = torch.full((self.frames, 2, 1), LOGZERO, dtype=log_probs.dtype, device=log_probs.device)
         self.r[:, 1, 0] = torch.cumsum(log_probs[:, blank], 0)
         self.prefix_score: torch.Tensor | float = 0.0  # log psi of each hypothesis's prefix, (n, 1)
         self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
@@ -96,12 +96,12 @@ class CtcPrefixState:
             output_length: tokens after <sos> so far.
             scoring_ids: the pre-beam candidates (n, S); other tokens get ESPnet's logzero. None: all.
         """
-        n = last_tokens.size(0)
-        rows = torch.arange(n)
+        n, device = last_tokens.size(0), self.x.device
+        rows = torch.arange(n, device=device)
         if scoring_ids is not None:
             snum = scoring_ids.size(1)
-            idmap = torch.full((n, self.vocab), -1, dtype=torch.long)
-            idmap.scatter_(1, scoring_ids, torch.arange(snum).expand(n, -1))
+            idmap = torch.full((n, self.vocab), -1, dtype=torch.long, device=device)
+            idmap.scatter_(1, scoring_ids, torch.arange(snum, device=device).expand(n, -1))
             x_ = self.x[:, :, scoring_ids]  # (2, T, n, S)
             last_pos = idmap[rows, last_tokens]
         else:
@@ -110,7 +110,7 @@ class CtcPrefixState:
             last_pos = last_tokens
         r, r_sum, psi = prefix_step(self.r, x_, last_pos, output_length)
         if scoring_ids is not None:
-            log_psi = torch.full((n, self.vocab), LOGZERO, dtype=self.x.dtype)
+            log_psi = torch.full((n, self.vocab), LOGZERO, dtype=self.x.dtype, device=device)
             log_psi.scatter_(1, scoring_ids, psi)
         else:
             log_psi = psi

@@ -26,6 +26,7 @@ from torch.ao.nn.quantized import Linear as QuantizedLinear
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from torch.ao.quantization import QuantWrapper
 
+from runner.errors import RunnerError
 
 
 def _kernel(overload: Any) -> Any:
@@ -44,9 +45,6 @@ MKL_REORDER = torch.ops.mkl._mkl_reorder_linear_weight if _MKL else None
 _PACK_ROWS: contextvars.ContextVar[int | None] = contextvars.ContextVar("lean_pack_rows", default=None)
 QLINEAR = _kernel(torch.ops.quantized.linear.default)
 QLINEAR_RELU = _kernel(torch.ops.quantized.linear_relu.default)
-
-from runner.errors import RunnerError
-
 
 
 def check_decoder(decoder: Any) -> None:
@@ -78,9 +76,12 @@ def check_decoder(decoder: Any) -> None:
 def direct(module: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The module's computation without `Module.__call__`'s bookkeeping, where that is the same computation.
 
-    A plain `Linear` or last-dimension `LayerNorm` with no hooks becomes its functional call;
-    `Identity` becomes None (skipped); anything else (quantized, wrapped, observed, hooked)
-    is called as a module, so whatever a plugin made of it runs.
+    A module without hooks becomes the one operator its forward runs: a plain `Linear` (MKL's packed
+    GEMM where `_float_linear` can), a last-dimension `LayerNorm`, a dynamically quantized Linear, a
+    statically quantized Linear/LinearReLU, or a static int8 region (QuantWrapper) around one of these
+    or a feed-forward block. `Identity` becomes None (skipped). Anything else (observed during
+    calibration, hooked, a third party's module) is returned as the module, so whatever a plugin made
+    of it runs.
     """
     if module._forward_hooks or module._forward_pre_hooks:
         return module
@@ -255,9 +256,10 @@ class SelfAttention:
     def __init__(self, attention: Any) -> None:
         self.heads, self.d_k = attention.h, attention.d_k
         self.qkv = _fused_projection(attention)
-        self.query, self.key, self.value = (direct(attention.linear_q), direct(attention.linear_k),
-                                            direct(attention.linear_v))
-        self.q_norm, self.k_norm = direct(attention.q_norm), direct(attention.k_norm)
+        if self.qkv is None:  # resolved only when used: a float Linear gets an MKL-packed copy of its weight
+            self.query, self.key, self.value = (direct(attention.linear_q), direct(attention.linear_k),
+                                                direct(attention.linear_v))
+            self.q_norm, self.k_norm = direct(attention.q_norm), direct(attention.k_norm)
         self.out = direct(attention.linear_out)
 
     def __call__(self, x: torch.Tensor, cache: torch.Tensor, t: int) -> torch.Tensor:
@@ -274,7 +276,7 @@ class SelfAttention:
                 q, k = self.q_norm(q), self.k_norm(k)
             cache[0, :, :, t] = k
             cache[1, :, :, t] = self.value(x).view(n, self.heads, self.d_k)
-        # (n x heads) batches of one query row: hypotheses and heads merge into one bmm batch without a copy.
+        # One query row per (hypothesis, head) over the cached positions, read in place from the buffer.
         context = F.scaled_dot_product_attention(q.unsqueeze(2), cache[0, :, :, :t + 1], cache[1, :, :, :t + 1])
         return self.out(context.view(n, -1))  # (n, heads, 1, d_k) -> (n, d)
 

@@ -41,8 +41,7 @@ def check_search(search: Any) -> None:
         raise RunnerError("hypothesis primers (Whisper) are not supported")
     if search.pre_beam_score_key != "full":
         raise RunnerError(f"pre_beam_score_key {search.pre_beam_score_key!r} is not supported")
-    decoders = [name for name in search.full_scorers if name == "decoder"]
-    if not decoders:
+    if "decoder" not in search.full_scorers:
         raise RunnerError("the search has no decoder scorer (decoder weight 0)")
     for name, scorer in search.full_scorers.items():
         if name == "decoder":
