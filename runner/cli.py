@@ -162,7 +162,7 @@ def serve(
     model_file: Optional[Path] = typer.Option(None, help="Model weights, when the directory holds several .pth"),
     quant: list[str] = typer.Option([], help="Serve this scheme (none/fp32, dynamic-int8, ...); repeat to serve several"),
     hop: Optional[int] = typer.Option(None, help="Frontend STFT hop length in samples, for every served model"),
-    search: str = typer.Option("espnet", help="Beam-search engine for every served model: espnet or lean"),
+    search: Optional[str] = typer.Option(None, help="Beam-search engine for every served model: espnet (ESPnet's own, the default) or lean"),
     plugin: list[str] = typer.Option([], help="Also apply this plugin to every served model (see `runner plugins`); repeatable"),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads [default: all cores]"),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)"),
@@ -176,7 +176,7 @@ def serve(
         None, help="Data root whose dev split static-int8 calibrates on [default: the embedded demo corpus]"),
 ) -> None:
     """Serve translation over HTTP: POST /translate, GET /health, /info, and a web page at /."""
-    from runner.config import SEARCH_ENGINES, decode_options
+    from runner.config import decode_options
     from runner.serve import ServeLimits, load_models
     from runner.serve import serve as run_server
 
@@ -184,11 +184,7 @@ def serve(
         fail("--max-queue must be 0 or more; --max-mb and --max-seconds must be positive")
     try:
         decode = decode_options(parse_overrides(set_), decode_config)
-        if search not in SEARCH_ENGINES:
-            raise RunnerError(f"--search must be one of {list(SEARCH_ENGINES)}, got {search!r}")
-        engine_plugin = SEARCH_ENGINES[search]
-        plugins = [*plugin, engine_plugin] if engine_plugin and engine_plugin not in plugin else plugin
-        models = load_models(model, quant, hop, decode, threads, model_file, plugins, calibration_data)
+        models = load_models(model, quant, hop, decode, threads, model_file, plugin, calibration_data, search)
         typer.echo(f"serving {', '.join(models)} on http://{host}:{port}/", err=True)
         run_server(models, host, port, ServeLimits(int(max_mb * 1e6), max_seconds, max_queue))
     except RunnerError as error:

@@ -254,7 +254,7 @@ def _bounded(receive: Callable[[], Awaitable[dict]], limit: int) -> Callable[[],
 def load_models(model: str | Path | None = None, quants: Sequence[str] = (), hop: int | None = None,
                 decode: DecodeOptions | None = None, threads: int | None = None,
                 model_file: str | Path | None = None, plugins: Sequence[str] = (),
-                calibration_data: str | Path | None = None) -> dict[str, Runner]:
+                calibration_data: str | Path | None = None, search: str | None = None) -> dict[str, Runner]:
     """One Runner per quantization scheme ("none" is fp32), over one model loaded once, named by scheme.
 
     Args:
@@ -267,6 +267,7 @@ def load_models(model: str | Path | None = None, quants: Sequence[str] = (), hop
         plugins: plugin names (e.g. cross-kv-cache) applied to every scheme with their defaults.
         calibration_data: data root whose calibration split static int8 calibrates on
             (default: the embedded demo corpus, logged as such).
+        search: the beam-search engine of every scheme, "espnet" or "lean" (default: ESPnet's).
 
     Returns:
         Scheme name -> a Runner, in the order given.
@@ -280,12 +281,11 @@ def load_models(model: str | Path | None = None, quants: Sequence[str] = (), hop
         raise RunnerError(f"--quant: {repeated} given more than once")
     if model is None:
         model = defaults.model_path()
+    specs = {name: compose_plugins(quant=name, hop=hop, search=search, extra=plugins) for name in names}  # before loading
     bundle = load(model, decode or DecodeOptions(), model_file)
     if len(names) == 1:  # no copy needed
-        specs = compose_plugins(quant=names[0], hop=hop, extra=plugins)
-        return {names[0]: Runner(bundle, threads=threads, plugins=specs, calibration_data=calibration_data)}
-    return {name: Runner.from_bundle(bundle, threads=threads, plugins=compose_plugins(quant=name, hop=hop, extra=plugins),
-                                     calibration_data=calibration_data)
+        return {names[0]: Runner(bundle, threads=threads, plugins=specs[names[0]], calibration_data=calibration_data)}
+    return {name: Runner.from_bundle(bundle, threads=threads, plugins=specs[name], calibration_data=calibration_data)
             for name in names}
 
 

@@ -214,3 +214,17 @@ def test_served_models_state_their_search_engine(tiny_exp: Path) -> None:
     models = load_models(tiny_exp, ["none", "dynamic-int8"], threads=1, plugins=["lean"])
     assert {name: model_config(runner)["search"] for name, runner in models.items()} == {"fp32": "lean",
                                                                                         "dynamic-int8": "lean"}
+    by_option = load_models(tiny_exp, ["none"], threads=1, search="lean")
+    assert model_config(by_option["fp32"])["search"] == "lean"
+    assert model_config(load_models(tiny_exp, ["none"], threads=1, plugins=["lean"], search="espnet")["fp32"])[
+        "search"] == "espnet"
+
+
+def test_serve_refuses_an_unknown_search_engine_in_one_line(tiny_exp: Path) -> None:
+    from typer.testing import CliRunner
+
+    from runner.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--model", str(tiny_exp), "--search", "fastest"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: search engine must be one of ['espnet', 'lean'], got 'fastest'"
