@@ -101,9 +101,11 @@ class Translation:
         text: the detokenized translation.
         source_text: the ASR decoder's transcript (multi-decoder models), else None.
         tokens: the translation's tokens.
-        seconds: wall time of `Speech2Text.__call__`.
-        stages: seconds per stage (frontend, encoder, asr_search, md_encoder, st_search).
+        seconds: wall time of `Speech2Text.__call__`; in a batch, the batch's wall time (when the
+            utterance's result was ready).
+        stages: seconds per stage (frontend, encoder, asr_search, md_encoder, st_search); in a batch, the batch's.
         steps: output steps each beam search took (asr_search, st_search): `BeamSearch.search` calls.
+        batch_size: utterances decoded together with this one (itself included).
     """
 
     text: str
@@ -112,6 +114,7 @@ class Translation:
     seconds: float
     stages: dict[str, float] = field(default_factory=dict)
     steps: dict[str, int] = field(default_factory=dict)
+    batch_size: int = 1
 
 
 SEARCH_STAGES = ("asr_search", "st_search")
@@ -193,6 +196,14 @@ def minimum_samples(speech2text: Any) -> int:
     return stft.n_fft // 2 + 1 if getattr(stft, "center", True) else stft.n_fft
 
 
+def check_length(speech2text: Any, waveform: np.ndarray) -> None:
+    """Raise AudioTooShortError when the waveform is shorter than the frontend's STFT window."""
+    needed = minimum_samples(speech2text)
+    if len(waveform) < needed:
+        raise AudioTooShortError(f"audio too short: {len(waveform)} samples, the frontend's STFT window needs at "
+                                 f"least {needed}")
+
+
 def translate(speech2text: Any, waveform: np.ndarray,
               context: contextlib.AbstractContextManager[Any] | None = None) -> Translation:
     """One utterance through `Speech2Text.__call__`, with wall time in total and per stage.
@@ -206,10 +217,7 @@ def translate(speech2text: Any, waveform: np.ndarray,
         AudioTooShortError: when the waveform is shorter than the frontend's window or gives the
             encoder too few frames for its subsampling (ESPnet's TooShortUttError).
     """
-    needed = minimum_samples(speech2text)
-    if len(waveform) < needed:
-        raise AudioTooShortError(f"audio too short: {len(waveform)} samples, the frontend's STFT window needs at "
-                                 f"least {needed}")
+    check_length(speech2text, waveform)
     timer = StageTimer(stage_modules(speech2text))
     multidecoder = getattr(speech2text.st_model, "use_multidecoder", False)
     counter = StepCounter({"asr_search": speech2text.asr_beam_search if multidecoder else None,

@@ -42,8 +42,26 @@ LINEAR_DYNAMIC_FP16 = _kernel(torch.ops.quantized.linear_dynamic_fp16.default)
 _MKL = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 MKL_LINEAR = _kernel(torch.ops.mkl._mkl_linear.default) if _MKL else None
 MKL_REORDER = torch.ops.mkl._mkl_reorder_linear_weight if _MKL else None
+MKL_PACKS_KEPT = 4  # packed copies of a weight kept, one per row count (batch size x beam)
 _PACK_ROWS: contextvars.ContextVar[int | None] = contextvars.ContextVar("lean_pack_rows", default=None)
 QLINEAR = _kernel(torch.ops.quantized.linear.default)
+# Rows per utterance while several utterances are searched together (see `per_utterance`).
+_ROW_GROUPS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("lean_row_groups", default=None)
+
+
+def per_utterance(op: Callable[..., torch.Tensor], *arguments: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`op(x, *arguments)`, called once per utterance's rows when several utterances share the step.
+
+    For dynamically quantized products, whose activation scale comes from the whole input: an
+    utterance's rows are then quantized exactly as they are when it is searched alone.
+    """
+    def call(x: torch.Tensor) -> torch.Tensor:
+        groups = _ROW_GROUPS.get()
+        if groups is None or x.dim() != 2 or x.size(0) != sum(groups):
+            return op(x, *arguments)
+        return torch.cat([op(part, *arguments) for part in x.split(groups)])
+
+    return call
 QLINEAR_RELU = _kernel(torch.ops.quantized.linear_relu.default)
 
 
@@ -95,7 +113,7 @@ def direct(module: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
             return lambda x: LINEAR_DYNAMIC_FP16(x, packed)
         if module._packed_params.dtype == torch.qint8:
             reduce_range = (module.version or 0) >= 4
-            return lambda x: LINEAR_DYNAMIC(x, packed, reduce_range)
+            return per_utterance(LINEAR_DYNAMIC, packed, reduce_range)
     if type(module) in (QuantizedLinear, QuantizedLinearReLU):  # static int8: quantized in, quantized out
         op = QLINEAR if type(module) is QuantizedLinear else QLINEAR_RELU
         packed, scale, zero_point = module._packed_params._packed_params, float(module.scale), int(module.zero_point)
@@ -140,7 +158,8 @@ def _feed_forward(module: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     if type(w_1) is DynamicLinear and w_1._packed_params.dtype == torch.qint8 and not w_1._forward_hooks:
         # fbgemm applies the ReLU to the dequantized output in the same call: the same numbers
         packed, reduce_range = w_1._packed_params._packed_params, (w_1.version or 0) >= 4
-        return lambda x: second(LINEAR_RELU_DYNAMIC(x, packed, reduce_range))
+        relu_first = per_utterance(LINEAR_RELU_DYNAMIC, packed, reduce_range)
+        return lambda x: second(relu_first(x))
     return lambda x: second(F.relu(first(x)))
 
 
@@ -169,12 +188,15 @@ def _fused_projection(attention: Any) -> Callable[[torch.Tensor], torch.Tensor] 
         build = _dynamic_qkv
     else:
         return None
-    key = (key, _PACK_ROWS.get(), torch.is_autocast_enabled("cpu"))  # how a float weight is packed
-    cached = getattr(attention, "runner_lean_qkv", None)
+    packing = (_PACK_ROWS.get(), torch.is_autocast_enabled("cpu"))  # how a float weight is packed
+    fused = attention.__dict__.setdefault("runner_lean_qkv", {})
+    cached = fused.get(packing)
     if cached is None or cached[0] != key:
         with torch.no_grad():
             cached = (key, build(linears))
-        attention.runner_lean_qkv = cached
+        if len(fused) >= MKL_PACKS_KEPT:
+            fused.pop(next(iter(fused)))
+        fused[packing] = cached
     return cached[1]
 
 
@@ -189,21 +211,33 @@ def _float_linear(owner: torch.nn.Module | None, weight: torch.Tensor,
     """x W^T + b: with the weight prepacked for MKL's GEMM at the beam's row count where that is available.
 
     MKL's packed GEMM (what Inductor's freezing uses on CPU) is 1.3-1.6x faster than `F.linear` for
-    4-10 rows here. Not under autocast (the bf16 plugin lowers `F.linear` itself), not for other dtypes.
+    4-10 rows here, and a row's result does not depend on how many rows share the call (checked in
+    tests/test_batch.py), which keeps a batched utterance's numbers its own. Not under autocast (the bf16 plugin lowers `F.linear` itself), not for other dtypes.
     A weight packed for `owner` is kept on it until the weight changes.
     """
     rows = _PACK_ROWS.get()
     if rows is None or MKL_LINEAR is None or weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
         return lambda x: F.linear(x, weight, bias)
-    key = (weight.data_ptr(), weight._version, rows) if owner is not None else None
-    cached = owner.__dict__.get("runner_lean_mkl") if owner is not None else None
+    key = (weight.data_ptr(), weight._version) if owner is not None else None
+    packs = owner.__dict__.setdefault("runner_lean_mkl", {}) if owner is not None else {}
+    cached = packs.get(rows)
     if cached is None or cached[0] != key:
         with torch.no_grad():
             cached = (key, MKL_REORDER(weight.detach(), rows))
-        if owner is not None:
-            owner.__dict__["runner_lean_mkl"] = cached
+        if len(packs) >= MKL_PACKS_KEPT:  # a server's batch sizes vary: keep the latest few row counts
+            packs.pop(next(iter(packs)))
+        packs[rows] = cached
     packed = cached[1]
-    return lambda x: MKL_LINEAR(x, packed, weight, bias, rows)
+
+    def linear(x: torch.Tensor) -> torch.Tensor:
+        n = x.size(0)
+        if n >= rows or x.dim() != 2:
+            return MKL_LINEAR(x, packed, weight, bias, rows)
+        # Fewer rows than packed for (hypotheses ended): zero rows fill the packed shape, because MKL's
+        # packed GEMM gives a row the same bits at any packed row count, and its unpacked GEMM does not.
+        return MKL_LINEAR(torch.cat((x, x.new_zeros(rows - n, x.size(1)))), packed, weight, bias, rows)[:n]
+
+    return linear
 
 
 def _dynamic_qkv(linears: tuple[Any, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -224,30 +258,75 @@ def _dynamic_qkv(linears: tuple[Any, ...]) -> Callable[[torch.Tensor], torch.Ten
                                                      torch.cat([r[2] for r in rows]), 0)
     packed = torch.ops.quantized.linear_prepack(fused, bias)
     reduce_range = (linears[0].version or 0) >= 4  # as the module's forward decides
-    return lambda x: LINEAR_DYNAMIC(x, packed, reduce_range)
+    return per_utterance(LINEAR_DYNAMIC, packed, reduce_range)
 
 
 class SourceAttention:
-    """Keys and values of one memory (heads, T, d_k), projected once; queries of the whole beam attend to them."""
+    """Keys and values of each utterance's memory, projected once; every hypothesis's query attends to its own.
 
-    def __init__(self, attention: Any, memory: torch.Tensor) -> None:
+    The memories are padded (utterances, heads, T, d_k) with a mask over the padding, and the rows
+    placed in an (utterances x beam) padded view by their `Layout` slots: an utterance's attention
+    has the same shapes, so the same arithmetic, alone and in any batch.
+    """
+
+    def __init__(self, attention: Any, memories: list[torch.Tensor]) -> None:
         self.heads, self.d_k = attention.h, attention.d_k
-        single = memory.unsqueeze(0)  # (1, T, d): ESPnet's input shape for one hypothesis
-        k = attention.linear_k(single).view(1, -1, self.heads, self.d_k).transpose(1, 2)
-        self.keys = attention.k_norm(k)  # (1, heads, T, d_k)
-        self.values = attention.linear_v(single).view(1, -1, self.heads, self.d_k).transpose(1, 2)  # (1, heads, T, d_k)
+        keys, values = [], []
+        for memory in memories:  # projected one utterance at a time, as ESPnet projects it
+            single = memory.unsqueeze(0)  # (1, T, d): ESPnet's input shape for one hypothesis
+            k = attention.linear_k(single).view(1, -1, self.heads, self.d_k).transpose(1, 2)
+            keys.append(attention.k_norm(k))  # (1, heads, T, d_k)
+            values.append(attention.linear_v(single).view(1, -1, self.heads, self.d_k).transpose(1, 2))
+        self.keys, self.values, self.mask = _pad_memories(keys, values)
         self.query, self.out = direct(attention.linear_q), direct(attention.linear_out)
         self.q_norm = direct(attention.q_norm)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def keep(self, utterances: torch.Tensor) -> None:
+        """Keep these utterances' keys and values, in this order (the others are done searching)."""
+        self.keys, self.values = self.keys[utterances], self.values[utterances]
+        self.mask = None if self.mask is None else self.mask[utterances]
+
+    def __call__(self, x: torch.Tensor, layout: Any) -> torch.Tensor:
         n = x.size(0)
         q = self.query(x).view(n, self.heads, 1, self.d_k)
         if self.q_norm is not None:
             q = self.q_norm(q)
-        # The hypotheses as query rows of one batch item: each attends alone (no mask) to the one memory.
-        context = F.scaled_dot_product_attention(q.view(n, self.heads, self.d_k).transpose(0, 1).unsqueeze(0),
-                                                 self.keys, self.values)[0]  # (heads, n, d_k)
-        return self.out(context.transpose(0, 1).reshape(n, -1))
+        batch = self.keys.size(0)
+        beam = layout.beam_size
+        q = q.view(n, self.heads * self.d_k)
+        if not layout.full:
+            slots = layout.slots(x.device)
+            q = q.new_zeros(batch * beam, self.heads * self.d_k).index_copy_(0, slots, q)
+        queries = q.view(batch, beam, self.heads, self.d_k).transpose(1, 2)  # (utterances, heads, beam, d_k)
+        context = F.scaled_dot_product_attention(queries, self.keys, self.values, attn_mask=self.mask)
+        context = context.transpose(1, 2).reshape(batch * beam, -1)
+        if not layout.full:
+            context = context.index_select(0, slots)
+        return self.out(context)
+
+
+MEMORY_ALIGN = 64  # memory positions are padded to a multiple of this, in every batch (see _pad_memories)
+
+
+def _pad_memories(keys: list[torch.Tensor], values: list[torch.Tensor]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Keys and values of several memories in one (utterances, heads, T, d_k) tensor each, and the
+    (utterances, 1, 1, T) mask of real positions.
+
+    Every memory is padded to a multiple of `MEMORY_ALIGN` positions, alone or in a batch: attention's
+    reductions over positions then see the same whole vectors of real and padded positions whatever
+    the longest memory of the batch, so an utterance's attention is bit for bit the same alone and
+    batched (dynamic int8 would amplify a last-bit difference into a different quantized activation).
+    """
+    lengths = [k.size(2) for k in keys]
+    longest = -(-max(lengths) // MEMORY_ALIGN) * MEMORY_ALIGN
+    padded_keys = keys[0].new_zeros((len(keys), keys[0].size(1), longest, keys[0].size(3)))
+    padded_values = values[0].new_zeros((len(values), values[0].size(1), longest, values[0].size(3)))
+    for index, (k, v) in enumerate(zip(keys, values)):
+        padded_keys[index, :, :k.size(2)] = k[0]
+        padded_values[index, :, :v.size(2)] = v[0]
+    mask = torch.arange(longest, device=keys[0].device) < torch.tensor(lengths, device=keys[0].device).unsqueeze(1)
+    return padded_keys, padded_values, mask.view(len(keys), 1, 1, longest)
 
 
 class SelfAttention:
@@ -284,17 +363,18 @@ class SelfAttention:
 class Layer:
     """One decoder layer's step, with its modules resolved once per utterance."""
 
-    def __init__(self, layer: Any, memory: torch.Tensor, speech: torch.Tensor | None) -> None:
+    def __init__(self, layer: Any, memories: list[torch.Tensor], speeches: list[torch.Tensor] | None) -> None:
         self.pre = layer.normalize_before
         self.norms = [direct(getattr(layer, name)) if hasattr(layer, name) else None
                       for name in ("norm1", "norm2", "norm3", "norm4")]
         self.self_attention = SelfAttention(layer.self_attn)
-        self.source = SourceAttention(layer.src_attn, memory)
+        self.source = SourceAttention(layer.src_attn, memories)
         sequential = getattr(layer, "sequential_attn", None)
-        self.speech = SourceAttention(sequential, speech) if sequential is not None and speech is not None else None
+        self.speech = SourceAttention(sequential, speeches) if sequential is not None and speeches is not None \
+            else None
         self.feed_forward = _feed_forward(layer.feed_forward)
 
-    def __call__(self, x: torch.Tensor, cache: torch.Tensor, t: int) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, cache: torch.Tensor, t: int, layout: Any) -> torch.Tensor:
         """x (n, d) of the new position; `cache` (2, n, heads, L, d_k) gets its key and value at t."""
         norm1, norm2, norm3, norm4 = self.norms
         pre = self.pre
@@ -302,10 +382,10 @@ class Layer:
         if not pre:
             x = norm1(x)
         if self.speech is not None:
-            x = x + self.speech(norm4(x) if pre else x)
+            x = x + self.speech(norm4(x) if pre else x, layout)
             if not pre:
                 x = norm4(x)
-        x = x + self.source(norm2(x) if pre else x)
+        x = x + self.source(norm2(x) if pre else x, layout)
         if not pre:
             x = norm2(x)
         x = x + self.feed_forward(norm3(x) if pre else x)
@@ -315,21 +395,22 @@ class Layer:
 
 
 class DecoderStep:
-    """The beam's decoder state for one utterance: one call per search step.
+    """The beams' decoder state for one or more utterances searched together: one call per search step.
 
     Args:
         decoder: an ESPnet `TransformerDecoder` or `TransformerMDDecoder` (checked by `check_decoder`).
-        memory: the memory every layer's source attention reads (T, d).
-        speech: the speech encoder output for MD decoders' speech attention (T', d), else None.
+        memories: each utterance's memory that every layer's source attention reads (T_i, d).
+        speeches: each utterance's speech encoder output for MD decoders' speech attention (T'_i, d), else None.
         max_length: the most steps the search can take (the key/value buffers' length).
-        beam_size: the most hypotheses a step holds.
+        beam_size: the most hypotheses a step holds per utterance.
     """
 
-    def __init__(self, decoder: Any, memory: torch.Tensor, speech: torch.Tensor | None, max_length: int,
-                 beam_size: int) -> None:
-        token = _PACK_ROWS.set(beam_size)  # float weights are packed for the beam's row count
+    def __init__(self, decoder: Any, memories: list[torch.Tensor], speeches: list[torch.Tensor] | None,
+                 max_length: int, beam_size: int) -> None:
+        rows = beam_size * len(memories)
+        token = _PACK_ROWS.set(rows)  # float weights are packed for the beams' row count
         try:
-            self.layers = [Layer(layer, memory, speech) for layer in decoder.decoders]
+            self.layers = [Layer(layer, memories, speeches) for layer in decoder.decoders]
             self.after_norm = direct(decoder.after_norm) if decoder.normalize_before else None
             self.output = direct(decoder.output_layer) if decoder.output_layer is not None else None
         finally:
@@ -338,7 +419,7 @@ class DecoderStep:
         self.heads, self.d_k = first.h, first.d_k
         self.embedding, self.positions = decoder.embed[0], decoder.embed[1]
         self.positions.extend_pe(torch.empty(1, max_length + 1))
-        self.shape = (len(self.layers), 2, beam_size, self.heads, max_length + 1, self.d_k)
+        self.shape = (len(self.layers), 2, rows, self.heads, max_length + 1, self.d_k)
         # Two buffers, (layers, key/value, hypotheses, heads, positions, d_k): a beam reorder copies the
         # used positions of the chosen rows into the spare one, so no step allocates (or page-faults) memory.
         self.cache: torch.Tensor | None = None
@@ -347,11 +428,12 @@ class DecoderStep:
         self.length = 0
         self.hidden: torch.Tensor | None = None
 
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, layout: Any) -> torch.Tensor:
         """Log-probabilities (n, V) of the next token; `hidden` keeps the last layer's normalized output (n, d).
 
         Args:
             tokens: each hypothesis's last token (n,); the positions before it are in the cache.
+            layout: which rows belong to which utterance (`runner.lean.search.Layout`).
         """
         t = self.length
         x = self.embedding(tokens) * self.positions.xscale + self.positions.pe[0, t]
@@ -359,14 +441,21 @@ class DecoderStep:
             dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
             self.cache, self.spare = x.new_empty(self.shape, dtype=dtype), x.new_empty(self.shape, dtype=dtype)
         cache = self.cache[:, :, :x.size(0)]
-        for index, layer in enumerate(self.layers):
-            x = layer(x, cache[index], t)
+        # Dynamic int8 scales a call's activations by their range: one call per utterance keeps each
+        # utterance's numbers what they are when it is searched alone.
+        groups = _ROW_GROUPS.set(layout.counts if len(layout.counts) > 1 else None)
+        try:
+            for index, layer in enumerate(self.layers):
+                x = layer(x, cache[index], t, layout)
+            self.hidden = self.after_norm(x) if self.after_norm is not None else x
+            logits = self.output(self.hidden) if self.output is not None else None
+        finally:
+            _ROW_GROUPS.reset(groups)
         self.length += 1
         self.rows = x.size(0)
-        self.hidden = self.after_norm(x) if self.after_norm is not None else x
-        if self.output is None:
+        if logits is None:
             return self.hidden
-        return torch.log_softmax(self.output(self.hidden), dim=-1)
+        return torch.log_softmax(logits, dim=-1)
 
     def select(self, hypotheses: torch.Tensor) -> None:
         """Keep the cached keys and values of these hypotheses, in this order."""
@@ -376,3 +465,10 @@ class DecoderStep:
         torch.index_select(used, 2, hypotheses, out=self.spare[:, :, :len(hypotheses), :, :self.length])
         self.cache, self.spare = self.spare, self.cache
         self.rows = len(hypotheses)
+
+    def keep_utterances(self, utterances: torch.Tensor) -> None:
+        """Keep these utterances' memories, in this order (call `select` for their rows)."""
+        for layer in self.layers:
+            layer.source.keep(utterances)
+            if layer.speech is not None:
+                layer.speech.keep(utterances)

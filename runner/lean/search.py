@@ -13,7 +13,9 @@ one tensor (`CtcPrefixState`), no per-hypothesis Python objects until a hypothes
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,14 +103,16 @@ class Ended:
         self.hypotheses: list[Any] = []
         self.lengths: list[tuple[int, torch.Tensor]] = []  # (yseq length, score), for end detection
 
-    def add(self, beam: Beam, rows: list[int]) -> None:
+    def add(self, beam: Beam, rows: list[int], append: int | None = None) -> None:
+        """Collect these rows of `beam`, with the token `append` after each one's last (ESPnet's <eos> at maxlen)."""
         from espnet.nets.beam_search import Hypothesis
 
         for b in rows:
-            self.hypotheses.append(Hypothesis(yseq=beam.yseq[b], score=beam.score[b],
+            yseq = beam.yseq[b] if append is None else torch.cat((beam.yseq[b], beam.yseq.new_full((1,), append)))
+            self.hypotheses.append(Hypothesis(yseq=yseq, score=beam.score[b],
                                               scores={k: v[b] for k, v in beam.scores.items()}, states={},
                                               hs=beam.hs[b] if beam.hs is not None else []))
-            self.lengths.append((beam.yseq.size(1), beam.score[b]))
+            self.lengths.append((yseq.size(0), beam.score[b]))
 
 
 class LeanBeamSearch(torch.nn.Module):
@@ -129,6 +133,7 @@ class LeanBeamSearch(torch.nn.Module):
         self.pre_beam_size, self.do_pre_beam = search.pre_beam_size, search.do_pre_beam
         self.return_hs, self.normalize_length = search.return_hs, search.normalize_length
         self.weights = dict(search.weights)
+        self.steps: list[int] = []  # each utterance's output steps in the last search
 
     @property
     def espnet(self) -> Any:
@@ -156,82 +161,190 @@ class LeanBeamSearch(torch.nn.Module):
     def forward(self, x: torch.Tensor, maxlenratio: float = 0.0, minlenratio: float = 0.0,
                 pre_x: torch.Tensor | None = None) -> list[Any]:
         """N-best hypotheses (ESPnet `Hypothesis` tuples), best first, as `BeamSearch.forward` returns them."""
-        source = pre_x if pre_x is not None else x
-        if maxlenratio == 0:
-            maxlen = source.shape[0]
-        elif maxlenratio < 0:
-            maxlen = -1 * int(maxlenratio)
-        else:
-            maxlen = max(1, int(maxlenratio * source.size(0)))
-        minlen = -1 * int(minlenratio) if minlenratio < 0 else int(minlenratio * source.size(0))
-        with torch.inference_mode():  # no autograd bookkeeping on any op of the loop
-            ended = self._decode(x, pre_x, maxlen, minlen, maxlenratio)
-        if self.normalize_length:
-            ended = sorted(ended, key=lambda h: h.score / (len(h.yseq) - 1), reverse=True)
-        else:
-            ended = sorted(ended, key=lambda h: h.score, reverse=True)
-        if not ended:
-            logger.warning("no hypothesis ended; decoding again with a smaller minlenratio")
-            return [] if minlenratio < 0.1 else self.forward(x, maxlenratio, max(0.0, minlenratio - 0.1), pre_x)
-        return ended
+        return self.forward_batch([x], maxlenratio, minlenratio, None if pre_x is None else [pre_x])[0]
 
-    def _decode(self, x: torch.Tensor, pre_x: torch.Tensor | None, maxlen: int, minlen: int,
-                maxlenratio: float) -> list[Any]:
-        """ESPnet's main loop (`BeamSearch.forward`'s) over `BatchBeamSearch.search` and `post_process`."""
-        step = DecoderStep(self.full_scorers["decoder"], x, pre_x, maxlen, self.beam_size)
-        ctc, ctc_scorer = None, self.part_scorers.get("ctc")
+    def forward_batch(self, xs: Sequence[torch.Tensor], maxlenratio: float = 0.0, minlenratio: float = 0.0,
+                      pre_xs: Sequence[torch.Tensor] | None = None) -> list[list[Any]]:
+        """Each utterance's n-best hypotheses, searched together: one decoder call per step for every beam.
+
+        Args:
+            xs: each utterance's encoder output (T_i, d), the memory its decoder attends to.
+            maxlenratio, minlenratio: as `BeamSearch.forward`'s, applied to each utterance's own length.
+            pre_xs: each utterance's speech encoder output for a speech-attention decoder (and its CTC).
+
+        Returns:
+            One n-best list per utterance, in the order given, each what `forward` returns for it alone.
+        """
+        pre = list(pre_xs) if pre_xs is not None else [None] * len(xs)
+        sources = [p if p is not None else x for x, p in zip(xs, pre)]
+        maxlens, minlens = [], []
+        for source in sources:
+            if maxlenratio == 0:
+                maxlens.append(source.shape[0])
+            elif maxlenratio < 0:
+                maxlens.append(-1 * int(maxlenratio))
+            else:
+                maxlens.append(max(1, int(maxlenratio * source.size(0))))
+            minlens.append(-1 * int(minlenratio) if minlenratio < 0 else int(minlenratio * source.size(0)))
+        with torch.inference_mode():  # no autograd bookkeeping on any op of the loop
+            ended, self.steps = self._decode(list(xs), pre, maxlens, minlens, maxlenratio)
+        results: list[list[Any]] = []
+        for index, hypotheses in enumerate(ended):
+            if self.normalize_length:
+                hypotheses = sorted(hypotheses, key=lambda h: h.score / (len(h.yseq) - 1), reverse=True)
+            else:
+                hypotheses = sorted(hypotheses, key=lambda h: h.score, reverse=True)
+            if not hypotheses:  # ESPnet's retry, for this utterance alone
+                logger.warning("no hypothesis ended; decoding again with a smaller minlenratio")
+                steps = self.steps
+                hypotheses = [] if minlenratio < 0.1 else self.forward(
+                    xs[index], maxlenratio, max(0.0, minlenratio - 0.1), pre[index])
+                self.steps = steps
+            results.append(hypotheses)
+        return results
+
+    def _decode(self, xs: list[torch.Tensor], pre_xs: list[torch.Tensor | None], maxlens: list[int],
+                minlens: list[int], maxlenratio: float) -> tuple[list[list[Any]], list[int]]:
+        """ESPnet's main loop (`BeamSearch.forward`'s over `BatchBeamSearch.search` and `post_process`) for
+        several utterances at once; returns each one's ended hypotheses and the steps it took.
+
+        The running rows are grouped by utterance (`Layout`); the decoder runs on all of them, and each
+        utterance's top-k, ended hypotheses, end detection and length limits are its own. An utterance
+        that is done leaves the batch.
+        """
+        speech = None if pre_xs[0] is None else pre_xs
+        step = DecoderStep(self.full_scorers["decoder"], xs, speech, max(maxlens), self.beam_size)
+        ctc_scorer = self.part_scorers.get("ctc")
+        ctcs: list[CtcPrefixState | None] = [None] * len(xs)
         if ctc_scorer is not None:
-            ctc_input = x if pre_x is None else pre_x
-            ctc = CtcPrefixState(ctc_scorer.ctc.log_softmax(ctc_input.unsqueeze(0))[0], ctc_scorer.eos)
-        beam = Beam(torch.full((1, 1), self.sos, dtype=torch.long, device=x.device),
-                    torch.zeros(1, dtype=x.dtype, device=x.device),
-                    {name: torch.zeros(1, dtype=x.dtype, device=x.device) for name in self.scorers},
+            ctcs = [CtcPrefixState(ctc_scorer.ctc.log_softmax((x if p is None else p).unsqueeze(0))[0], ctc_scorer.eos)
+                    for x, p in zip(xs, pre_xs)]
+        x = xs[0]
+        count = len(xs)
+        beam = Beam(torch.full((count, 1), self.sos, dtype=torch.long, device=x.device),
+                    torch.zeros(count, dtype=x.dtype, device=x.device),
+                    {name: torch.zeros(count, dtype=x.dtype, device=x.device) for name in self.scorers},
                     None)
-        ended = Ended()
-        for i in range(maxlen):
+        layout = Layout(list(range(count)), [1] * count, self.beam_size)
+        ended = [Ended() for _ in xs]
+        steps = [0] * count
+        for i in range(max(maxlens)):
             self.search(i)  # counted per step by runner.decode.StepCounter
-            weighted, scores = self._score(beam, step, ctc, i)
-            top = weighted.view(-1).topk(self.beam_size)[1]
-            previous = torch.div(top, self.n_vocab, rounding_mode="trunc")
-            tokens = top % self.n_vocab
-            beam = beam.extend(previous, tokens, weighted[previous, tokens], scores, step.hidden if self.return_hs
-                               else None)
+            for utterance in layout.utterances:
+                steps[utterance] += 1
+            weighted, scores = self._score(beam, step, [ctcs[u] for u in layout.utterances], layout, i)
+            previous, tokens, best = layout.top(weighted, self.n_vocab)
+            beam = beam.extend(previous, tokens, best, scores, step.hidden if self.return_hs else None)
             step.select(previous)
-            if ctc is not None:
-                ctc.select(previous, tokens)
-            if i == maxlen - 1:  # ESPnet adds <eos> in the last position so that something ends
-                beam.yseq = torch.cat((beam.yseq, beam.yseq.new_full((len(beam), 1), self.eos)), dim=1)
+            for block, utterance in enumerate(layout.utterances):
+                ctc = ctcs[utterance]
+                if ctc is not None:
+                    rows = slice(block * self.beam_size, (block + 1) * self.beam_size)
+                    ctc.select(previous[rows] - layout.offsets[block], tokens[rows])
+            layout = Layout(layout.utterances, [self.beam_size] * len(layout.utterances), self.beam_size)
             finished = (beam.yseq[:, -1] == self.eos).tolist()
-            if any(finished):
-                if i >= minlen:
-                    ended.add(beam, [b for b, done in enumerate(finished) if done])
-                keep = torch.tensor([b for b, done in enumerate(finished) if not done], dtype=torch.long,
-                                    device=x.device)
+            keep_rows: list[int] = []
+            keep_counts: list[int] = []
+            done: list[int] = []
+            for block, utterance in enumerate(layout.utterances):
+                rows = range(layout.offsets[block], layout.offsets[block] + self.beam_size)
+                if i == maxlens[utterance] - 1:  # ESPnet adds <eos> in the last position so that something ends
+                    if i >= minlens[utterance]:
+                        ended[utterance].add(beam, list(rows), append=self.eos)
+                    kept = []
+                else:
+                    if i >= minlens[utterance]:
+                        ended[utterance].add(beam, [b for b in rows if finished[b]])
+                    kept = [b for b in rows if not finished[b]]
+                if not kept or (maxlenratio == 0.0 and end_detect(ended[utterance].lengths, i)):
+                    done.append(block)
+                    continue
+                if ctcs[utterance] is not None and len(kept) < self.beam_size:
+                    ctcs[utterance].keep(torch.tensor([b - rows.start for b in kept], dtype=torch.long,
+                                                      device=x.device))
+                keep_rows.extend(kept)
+                keep_counts.append(len(kept))
+            if len(keep_rows) < len(beam):
+                keep = torch.tensor(keep_rows, dtype=torch.long, device=x.device)
                 beam = beam.select(keep)
                 step.select(keep)
-                if ctc is not None:
-                    ctc.keep(keep)
-            if maxlenratio == 0.0 and end_detect(ended.lengths, i):
+                if done:
+                    staying = [b for b in range(len(layout.utterances)) if b not in done]
+                    step.keep_utterances(torch.tensor(staying, dtype=torch.long, device=x.device))
+                layout = Layout([u for b, u in enumerate(layout.utterances) if b not in done], keep_counts,
+                                self.beam_size, [row % self.beam_size for row in keep_rows])
+            if not layout.utterances:
                 break
-            if len(beam) == 0:
-                break
-        return ended.hypotheses
+        return [e.hypotheses for e in ended], steps
 
-    def _score(self, beam: Beam, step: DecoderStep, ctc: CtcPrefixState | None,
+    def _score(self, beam: Beam, step: DecoderStep, ctcs: list[CtcPrefixState | None], layout: Layout,
                i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The weighted scores (n, V) of every extension, summed in ESPnet's order, and each scorer's own."""
-        logp = step(beam.yseq[:, -1])
+        logp = step(beam.yseq[:, -1], layout)
         scores = {"decoder": logp}
         weighted = self.weights["decoder"] * logp
         for name in self.full_scorers:
             if name != "decoder":  # LengthBonus: a score of 1 for every token
                 scores[name] = logp.new_ones(()).expand(len(beam), self.n_vocab)
                 weighted = weighted + self.weights[name] * scores[name]
-        if ctc is not None:
+        if ctcs[0] is not None:
             ids = torch.topk(weighted, self.pre_beam_size, dim=-1)[1] if self.do_pre_beam else None
-            scores["ctc"] = ctc.score(beam.yseq[:, -1], i, ids)
+            last = beam.yseq[:, -1]
+            parts = []
+            for block, ctc in enumerate(ctcs):
+                rows = slice(layout.offsets[block], layout.offsets[block] + layout.counts[block])
+                parts.append(ctc.score(last[rows], i, None if ids is None else ids[rows]))
+            scores["ctc"] = parts[0] if len(parts) == 1 else torch.cat(parts)
             weighted = weighted + self.weights["ctc"] * scores["ctc"]
         return weighted + beam.score.unsqueeze(1), scores
 
     def search(self, i: int) -> None:
         """Marks one output step (`runner.decode.StepCounter` counts these calls, as it counts ESPnet's)."""
+
+
+class Layout:
+    """Which running rows belong to which utterance: contiguous blocks, one per utterance still searching.
+
+    Args:
+        utterances: the utterances still searching (indices into the batch), in row order.
+        counts: each one's running hypotheses.
+        beam_size: the most hypotheses an utterance holds (its slots in padded views).
+        positions: each row's slot inside its utterance's block (default: 0, 1, ... per block).
+    """
+
+    def __init__(self, utterances: list[int], counts: list[int], beam_size: int,
+                 positions: list[int] | None = None) -> None:
+        self.utterances, self.counts, self.beam_size = utterances, counts, beam_size
+        self.offsets = list(itertools.accumulate([0] + counts[:-1]))
+        self.full = all(c == beam_size for c in counts)
+        if positions is None:
+            positions = [k for c in counts for k in range(c)]
+        self._positions = positions
+        self._slots: torch.Tensor | None = None
+
+    def slots(self, device: torch.device) -> torch.Tensor:
+        """Each row's place in a (utterances x beam) padded view."""
+        if self._slots is None:
+            blocks = [block for block, c in enumerate(self.counts) for _ in range(c)]
+            self._slots = torch.tensor([b * self.beam_size + k for b, k in zip(blocks, self._positions)],
+                                       dtype=torch.long, device=device)
+        return self._slots
+
+    def top(self, weighted: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each utterance's `beam_size` best (row, token) extensions: source rows, tokens and scores, by block."""
+        if len(self.utterances) == 1:
+            best, top = weighted.view(-1).topk(self.beam_size)
+            return torch.div(top, vocab, rounding_mode="trunc"), top % vocab, best
+        if self.full:
+            padded, slot_rows = weighted, None
+        else:  # rows a block lacks score -inf, so top-k picks only its own hypotheses
+            slots = self.slots(weighted.device)
+            padded = weighted.new_full((len(self.utterances) * self.beam_size, vocab), float("-inf"))
+            padded.index_copy_(0, slots, weighted)
+            slot_rows = torch.zeros(len(padded), dtype=torch.long, device=weighted.device)
+            slot_rows[slots] = torch.arange(len(slots), device=weighted.device)
+        best, top = padded.view(len(self.utterances), -1).topk(self.beam_size)
+        slot = torch.div(top, vocab, rounding_mode="trunc") + torch.arange(
+            0, padded.size(0), self.beam_size, device=weighted.device).unsqueeze(1)
+        previous = slot.view(-1) if slot_rows is None else slot_rows[slot.view(-1)]
+        return previous, (top % vocab).view(-1), best.view(-1)
