@@ -78,6 +78,7 @@ def translate(
     plugin: list[str] = typer.Option([], help="Also apply this plugin with its defaults (see `runner plugins`); repeatable"),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads [default: all cores]"),
     warmup: Optional[int] = typer.Option(None, help="Leading utterances decoded but left out of latency [default: 1]"),
+    batch_size: Optional[int] = typer.Option(None, help="Utterances per beam search, with --search lean (same translations; latency is then each batch's time) [default: 1]"),
     config: Optional[Path] = typer.Option(None, help="Run YAML (model, data, decode, plugins, ...), or a shipped one by name (run, fast-search); options override it"),
     decode_config: Optional[Path] = typer.Option(None, help="Decoding YAML [default: configs/decode.yaml]"),
     set_: list[str] = typer.Option([], "--set", help="Override a decoding option, e.g. --set beam_size=4"),
@@ -91,7 +92,7 @@ def translate(
     try:
         run = RunConfig.from_yaml(defaults.shipped_config(config)) if config else RunConfig()
         given = dict(model=model, data=data, split=split, text=text, limit=limit, sample=sample, seed=seed,
-                     threads=threads, warmup=warmup)
+                     threads=threads, warmup=warmup, batch_size=batch_size)
         for name, value in given.items():
             if value is not None:
                 setattr(run, name, str(value) if isinstance(value, Path) else value)

@@ -26,6 +26,7 @@ class RunConfig:
     seed: int = 0
     threads: int | None = None
     warmup: int = 1
+    batch_size: int = 1  # utterances per beam search (lean engine); 1: one at a time
     decode: dict[str, Any] = field(default_factory=dict)
     plugins: list[PluginSpec] = field(default_factory=list)
 
@@ -43,6 +44,8 @@ class RunConfig:
         for name, kind in (("split", str), ("sample", bool), ("seed", int), ("warmup", int)):
             if not isinstance(getattr(config, name), kind):
                 raise RunnerError(f"{origin}: {name} must be {kind.__name__}, got {getattr(config, name)!r}")
+        if not isinstance(config.batch_size, int) or isinstance(config.batch_size, bool) or config.batch_size < 1:
+            raise RunnerError(f"{origin}: batch_size must be a positive integer, got {config.batch_size!r}")
         for name in ("limit", "threads"):
             value = getattr(config, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -67,7 +70,7 @@ class RunConfig:
         from runner.runner import EvaluateOptions
 
         values = dict(data=self.data, split=self.split, text=self.text, limit=self.limit, sample=self.sample,
-                      seed=self.seed, warmup=self.warmup)
+                      seed=self.seed, warmup=self.warmup, batch_size=self.batch_size)
         return EvaluateOptions(**{**values, **overrides})
 
 

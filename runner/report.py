@@ -16,6 +16,7 @@ from typing import Any
 
 from runner.metrics.bleu import CorpusScore
 from runner.metrics.latency import LatencyStats
+from runner.metrics.throughput import Throughput
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,13 @@ class Metrics:
         bleu: sacrebleu corpus BLEU with its signature.
         chrf: sacrebleu corpus chrF with its signature.
         source_wer: the ASR decoder's WER in percent (None without an ASR decoder or source text).
-        latency: latency statistics over the timed (post-warm-up) utterances.
-        stages_mean: mean seconds per stage (frontend, encoder, asr_search, md_encoder, st_search).
+        latency: latency statistics over the timed (post-warm-up) utterances: each utterance's
+            decoding wall time, or in a batch the batch's (when its result was ready).
+        throughput: timed utterances and audio seconds per second of decoding wall time.
+        stages_mean: seconds per stage (frontend, encoder, asr_search, md_encoder, st_search) per
+            timed utterance (in batches: the batches' stage times over the utterances they decoded).
         steps_mean: mean output steps per utterance of each beam search (asr_search, st_search).
-        seconds_per_step: each beam search's total time over its total steps.
+        seconds_per_step: each beam search's total time over its total steps (a batch's step counts once).
     """
 
     size_mb: float
@@ -42,6 +46,7 @@ class Metrics:
     chrf: CorpusScore
     source_wer: float | None
     latency: LatencyStats
+    throughput: Throughput | None
     stages_mean: dict[str, float]
     steps_mean: dict[str, float] = field(default_factory=dict)
     seconds_per_step: dict[str, float] = field(default_factory=dict)
@@ -113,6 +118,7 @@ class Report:
             ("conditions", f"threads {c['threads']}, engine {c['quantized_engine']}, "
                            f"search {c.get('search', 'espnet')}, hop {c['hop_length']}, "
                            f"dtype {c['dtype']}, plugins {plugins}, warm-up {c['warmup']}, "
+                           f"batch {c.get('batch_size', 1)}, "
                            f"beam {self.decode['beam_size']}/asr {self.decode['asr_beam_size']}"),
             ("size", f"{m.size_mb:.2f} MB state_dict  ({m.model_file_bytes / 1e6:.2f} MB model file)"),
             ("parameters", f"{m.parameters:,}"),
@@ -121,7 +127,9 @@ class Report:
             ("source WER", wer),
             ("latency", f"mean {lat.mean:.3f} s  std {lat.std:.3f}  p50 {lat.p50:.3f}  p90 {lat.p90:.3f}  "
                         f"p99 {lat.p99:.3f}  total {lat.total:.2f} s  RTF {lat.rtf:.3f}  "
-                        f"({lat.count} utterances after {c['warmup']} warm-up)"),
+                        f"({lat.count} utterances after {c['warmup']} warm-up"
+                        + (f"; each its batch's wall time)" if c.get("batch_size", 1) > 1 else ")")),
+            ("throughput", _throughput(m.throughput)),
             ("stages (mean s)", stages),
             ("search steps", "  ".join(
                 f"{name.removesuffix('_search')} {m.steps_mean[name]:.1f} per utterance"
@@ -138,6 +146,15 @@ class Report:
                                         f"(not part of latency)"))
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _throughput(speed: Throughput | None) -> str:
+    if speed is None:
+        return "n/a"
+    batches = (f"{speed.batches} batches of up to {speed.batch_size}" if speed.batch_size > 1
+               else "one at a time")
+    return (f"{speed.utterances_per_second:.2f} utterances/s, {speed.audio_seconds_per_second:.2f} audio s/s  "
+            f"({speed.wall_seconds:.2f} s decoding wall time, {batches})")
 
 
 def _plugin_label(plugin: dict[str, Any]) -> str:

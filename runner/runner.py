@@ -24,6 +24,7 @@ from runner.environment import manifest, resolve_threads, torch_settings
 from runner.errors import RunnerError, first_line
 from runner.metrics.bleu import corpus_bleu, corpus_chrf
 from runner.metrics.latency import latency_stats
+from runner.metrics.throughput import throughput
 from runner.metrics.wer import source_wer
 from runner.model import ModelBundle, load
 from runner.plugin import Plugin, PluginSpec, translation_contexts
@@ -47,6 +48,7 @@ class EvaluateOptions:
     progress: bool = False
     exclude_ids: tuple[str, ...] = field(default_factory=tuple)
     part: tuple[int, int] | None = None  # only utterances [start, stop) of the selection (a sweep shard)
+    batch_size: int = 1  # utterances per beam search (lean engine): consecutive utterances, warm-up ones apart
 
 
 class Runner:
@@ -187,6 +189,39 @@ class Runner:
             except RunnerError as error:
                 raise type(error)(f"waveform: {error}") from error
 
+    def translate_batch(self, waveforms: Sequence[np.ndarray | torch.Tensor],
+                        sample_rate: int | Sequence[int]) -> list[Translation]:
+        """Translate several waveforms in one batched beam search (the lean engine; see `runner.batch`).
+
+        Each translation is the one `translate` gives for its waveform alone (bit for bit for fp32,
+        int8 and fp16 decoders: tests/test_batch.py); the batch only shares each search step's work.
+
+        Args:
+            waveforms: each as `translate` takes it.
+            sample_rate: the rate of every waveform, or one rate per waveform.
+
+        Returns:
+            One `Translation` per waveform, in order; `seconds` is the batch's wall time, `batch_size` its size.
+
+        Raises:
+            RunnerError: the model's searches do not run on the lean engine, or a waveform is empty.
+            AudioTooShortError: a waveform is too short (naming its index).
+        """
+        from runner.batch import translate_batch
+
+        rates = [sample_rate] * len(waveforms) if isinstance(sample_rate, int) else list(sample_rate)
+        if len(rates) != len(waveforms):
+            raise RunnerError(f"translate_batch: {len(waveforms)} waveforms but {len(rates)} sample rates")
+        audio = [resample(to_mono_float(w), rate, self.sample_rate) for w, rate in zip(waveforms, rates)]
+        empty = [index for index, samples in enumerate(audio) if samples.size == 0]
+        if empty:
+            raise RunnerError(f"waveform {empty[0]} of the batch: empty audio")
+        if not audio:
+            return []
+        self._finish_plugins(None)
+        with self._scope():
+            return translate_batch(self.bundle.speech2text, audio, translation_contexts(self.plugins, self.bundle))
+
     def preload(self, options: EvaluateOptions) -> PreloadedSet:
         """Read the utterances `options` select into memory at the model's rate (nothing here is timed)."""
         data = options.data if options.data is not None else defaults.data_path()
@@ -204,7 +239,7 @@ class Runner:
 
     def evaluate(self, data: str | Path | None = None, *, split: str = "tst-COMMON", text: str | None = None,
                  limit: int | None = None, sample: bool = False, seed: int = 0, warmup: int = 1,
-                 progress: bool = False) -> Report:
+                 progress: bool = False, batch_size: int = 1) -> Report:
         """Preload a test subset, decode every utterance, and measure.
 
         Args:
@@ -217,6 +252,9 @@ class Runner:
             seed: the seed for `sample`.
             warmup: leading utterances decoded but left out of latency (they count for BLEU).
             progress: show progress bars on stderr.
+            batch_size: utterances decoded in one beam search (the lean engine). The warm-up utterances
+                form their own batch; the rest go in batches of consecutive utterances. Latency is then
+                each utterance's batch's wall time, and throughput counts utterances per second of decoding.
 
         Returns:
             A `Report`: size, parameters, BLEU, chrF, source WER, latency and every condition.
@@ -225,7 +263,7 @@ class Runner:
             RunnerError: bad input (its `partial_report` holds finished utterances, if any).
         """
         options = EvaluateOptions(data=data, split=split, text=text, limit=limit, sample=sample, seed=seed,
-                                  warmup=warmup, progress=progress)
+                                  warmup=warmup, progress=progress, batch_size=batch_size)
         preloaded = self.preload(options)
         return self.evaluate_preloaded(preloaded, options)
 
@@ -249,24 +287,51 @@ class Runner:
             raise RunnerError(
                 f"--warmup {options.warmup} leaves no utterance to time out of {len(utterances)}; lower it or raise --limit"
             )
-        iterator: Iterable = utterances
+        if options.batch_size < 1:
+            raise RunnerError(f"--batch-size must be 1 or more, got {options.batch_size}")
+        if options.batch_size > 1:
+            from runner.batch import batch_ready
+
+            reason = batch_ready(self.bundle.speech2text)
+            if reason is not None:
+                raise RunnerError(f"--batch-size {options.batch_size}: {reason}")
+        batches = _batches(len(utterances), options.warmup, options.batch_size)
+        iterator: Iterable = batches
         if options.progress:
-            iterator = _bar("decode")(utterances)
+            iterator = _bar("decode", "batch" if options.batch_size > 1 else "utt")(batches)
         translations: list[Translation] = []
         try:
-            for utterance in iterator:
-                try:
-                    translations.append(translate(self.bundle.speech2text, utterance.waveform,
-                                                  translation_contexts(self.plugins, self.bundle)))
-                except Exception as error:  # too short, shape errors, ...: name the utterance, keep the cause
-                    kind = type(error) if isinstance(error, RunnerError) else RunnerError
-                    raise kind(f"{utterance.segment.audio_path}: decoding '{utterance.segment.id}' "
-                               f"failed ({first_line(error)})") from error
+            for batch in iterator:
+                translations += self._decode(utterances[batch.start:batch.stop], options.batch_size > 1)
         except (RunnerError, KeyboardInterrupt) as error:
             # Keep what finished: the caller can still save these utterances' figures.
             error.partial_report = self._partial_report(preloaded, options, translations)  # type: ignore[union-attr]
             raise
         return self._report(preloaded, options, translations)
+
+    def _decode(self, utterances: Sequence[Any], batched: bool) -> list[Translation]:
+        """Translate preloaded utterances, one at a time or as one batch; errors name the utterance."""
+        if batched:
+            from runner.batch import translate_batch
+
+            try:
+                return translate_batch(self.bundle.speech2text, [u.waveform for u in utterances],
+                                       translation_contexts(self.plugins, self.bundle))
+            except Exception as error:
+                kind = type(error) if isinstance(error, RunnerError) else RunnerError
+                ids = ", ".join(f"'{u.segment.id}'" for u in utterances)
+                raise kind(f"{utterances[0].segment.audio_path}: decoding the batch of {ids} failed "
+                           f"({first_line(error)})") from error
+        translations = []
+        for utterance in utterances:
+            try:
+                translations.append(translate(self.bundle.speech2text, utterance.waveform,
+                                              translation_contexts(self.plugins, self.bundle)))
+            except Exception as error:  # too short, shape errors, ...: name the utterance, keep the cause
+                kind = type(error) if isinstance(error, RunnerError) else RunnerError
+                raise kind(f"{utterance.segment.audio_path}: decoding '{utterance.segment.id}' "
+                           f"failed ({first_line(error)})") from error
+        return translations
 
     def _partial_report(self, preloaded: PreloadedSet, options: EvaluateOptions,
                         translations: list[Translation]) -> Report | None:
@@ -283,11 +348,19 @@ class Runner:
         references = [u.segment.reference for u in utterances]
         timed = list(range(options.warmup, len(utterances)))
         latency = latency_stats([translations[i].seconds for i in timed], [utterances[i].seconds for i in timed])
-        stages = {name: sum(translations[i].stages.get(name, 0.0) for i in timed) / len(timed) for name in STAGES}
+        # Per batch (one utterance each when not batched): its wall time, stage times and search steps
+        # count once; a batch's search takes as many steps as its longest search.
+        batches = [b for b in _batches(len(utterances), options.warmup, options.batch_size) if b.start >= options.warmup]
+        firsts = [translations[b.start] for b in batches]
+        speed = throughput([t.seconds for t in firsts], len(timed), sum(utterances[i].seconds for i in timed),
+                           options.batch_size)
+        stages = {name: sum(t.stages.get(name, 0.0) for t in firsts) / len(timed) for name in STAGES}
         searches = [name for name in SEARCH_STAGES if all(name in translations[i].steps for i in timed)]
         steps = {name: sum(translations[i].steps[name] for i in timed) for name in searches}
         steps_mean = {name: steps[name] / len(timed) for name in searches}
-        seconds_per_step = {name: stages[name] * len(timed) / steps[name] for name in searches if steps[name]}
+        batch_steps = {name: sum(max(translations[i].steps[name] for i in b) for b in batches) for name in searches}
+        seconds_per_step = {name: stages[name] * len(timed) / batch_steps[name] for name in searches
+                            if batch_steps[name]}
         sources = [u.segment.source for u in utterances]
         wer = source_wer([t.source_text for t in translations], sources) if self.bundle.is_multidecoder else None
         files = self.bundle.files
@@ -320,6 +393,7 @@ class Runner:
             conditions={
                 **manifest(self.threads, self.engine or "none"),
                 "warmup": options.warmup,
+                "batch_size": options.batch_size,
                 "hop_length": (summary["frontend"] or {}).get("hop_length"),
                 "search": self.bundle.search_engine,
                 "plugins": [p.describe() for p in self.plugins],
@@ -333,6 +407,7 @@ class Runner:
                 chrf=corpus_chrf(hypotheses, references),
                 source_wer=wer,
                 latency=latency,
+                throughput=speed,
                 stages_mean=stages,
                 steps_mean=steps_mean,
                 seconds_per_step=seconds_per_step,
@@ -348,6 +423,7 @@ class Runner:
                     "seconds": t.seconds,
                     "stages": t.stages,
                     "steps": t.steps,
+                    "batch_size": t.batch_size,
                     "warmup": i < options.warmup,
                 }
                 for i, (u, t) in enumerate(zip(utterances, translations))
@@ -370,10 +446,20 @@ def _segment_key(segment: Segment) -> tuple[str, int, int]:
     return (str(segment.audio_path.resolve()), segment.start, segment.frames)
 
 
-def _bar(description: str) -> Callable[[Iterable], Iterable]:
+def _batches(count: int, warmup: int, batch_size: int) -> list[range]:
+    """Consecutive utterance ranges: one at a time, or the warm-up utterances as one batch and the rest
+    in batches of `batch_size` (so no timed batch includes a warm-up utterance)."""
+    if batch_size == 1:
+        return [range(i, i + 1) for i in range(count)]
+    ranges = [range(0, warmup)] if warmup else []
+    ranges += [range(start, min(start + batch_size, count)) for start in range(warmup, count, batch_size)]
+    return ranges
+
+
+def _bar(description: str, unit: str = "utt") -> Callable[[Iterable], Iterable]:
     from tqdm import tqdm
 
     def wrap(items: Iterable) -> Iterable:
-        return tqdm(items, desc=description, unit="utt", file=sys.stderr, dynamic_ncols=True, leave=False)
+        return tqdm(items, desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
 
     return wrap

@@ -68,6 +68,7 @@ class Sweep:
         versions = code_versions()
         identity = {"model": base.bundle.files.content_hash, "data": preloaded.content_hash,
                     "decode": decode.speech2text_kwargs(), "threads": base.threads, "warmup": run.warmup,
+                    **({"batch_size": run.batch_size} if run.batch_size != 1 else {}),
                     "repeats": self.config.repeats, "measure": self.config.measure}
         plans = self.config.plan()
         for plan in plans:

@@ -20,7 +20,8 @@ from runner.report import Report
 from runner.sweep.plan import RunPlan
 
 LATENCY_KEYS = ("latency_mean", "latency_std", "latency_p50", "latency_p90", "latency_p99", "rtf", "repeat_means",
-                "cv", "stages_mean", "seconds_per_step", "timed")
+                "cv", "stages_mean", "seconds_per_step", "timed", "utterances_per_second",
+                "audio_seconds_per_second")
 
 
 def code_versions() -> dict[str, Any]:
@@ -76,7 +77,9 @@ def row_from_reports(plan: RunPlan, reports: list[Report]) -> dict[str, Any]:
         "stages_mean": m.stages_mean, "steps_mean": m.steps_mean, "seconds_per_step": m.seconds_per_step,
         "calibration_seconds": calibration or None, "n": middle.data["n"],
         "timed": m.latency.count, "threads": c["threads"], "warmup": c["warmup"], "engine": c["quantized_engine"],
-        "search": c.get("search", "espnet"),
+        "search": c.get("search", "espnet"), "batch_size": c.get("batch_size", 1),
+        "utterances_per_second": m.throughput.utterances_per_second if m.throughput else None,
+        "audio_seconds_per_second": m.throughput.audio_seconds_per_second if m.throughput else None,
         "cpu": c["cpu"], "hypotheses": middle.hypotheses(),
     }
 

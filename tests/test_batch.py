@@ -1,0 +1,193 @@
+"""Batched decoding: an utterance's translation in a batch is the one it gets alone, bit for bit.
+
+Every case decodes the same utterances one at a time through ESPnet's `Speech2Text` call (with
+the lean engine's searches) and together through `translate_batch`, and compares every n-best
+entry of both searches: token ids, scores (exactly) and the ASR hidden states the MD encoder reads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from runner import defaults
+from runner.batch import translate_batch
+from runner.cli import app
+from runner.data import load_test_set, preload
+from runner.decode import DecodeOptions
+from runner.errors import AudioTooShortError, RunnerError
+from runner.model import load
+from runner.runner import Runner
+from tests.test_lean import shapes  # noqa: F401  (the random models of several shapes)
+
+
+@pytest.fixture(scope="module")
+def utterances() -> list[np.ndarray]:
+    """Six demo utterances of different lengths (so memories are padded and searches end apart)."""
+    test = preload(load_test_set(defaults.data_path(), "tst-COMMON"), 16000, limit=6)
+    return [u.waveform for u in test.utterances]
+
+
+def _entries(output: Any) -> dict[str, list[tuple[list[int], float]]]:
+    results, source = output if isinstance(output, tuple) else (output, [])
+    entries: dict[str, Any] = {"st": [(r[2], float(r[3].score)) for r in results]}
+    if source:
+        entries["asr"] = [(r[2], float(r[3].score)) for r in source]
+        entries["asr_hs"] = source[0][-1]
+    return entries
+
+
+def _batched_entries(speech2text: Any, waveforms: list[np.ndarray]) -> list[dict[str, Any]]:
+    """translate_batch's n-best lists, read from its searches' hypotheses through a recording wrapper."""
+    recorded: dict[str, list[Any]] = {}
+    searches = {"st": speech2text.beam_search, "asr": getattr(speech2text, "asr_beam_search", None)}
+    originals = {}
+    for name, search in searches.items():
+        if search is None or not hasattr(search, "forward_batch"):
+            continue
+        originals[name] = search.forward_batch
+
+        def record(*args: Any, name: str = name, **kwargs: Any) -> Any:
+            recorded[name] = originals[name](*args, **kwargs)
+            return recorded[name]
+
+        search.forward_batch = record
+    try:
+        translations = translate_batch(speech2text, waveforms)
+    finally:
+        for name in originals:
+            del searches[name].forward_batch
+    entries = []
+    for index, translation in enumerate(translations):
+        entry: dict[str, Any] = {"st": [([t for t in h.yseq[1:-1].tolist() if t != 0], float(h.score))
+                                        for h in recorded["st"][index][:speech2text.nbest]]}
+        if "asr" in recorded:
+            model = speech2text.st_model
+            entry["asr"] = [([t for t in h.yseq.tolist() if t not in (model.src_sos, model.src_eos, 0)], float(h.score))
+                            for h in recorded["asr"][index]]
+            entry["asr_hs"] = recorded["asr"][index][0].hs
+        assert translation.batch_size == len(waveforms)
+        entries.append(entry)
+    return entries
+
+
+CASES = [
+    ("md-conformer", "fp32", dict(beam_size=5, asr_beam_size=5, nbest=2)),
+    ("md-conformer", "dynamic-int8", dict(beam_size=4, asr_beam_size=3, penalty=0.5, maxlenratio=0.5)),
+    ("md-bpe-global-mvn", "fp32", dict(beam_size=5, asr_beam_size=5)),
+    ("md-bpe-global-mvn", "static-int8", dict(beam_size=5, asr_beam_size=5)),
+    ("md-no-speech-attention", "dynamic-int8", dict(beam_size=5, asr_beam_size=5)),
+    ("plain-transformer", "fp32", dict(beam_size=5, ctc_weight=0.3, nbest=3)),
+    ("plain-transformer", "dynamic-int8", dict(beam_size=10, ctc_weight=0.0, minlenratio=0.2)),
+    ("plain-post-norm", "dynamic-fp16", dict(beam_size=3, ctc_weight=0.3)),
+]
+
+
+@pytest.mark.parametrize(("shape", "scheme", "options"), CASES,
+                         ids=[f"{s}-{q}-{'-'.join(f'{k}{v}' for k, v in o.items())}" for s, q, o in CASES])
+def test_a_batch_gives_each_utterance_what_it_gets_alone(shapes: dict[str, Path],  # noqa: F811
+                                                         utterances: list[np.ndarray], shape: str, scheme: str,
+                                                         options: dict[str, Any]) -> None:
+    bundle = load(shapes[shape], DecodeOptions(**options))
+    plugins = ["lean"] + ([] if scheme == "fp32" else [{"name": scheme, "calibration_data": str(defaults.data_path())}
+                                                         if scheme == "static-int8" else scheme])
+    runner = Runner.from_bundle(bundle, threads=1, plugins=plugins)
+    speech2text = runner.bundle.speech2text
+    with runner._scope():
+        alone = [_entries(speech2text(w)) for w in utterances]
+        for size in (2, len(utterances)):
+            batched = []
+            for start in range(0, len(utterances), size):
+                batched += _batched_entries(speech2text, utterances[start:start + size])
+            for index, (expected, got) in enumerate(zip(alone, batched)):
+                label = f"{shape} {scheme} batch {size} utterance {index}"
+                assert got["st"] == expected["st"], label
+                if "asr" in expected:
+                    assert got["asr"] == expected["asr"], label
+                    assert torch.equal(got["asr_hs"], expected["asr_hs"]), label
+
+
+def test_batched_evaluation_keeps_every_demo_translation(tmp_path: Path) -> None:
+    """On the demo test set, fp32 and dynamic int8: batch 8 gives batch 1's 100 translations and transcripts."""
+    for scheme in ("none", "dynamic-int8"):
+        runner = Runner(threads=2, plugins=["lean"] + ([] if scheme == "none" else [scheme]))
+        one, eight = runner.evaluate(batch_size=1), runner.evaluate(batch_size=8)
+        assert [u["hypothesis"] for u in eight.utterances] == [u["hypothesis"] for u in one.utterances], scheme
+        assert [u["source_hypothesis"] for u in eight.utterances] == [u["source_hypothesis"] for u in one.utterances]
+        assert eight.bleu.score == one.bleu.score
+        assert eight.conditions["batch_size"] == 8 and one.conditions["batch_size"] == 1
+        speed = eight.metrics.throughput
+        assert speed.batch_size == 8 and speed.batches == 13  # 99 timed utterances after the warm-up batch
+        assert speed.utterances_per_second == pytest.approx(99 / speed.wall_seconds)
+        assert [u["batch_size"] for u in eight.utterances[:3]] == [1, 8, 8]
+
+
+def test_mkl_packed_products_do_not_depend_on_the_row_count() -> None:
+    """What keeps float decoders bit-exact in a batch: a row's packed GEMM result is the same at any packed row count."""
+    from runner.lean.decoder import MKL_LINEAR, MKL_REORDER
+
+    if MKL_LINEAR is None:
+        pytest.skip("this PyTorch build has no MKL packed GEMM")
+    generator = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(96, 64, generator=generator), torch.randn(96, generator=generator)
+    rows = torch.randn(40, 64, generator=generator)
+    alone = MKL_LINEAR(rows[:5], MKL_REORDER(weight, 5), weight, bias, 5)
+    for count in (10, 40):
+        assert torch.equal(MKL_LINEAR(rows[:count], MKL_REORDER(weight, count), weight, bias, count)[:5], alone)
+
+
+def test_espnet_engine_refuses_batches_in_one_line(tiny_exp: Path, shared_corpus: Path) -> None:
+    runner = Runner(tiny_exp, threads=1)
+    with pytest.raises(RunnerError, match=r"^--batch-size 4: st_search and asr_search run ESPnet's search engine"):
+        runner.evaluate(shared_corpus, batch_size=4)
+    result = CliRunner().invoke(app, ["translate", "--model", str(tiny_exp), "--data", str(shared_corpus),
+                                      "--batch-size", "4", "--no-progress"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith("error: --batch-size 4: st_search and asr_search run")
+
+
+def test_translate_batch_takes_any_rates_and_names_bad_waveforms(tiny_exp: Path,
+                                                                 utterances: list[np.ndarray]) -> None:
+    import torchaudio
+
+    runner = Runner(tiny_exp, threads=1, plugins=["lean"])
+    at_8k = torchaudio.functional.resample(torch.from_numpy(utterances[1]), 16000, 8000).numpy()
+    batch = runner.translate_batch([utterances[0], at_8k], [16000, 8000])
+    assert [t.tokens for t in batch] == [runner.translate(utterances[0], 16000).tokens,
+                                         runner.translate(at_8k, 8000).tokens]
+    with pytest.raises(RunnerError, match="waveform 1 of the batch: empty audio"):
+        runner.translate_batch([utterances[0], np.zeros(0, dtype=np.float32)], 16000)
+    with pytest.raises(AudioTooShortError, match="utterance 1 of the batch: audio too short"):
+        runner.translate_batch([utterances[0], np.zeros(100, dtype=np.float32)], 16000)
+    with pytest.raises(RunnerError, match="2 waveforms but 1 sample rates"):
+        runner.translate_batch(utterances[:2], [16000])
+
+
+def test_cli_and_sweep_yaml_take_a_batch_size(tiny_exp: Path, shared_corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "b.json"
+    result = CliRunner().invoke(app, ["translate", "--model", str(tiny_exp), "--data", str(shared_corpus),
+                                      "--search", "lean", "--batch-size", "2", "--threads", "1", "--no-progress",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "batch 2" in result.stdout and "batches of up to 2" in result.stdout
+    document = json.loads(out.read_text())
+    assert document["conditions"]["batch_size"] == 2
+    assert document["metrics"]["throughput"]["batches"] == 2  # 4 timed utterances after 1 warm-up
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump({"model": str(tiny_exp), "data": str(shared_corpus), "threads": 1,
+                                      "batch_size": 3, "plugins": [{"name": "lean"}],
+                                      "grid": {"quant": ["none", "dynamic-int8"]}}))
+    result = CliRunner().invoke(app, ["sweep", str(config), "--out", str(tmp_path / "sweep"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()]
+    assert [r["batch_size"] for r in rows] == [3, 3] and all(r["utterances_per_second"] > 0 for r in rows)
+    config.write_text(yaml.safe_dump({"model": str(tiny_exp), "batch_size": 0, "grid": {"hop": [160]}}))
+    result = CliRunner().invoke(app, ["sweep", str(config), "--out", str(tmp_path / "bad")])
+    assert result.exit_code == 2 and "batch_size must be a positive integer, got 0" in result.output
