@@ -168,26 +168,47 @@ def serve(
     threads: Optional[int] = typer.Option(None, help="Intra-op threads [default: all cores]"),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)"),
     port: int = typer.Option(8000, help="Port to listen on"),
-    max_queue: int = typer.Option(32, help="Requests that may wait behind the one being decoded; more get 503"),
+    max_queue: int = typer.Option(32, help="Requests that may wait for the decoder; more get 503 with Retry-After"),
+    max_batch: int = typer.Option(1, help="Requests for one model decoded in one batched search (needs --search lean); 1: one at a time"),
+    max_wait_ms: float = typer.Option(5.0, help="How long the oldest waiting request waits for others to join its batch"),
     max_mb: float = typer.Option(20.0, help="Largest upload in MB"),
     max_seconds: float = typer.Option(60.0, help="Longest audio in seconds"),
+    api_key: Optional[str] = typer.Option(None, envvar="ST_RUNNER_API_KEY", show_envvar=True,
+                                          help="Require 'Authorization: Bearer KEY' (prefer the environment variable: a flag shows in process listings)"),
+    cors_origin: list[str] = typer.Option([], help="Allow browser requests from this origin (scheme://host:port, or *); repeatable. Others get 403"),
+    ray: bool = typer.Option(False, "--ray", help="Serve as a Ray Serve deployment (pip install 'st-runner[ray]')"),
+    address: Optional[str] = typer.Option(None, help="With --ray: the Ray cluster (auto, host:port or ray://...) [default: start a local one]"),
+    replicas: int = typer.Option(1, help="With --ray: replicas, each reserving --threads CPUs"),
     decode_config: Optional[Path] = typer.Option(None, help="Decoding YAML [default: configs/decode.yaml]"),
     set_: list[str] = typer.Option([], "--set", help="Override a decoding option, e.g. --set beam_size=4"),
     calibration_data: Optional[Path] = typer.Option(
         None, help="Data root whose dev split static-int8 calibrates on [default: the embedded demo corpus]"),
 ) -> None:
-    """Serve translation over HTTP: POST /translate, GET /health, /info, and a web page at /."""
+    """Serve translation over HTTP: POST /translate, GET /health, /ready, /info, /metrics, and a web page at /."""
     from runner.config import decode_options
     from runner.serve import ServeLimits, load_models
     from runner.serve import serve as run_server
 
-    if max_queue < 0 or max_mb <= 0 or max_seconds <= 0:
-        fail("--max-queue must be 0 or more; --max-mb and --max-seconds must be positive")
+    if max_queue < 0 or max_mb <= 0 or max_seconds <= 0 or max_batch < 1 or max_wait_ms < 0 or replicas < 1:
+        fail("--max-queue and --max-wait-ms must be 0 or more; --max-mb, --max-seconds, --max-batch and "
+             "--replicas must be positive")
+    if (address is not None or replicas != 1) and not ray:
+        fail("--address and --replicas apply to --ray")
+    limits = ServeLimits(int(max_mb * 1e6), max_seconds, max_queue, max_batch, max_wait_ms)
     try:
         decode = decode_options(parse_overrides(set_), decode_config)
+        if ray:
+            from runner.serve.ray_serve import serve_on_ray
+
+            load = dict(model=model, quants=quant, hop=hop, decode=decode, threads=threads or 1, model_file=model_file,
+                        plugins=plugin, calibration_data=calibration_data, search=search)
+            typer.echo(f"serving on Ray ({replicas} replica(s)) at http://{host}:{port}/", err=True)
+            serve_on_ray(load, limits, host=host, port=port, replicas=replicas, threads=threads or 1,
+                         address=address, api_key=api_key, cors_origins=cors_origin)
+            return
         models = load_models(model, quant, hop, decode, threads, model_file, plugin, calibration_data, search)
         typer.echo(f"serving {', '.join(models)} on http://{host}:{port}/", err=True)
-        run_server(models, host, port, ServeLimits(int(max_mb * 1e6), max_seconds, max_queue))
+        run_server(models, host, port, limits, api_key=api_key, cors_origins=cors_origin)
     except RunnerError as error:
         fail(str(error), error=error)
 

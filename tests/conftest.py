@@ -192,12 +192,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def live_server(log: Path, *args: str) -> Iterator[str]:
-    """`runner serve ARGS` on a free loopback port; yields its base URL once /health answers."""
+def live_server(log: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`runner serve ARGS` on a free loopback port; yields its base URL once /ready answers (models warmed up)."""
     port = free_port()
     with log.open("w") as log_file:
         process = subprocess.Popen([sys.executable, "-m", "runner.cli", "serve", "--port", str(port), *args],
-                                   stdout=log_file, stderr=subprocess.STDOUT)
+                                   stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 300
@@ -205,7 +205,7 @@ def live_server(log: Path, *args: str) -> Iterator[str]:
                 assert process.poll() is None, f"runner serve exited: {log.read_text()}"
                 assert time.monotonic() < deadline, f"runner serve did not start: {log.read_text()}"
                 try:
-                    if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                    if urllib.request.urlopen(f"{url}/ready", timeout=2).status == 200:
                         break
                 except OSError:
                     time.sleep(0.5)

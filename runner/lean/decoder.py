@@ -408,7 +408,9 @@ class DecoderStep:
     def __init__(self, decoder: Any, memories: list[torch.Tensor], speeches: list[torch.Tensor] | None,
                  max_length: int, beam_size: int) -> None:
         rows = beam_size * len(memories)
-        token = _PACK_ROWS.set(rows)  # float weights are packed for the beams' row count
+        # Float weights are packed for the beams' rows, rounded up to a power-of-two batch so that a
+        # server's varying batch sizes share a few packed copies (fewer rows are padded with zeros).
+        token = _PACK_ROWS.set(beam_size * (1 << (len(memories) - 1).bit_length()))
         try:
             self.layers = [Layer(layer, memories, speeches) for layer in decoder.decoders]
             self.after_norm = direct(decoder.after_norm) if decoder.normalize_before else None

@@ -103,7 +103,7 @@ def run_on_ray(sweep: SweepRecorder, todo: list[RunPlan], base: Any, preloaded: 
         raise RunnerError("--executor ray needs Ray: pip install 'st-runner[ray]'") from None
 
     config = sweep.config
-    started_here = _connect(address)
+    started_here = connect_cluster(address)
     try:
         threads = base.threads
         largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
@@ -205,7 +205,7 @@ def _shards(count: int, config: Any, cluster_cpus: float, threads: int) -> list[
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _connect(address: str | None) -> bool:
+def connect_cluster(address: str | None) -> bool:
     """Connect to the cluster at `address`, or start one on this machine; True if started here."""
     import ray
 

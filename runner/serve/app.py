@@ -1,0 +1,252 @@
+"""`runner serve`: an HTTP API and a web page over loaded `Runner`s.
+
+Routes: `POST /translate`, `GET /health` (liveness: the process answers), `GET /ready`
+(readiness: every model warmed up and the decoder queue not full), `GET /info`, `GET /metrics`
+(Prometheus text) and the web page at `/`. Decoding goes through one `Batcher`: one batch at a
+time across all models, requests for one model arriving within `max_wait_ms` decoded together.
+`Security` guards the routes (optional API key, CORS); uploads are limited while they stream in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+
+from runner import defaults
+from runner.decode import DecodeOptions
+from runner.environment import manifest
+from runner.errors import RunnerError
+from runner.runner import Runner
+from runner.serve.batching import Batcher
+from runner.serve.metrics import CONTENT_TYPE, ServeMetrics
+from runner.serve.security import Security
+from runner.serve.upload import ApiError, ServeLimits, read_body, read_upload
+
+logger = logging.getLogger("runner.serve")
+
+WARMUP_SECONDS = 2.0
+FP32 = "fp32"
+
+
+def model_config(runner: Runner) -> dict[str, Any]:
+    """What a figure served by `runner` was measured under."""
+    summary = runner.summary
+    return {
+        "plugins": [p.describe() for p in runner.plugins],
+        "hop_length": (summary["frontend"] or {}).get("hop_length"),
+        "size_mb": summary["state_dict_bytes"] / 1e6,
+        "model_file_bytes": summary["model_file_bytes"],
+        "parameters": summary["parameters"],
+        "threads": runner.threads,
+        "quantized_engine": runner.engine or "none",
+        "search": runner.bundle.search_engine,
+        "decode": runner.decode.speech2text_kwargs(),
+        "model": str(runner.bundle.files.origin),
+        "model_content_hash": runner.bundle.files.content_hash,
+    }
+
+
+def warm_up(runner: Runner, batch: int = 1) -> None:
+    """Decodes of silence, alone and (when batching) as a full batch, so no user's latency is a first call's."""
+    silence = np.zeros(int(WARMUP_SECONDS * runner.sample_rate), dtype=np.float32)
+    runner.translate(silence, runner.sample_rate)
+    if batch > 1:
+        runner.translate_batch([silence] * batch, runner.sample_rate)
+
+
+def check_batching(models: dict[str, Runner], limits: ServeLimits) -> None:
+    """Raise RunnerError when `max_batch` > 1 but a model's searches cannot run batched."""
+    if limits.max_batch <= 1:
+        return
+    from runner.batch import batch_ready
+
+    for name, runner in models.items():
+        reason = batch_ready(runner.bundle.speech2text)
+        if reason is not None:
+            raise RunnerError(f"--max-batch {limits.max_batch}: model {name}: {reason}")
+
+
+def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, api_key: str | None = None,
+               cors_origins: Sequence[str] = (), warm: bool = True) -> Any:
+    """The server's ASGI app over `models` (name -> loaded Runner); the first is the default.
+
+    Args:
+        models: the models to serve.
+        limits: upload, queue and batching limits (default: `ServeLimits()`).
+        api_key: the bearer key guarded routes need (None: open).
+        cors_origins: origins allowed to call the API from a browser.
+        warm: warm every model up at start-up (readiness waits for it); False: ready at once.
+
+    Returns:
+        The ASGI app (FastAPI behind the security and metrics middleware); `app.state` of the FastAPI
+        app inside is reachable as `.fastapi`.
+    """
+    if not models:
+        raise RunnerError("serve: no model to serve")
+    limits = limits or ServeLimits()
+    check_batching(models, limits)
+    configs = {name: model_config(runner) for name, runner in models.items()}
+    environment = manifest()
+    batcher = Batcher(models, limits)
+    metrics = ServeMetrics(lambda: batcher.waiting)
+    batcher.on_batch = metrics.batch
+    page = resources.files("runner").joinpath("web/index.html").read_text(encoding="utf-8")
+    warmed = asyncio.Event() if warm else None
+
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        task = asyncio.create_task(_warm_all(batcher, models, limits, warmed)) if warmed is not None else None
+        yield
+        if task is not None:
+            task.cancel()
+        await batcher.close()
+
+    app = FastAPI(title="st-runner", lifespan=lifespan)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse({"error": error.message, "status": error.status}, status_code=error.status,
+                            headers=error.headers)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> str:
+        return page
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness: the server answers (it may still be warming up)."""
+        return {"status": "ok", "models": list(models),
+                "queue": {"pending": batcher.waiting + batcher.decoding, "waiting": batcher.waiting,
+                          "max_queue": limits.max_queue}}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """Readiness: 200 when every model is warmed up and the queue has room, else 503 saying why."""
+        reasons = []
+        if warmed is not None and not warmed.is_set():
+            reasons.append("warming up")
+        if batcher.waiting >= limits.max_queue and batcher.decoding:
+            reasons.append("queue full")
+        body = {"ready": not reasons, "reasons": reasons, "waiting": batcher.waiting}
+        return JSONResponse(body, status_code=503 if reasons else 200)
+
+    @app.get("/metrics")
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        return {"models": configs, "default_model": next(iter(models)), "limits": asdict(limits),
+                "warmup": f"one {WARMUP_SECONDS:g} s decode of silence per model at start-up"
+                          + (f", and a batch of {limits.max_batch}" if limits.max_batch > 1 else ""),
+                "decoding": ("one request at a time across all models, in arrival order" if limits.max_batch <= 1
+                             else f"one batch at a time across all models: requests for one model arriving within "
+                                  f"{limits.max_wait_ms:g} ms of the oldest waiting one, up to {limits.max_batch}, "
+                                  f"decoded in one batched search"),
+                "auth": "bearer API key" if api_key else "none",
+                "environment": environment}
+
+    @app.post("/translate")
+    async def translate(request: Request, model: str | None = None) -> dict[str, Any]:
+        """Body: the audio file itself, or multipart form data with a `file` field (and optional `model`)."""
+        data, form_model = await read_body(request, limits.max_upload_bytes)
+        name = model or form_model or next(iter(models))
+        if name not in models:
+            raise ApiError(404, f"unknown model '{name}'; this server has {list(models)}")
+        audio = read_upload(data, limits)
+        queued = time.perf_counter()
+        decoded = await batcher.submit(name, audio)
+        translation = decoded.translation
+        metrics.translated(name, translation.seconds, decoded.queue_seconds, time.perf_counter() - queued)
+        return {
+            "model": name,
+            "translation": translation.text,
+            "transcript": translation.source_text,
+            "latency": {"seconds": translation.seconds, "stages": translation.stages,
+                        "queue_seconds": decoded.queue_seconds, "search_steps": translation.steps,
+                        "batch": {"id": decoded.batch_id, "size": decoded.batch_size}},
+            "audio": {"seconds": audio.seconds, "sample_rate": audio.sample_rate,
+                      "channels": int(audio.waveform.shape[1]), "format": audio.format},
+            "config": configs[name],
+        }
+
+    guarded = Security(app, api_key, cors_origins)
+
+    async def counted(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await guarded(scope, receive, send)
+            return
+
+        async def record(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                metrics.answered(scope["path"], message["status"])
+            await send(message)
+
+        await guarded(scope, receive, record)
+
+    counted.fastapi = app  # type: ignore[attr-defined]
+    return counted
+
+
+async def _warm_all(batcher: Batcher, models: dict[str, Runner], limits: ServeLimits, warmed: asyncio.Event) -> None:
+    for name, runner in models.items():
+        started = time.perf_counter()
+        await batcher.run_on_decoder(lambda runner=runner: warm_up(runner, limits.max_batch))
+        logger.info("model %s warmed up in %.1f s", name, time.perf_counter() - started)
+    warmed.set()
+
+
+def load_models(model: str | Path | None = None, quants: Sequence[str] = (), hop: int | None = None,
+                decode: DecodeOptions | None = None, threads: int | None = None,
+                model_file: str | Path | None = None, plugins: Sequence[str] = (),
+                calibration_data: str | Path | None = None, search: str | None = None) -> dict[str, Runner]:
+    """One Runner per quantization scheme ("none" is fp32), over one model loaded once, named by scheme.
+
+    Args:
+        model: experiment dir, config, .pth or packed archive (default: the embedded demo model).
+        quants: schemes to serve, each a number-format plugin name or "none"/"fp32".
+        hop: frontend hop length for every scheme.
+        decode: decoding options (default: configs/decode.yaml's).
+        threads: intra-op threads per decode (default: every core).
+        model_file: the weights, when the experiment directory holds several.
+        plugins: plugin names (e.g. cross-kv-cache) applied to every scheme with their defaults.
+        calibration_data: data root whose calibration split static int8 calibrates on
+            (default: the embedded demo corpus, logged as such).
+        search: the beam-search engine of every scheme, "espnet" or "lean" (default: ESPnet's).
+
+    Returns:
+        Scheme name -> a Runner, in the order given.
+    """
+    from runner.config import FLOAT, compose_plugins
+    from runner.model import load
+
+    names = [FP32 if q in FLOAT else q for q in (quants or [FP32])]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise RunnerError(f"--quant: {repeated} given more than once")
+    if model is None:
+        model = defaults.model_path()
+    specs = {name: compose_plugins(quant=name, hop=hop, search=search, extra=plugins) for name in names}  # before loading
+    bundle = load(model, decode or DecodeOptions(), model_file)
+    if len(names) == 1:  # no copy needed
+        return {names[0]: Runner(bundle, threads=threads, plugins=specs[names[0]], calibration_data=calibration_data)}
+    return {name: Runner.from_bundle(bundle, threads=threads, plugins=specs[name], calibration_data=calibration_data)
+            for name in names}
+
+
+def serve(models: dict[str, Runner], host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits | None = None,
+          log_level: str = "info", *, api_key: str | None = None, cors_origins: Sequence[str] = ()) -> None:
+    """Serve until interrupted; models warm up as the server starts (GET /ready says when they are done)."""
+    import uvicorn
+
+    uvicorn.run(create_app(models, limits, api_key=api_key, cors_origins=cors_origins), host=host, port=port,
+                log_level=log_level)

@@ -1,0 +1,174 @@
+"""The server's decoder queue: requests for one model that arrive within a window are decoded together.
+
+One decode (a batch, or one request) runs at a time, across all models the server holds: they
+share the CPU, and a latency measured while another decode runs would not be the model's. The
+oldest waiting request opens a batch; requests for the same model that arrive within
+`max_wait_ms` of it join, up to `max_batch`, and are decoded in one batched beam search
+(`Runner.translate_batch`). Requests wait in one arrival-ordered queue of bounded length; a
+request that finds it full gets 503 with a Retry-After estimate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.decode import Translation
+from runner.errors import AudioTooShortError, RunnerError
+from runner.runner import Runner
+from runner.serve.upload import ApiError, Audio, ServeLimits
+
+
+@dataclass
+class Decoded:
+    """One request's result: its translation, how long it waited, and the batch it rode in."""
+
+    translation: Translation
+    queue_seconds: float
+    batch_id: int
+    batch_size: int
+
+
+@dataclass
+class _Job:
+    model: str
+    audio: Audio
+    arrived: float
+    future: asyncio.Future = field(repr=False)
+
+
+class Batcher:
+    """Decodes queued requests one batch at a time on one decoder thread.
+
+    Args:
+        models: model name -> loaded Runner.
+        limits: `max_queue`, `max_batch` and `max_wait_ms` apply.
+        on_batch: called with (model, batch size) as each batch starts decoding (metrics).
+    """
+
+    def __init__(self, models: dict[str, Runner], limits: ServeLimits,
+                 on_batch: Callable[[str, int], None] | None = None) -> None:
+        self.models, self.limits, self.on_batch = models, limits, on_batch
+        self._jobs: deque[_Job] = deque()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runner-decode")
+        self._wake: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        self.decoding = 0  # requests in the batch being decoded
+        self.batches = 0
+        self._seconds_per_request = 1.0  # recent decode time per request, for Retry-After
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued behind the batch being decoded."""
+        return len(self._jobs)
+
+    def run_on_decoder(self, job: Callable[[], Any]) -> asyncio.Future:
+        """Run `job` on the decoder thread (warm-up uses it, so it never overlaps a decode)."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, job)
+
+    async def submit(self, model: str, audio: Audio) -> Decoded:
+        """Queue one request and wait for its result; ApiError 503 when the queue is full."""
+        if len(self._jobs) >= self.limits.max_queue and (self.decoding or self._jobs):
+            retry = max(1, math.ceil(self._seconds_per_request * (len(self._jobs) + self.decoding)
+                                     / max(1, self.limits.max_batch)))
+            raise ApiError(503, f"server busy: {len(self._jobs)} request(s) already waiting "
+                                f"(--max-queue {self.limits.max_queue}); retry in about {retry} s",
+                           {"Retry-After": str(retry)})
+        self._start()
+        job = _Job(model, audio, time.perf_counter(), asyncio.get_running_loop().create_future())
+        self._jobs.append(job)
+        self._wake.set()
+        return await job.future
+
+    def _start(self) -> None:
+        if self._worker is None or self._worker.done():
+            self._wake = asyncio.Event()
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            if not self._jobs:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = await self._gather()
+            self.batches += 1
+            batch_id = self.batches
+            self.decoding = len(batch)
+            if self.on_batch is not None:
+                self.on_batch(batch[0].model, len(batch))
+            started = time.perf_counter()
+            runner = self.models[batch[0].model]
+            try:
+                results = await self.run_on_decoder(lambda: decode_batch(runner, [job.audio for job in batch]))
+            except Exception as error:  # the decoder itself failed: every request of the batch gets it
+                results = [error] * len(batch)
+            finally:
+                self.decoding = 0
+            elapsed = time.perf_counter() - started
+            self._seconds_per_request = 0.8 * self._seconds_per_request + 0.2 * elapsed / len(batch)
+            for job, result in zip(batch, results):
+                if job.future.done():  # the client went away
+                    continue
+                if isinstance(result, Exception):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(Decoded(result, started - job.arrived, batch_id, len(batch)))
+
+    async def _gather(self) -> list[_Job]:
+        """The oldest request and those for the same model that join it within the window."""
+        first = self._jobs[0]
+        deadline = first.arrived + self.limits.max_wait_ms / 1000
+        while self._count(first.model) < self.limits.max_batch:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                break
+        batch = [job for job in self._jobs if job.model == first.model][:self.limits.max_batch]
+        for job in batch:
+            self._jobs.remove(job)
+        return batch
+
+    def _count(self, model: str) -> int:
+        return sum(job.model == model for job in self._jobs)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        for job in self._jobs:
+            if not job.future.done():
+                job.future.set_exception(ApiError(503, "server shutting down"))
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def decode_batch(runner: Runner, audios: list[Audio]) -> list[Translation | ApiError]:
+    """Each request's translation, or the ApiError that answers it.
+
+    A batch the runner cannot decode together (one request's audio too short for the encoder, say)
+    is decoded one request at a time, so each request gets its own answer.
+    """
+    if len(audios) > 1:
+        try:
+            return runner.translate_batch([a.waveform for a in audios], [a.sample_rate for a in audios])
+        except RunnerError:
+            pass
+    return [_translate_one(runner, audio) for audio in audios]
+
+
+def _translate_one(runner: Runner, audio: Audio) -> Translation | ApiError:
+    try:
+        return runner.translate(audio.waveform, audio.sample_rate)
+    except AudioTooShortError as error:  # shorter than the STFT window, or too few frames to subsample
+        return ApiError(422, f"{error} ({audio.seconds:.3f} s of audio)")
+    except RunnerError as error:
+        return ApiError(422, str(error))

@@ -1,0 +1,96 @@
+"""Who may use the server: an optional bearer key, and cross-origin requests only from allowed origins.
+
+An ASGI middleware in front of the app. A request carrying an `Origin` that is neither the
+server's own nor one of `cors_origins` is refused with 403 before anything reads its body (a
+web page elsewhere cannot make a visitor's browser use the server); allowed origins get the CORS
+headers and their preflight answered. With an API key, every endpoint but the page, liveness and
+readiness needs `Authorization: Bearer <key>` (401 otherwise); keys are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+from runner.serve.upload import drain
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+OPEN_PATHS = ("/", "/health", "/ready")  # the page asks for the key itself; probes carry none
+API_KEY_VARIABLE = "ST_RUNNER_API_KEY"
+
+
+class Security:
+    """The middleware.
+
+    Args:
+        app: the ASGI app it guards.
+        api_key: the bearer key every guarded request must carry (None: no key needed).
+        cors_origins: origins (scheme://host[:port]) allowed to call the API from a browser; "*" allows any.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], api_key: str | None = None,
+                 cors_origins: Sequence[str] = ()) -> None:
+        self.app = app
+        self.api_key = api_key.encode() if api_key else None
+        self.cors_origins = {origin.rstrip("/") for origin in cors_origins}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        origin = headers.get("origin")
+        cross = origin is not None and not self._same_origin(origin, scope, headers)
+        extra: list[tuple[bytes, bytes]] = []
+        if cross:
+            if "*" not in self.cors_origins and origin.rstrip("/") not in self.cors_origins:
+                await drain(receive)
+                await _json(send, 403, f"cross-origin request from {origin} refused; start the server with "
+                                       f"--cors-origin {origin} to allow it")
+                return
+            extra = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+            if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+                await send({"type": "http.response.start", "status": 204, "headers": extra + [
+                    (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                    (b"access-control-allow-headers", b"Authorization, Content-Type"),
+                    (b"access-control-max-age", b"600")]})
+                await send({"type": "http.response.body", "body": b""})
+                return
+        if self.api_key is not None and scope["path"] not in OPEN_PATHS and not self._authorized(headers):
+            await drain(receive)  # so a client still uploading reads the answer rather than a reset
+            await _json(send, 401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                        extra + [(b"www-authenticate", b'Bearer realm="st-runner"')])
+            return
+        if not extra:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_cors(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key)
+
+    @staticmethod
+    def _same_origin(origin: str, scope: Scope, headers: dict[str, str]) -> bool:
+        host = headers.get("host")
+        scheme = scope.get("scheme", "http")
+        return host is not None and origin.rstrip("/") == f"{scheme}://{host}"
+
+
+async def _json(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps({"error": message, "status": status}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})

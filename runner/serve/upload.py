@@ -1,0 +1,146 @@
+"""What a request may send, and reading it: the body streamed under a byte limit, then decoded as audio."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import soundfile
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+
+from runner.errors import first_line
+
+MULTIPART_SLACK = 64 * 1024  # room for multipart framing around the file
+DRAIN_SECONDS = 30.0  # how long an oversized upload is read and discarded so its client gets the 413
+
+
+@dataclass
+class ServeLimits:
+    """What one request may ask of the server, and how requests are batched.
+
+    Attributes:
+        max_upload_bytes: the largest body; enforced while it streams in.
+        max_audio_seconds: the longest audio.
+        max_queue: requests that may wait for the decoder; more get 503 with Retry-After.
+        max_batch: requests for one model decoded in one batched search (1: one at a time).
+        max_wait_ms: how long the first request of a batch waits for others to join it.
+    """
+
+    max_upload_bytes: int = 20_000_000
+    max_audio_seconds: float = 60.0
+    max_queue: int = 32
+    max_batch: int = 1
+    max_wait_ms: float = 0.0
+
+
+class ApiError(Exception):
+    """A request the server refuses: an HTTP status, a one-line reason for the client, extra headers."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass
+class Audio:
+    waveform: np.ndarray  # (samples, channels) float32, as uploaded
+    sample_rate: int
+    seconds: float
+    format: str
+
+
+def read_upload(data: bytes, limits: ServeLimits) -> Audio:
+    """Decode uploaded WAV/FLAC bytes, or an ApiError naming what is wrong with them."""
+    if not data:
+        raise ApiError(400, "empty request body: upload a WAV or FLAC file")
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except Exception as error:  # libsndfile's own error types
+        reason = re.sub(r"^Error opening <[^>]*>: ", "", first_line(error))  # libsndfile names the BytesIO
+        raise ApiError(415, f"not a readable audio file (WAV or FLAC expected): {reason}") from error
+    seconds = info.frames / info.samplerate if info.samplerate else 0.0
+    if seconds > limits.max_audio_seconds:
+        raise ApiError(413, f"audio is {seconds:.1f} s long; the limit is {limits.max_audio_seconds:g} s")
+    try:
+        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception as error:
+        raise ApiError(415, f"audio could not be decoded: {first_line(error)}") from error
+    if samples.shape[0] == 0:
+        raise ApiError(400, "audio has no samples")
+    return Audio(samples, int(rate), samples.shape[0] / rate, info.format)
+
+
+async def read_body(request: Request, limit: int) -> tuple[bytes, str | None]:
+    """The uploaded file's bytes (raw body or multipart `file`) and the form's `model`, if any.
+
+    More than `limit` bytes is refused with 413 as soon as the declared length or the streamed
+    bytes pass it, so an oversized body is never held in memory; the rest of it is read and
+    discarded before the answer, so a client still sending gets the 413 instead of a reset connection.
+    """
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + MULTIPART_SLACK:
+        await drain(request.receive)
+        raise ApiError(413, f"upload is {int(declared) / 1e6:.1f} MB; the limit is {limit / 1e6:g} MB")
+    receive = _Bounded(request.receive, limit + MULTIPART_SLACK)
+    bounded = Request(request.scope, receive)
+    try:
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await bounded.form()
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise ApiError(400, "multipart upload has no 'file' field")
+            data = await upload.read()
+            model = form.get("model")
+            model = model if isinstance(model, str) and model else None
+        else:
+            data, model = await bounded.body(), None
+    except _TooLarge:
+        if not receive.complete:
+            await drain(request.receive)
+        raise ApiError(413, f"upload exceeds the limit of {limit / 1e6:g} MB") from None
+    except ClientDisconnect:
+        raise ApiError(400, "client disconnected during the upload") from None
+    except HTTPException as error:  # starlette's multipart parser: no boundary, cut parts, ...
+        raise ApiError(400, f"malformed multipart upload: {error.detail}") from error
+    if len(data) > limit:
+        raise ApiError(413, f"upload is {len(data) / 1e6:.1f} MB; the limit is {limit / 1e6:g} MB")
+    return data, model
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Bounded:
+    """An ASGI `receive` that raises _TooLarge past `limit` body bytes and knows whether the body ended."""
+
+    def __init__(self, receive: Callable[[], Awaitable[dict]], limit: int) -> None:
+        self.receive, self.limit = receive, limit
+        self.received = 0
+        self.complete = False
+
+    async def __call__(self) -> dict:
+        message = await self.receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.complete = True
+        self.received += len(message.get("body", b""))
+        if self.received > self.limit:
+            raise _TooLarge
+        return message
+
+
+async def drain(receive: Callable[[], Awaitable[Any]]) -> None:
+    """Read and discard what is left of a request's body (for at most DRAIN_SECONDS)."""
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while time.monotonic() < deadline:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
