@@ -94,8 +94,32 @@ def test_page_records_from_the_microphone(server: str, served_utterances: dict[s
         conditions = page.inner_text("#conditions")
         heard = page.inner_text("#transcript").split()
         browser.close()
-    assert float(conditions.split("; ")[-1].split(" s of audio")[0]) > 2.0
+    assert float(re.search(r"([\d.]+) s of audio", conditions).group(1)) > 2.0
     # The fake device loops the file from wherever it is when recording starts, at the browser's own
     # rate: most of the words come back, not necessarily the exact hypothesis.
     expected = utterance.transcript.split()
     assert len(set(heard) & set(expected)) >= 0.6 * len(set(expected)), (heard, expected)
+
+
+def test_page_asks_for_the_api_key_once(tmp_path: Path, served_utterances: dict[str, list[Utterance]]) -> None:
+    """With `runner serve --api-key`, the page prompts once, then sends the key with every request."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from conftest import live_server
+
+    utterance = served_utterances["fp32"][0]
+    prompts = []
+    with live_server(tmp_path / "serve.log", "--threads", "1", env={"ST_RUNNER_API_KEY": "page-key"}) as url, \
+            sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        page = browser.new_page()
+        page.on("dialog", lambda dialog: (prompts.append(dialog.message), dialog.accept("page-key")))
+        page.goto(url)
+        expect(page.locator("#model-info")).to_contain_text("parameters")
+        for _ in range(2):
+            page.set_input_files("#file", str(utterance.path))
+            page.click("#translate")
+            expect(page.locator("#status")).to_contain_text("done in", timeout=60_000)
+            assert page.inner_text("#translation") == utterance.translation
+        browser.close()
+    assert prompts == ["This server needs an API key:"]

@@ -134,7 +134,7 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
         reasons = []
         if warmed is not None and not warmed.is_set():
             reasons.append("warming up")
-        if batcher.waiting >= limits.max_queue and batcher.decoding:
+        if batcher.waiting + batcher.decoding >= limits.max_queue + limits.max_batch:
             reasons.append("queue full")
         body = {"ready": not reasons, "reasons": reasons, "waiting": batcher.waiting}
         return JSONResponse(body, status_code=503 if reasons else 200)

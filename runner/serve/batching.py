@@ -74,10 +74,11 @@ class Batcher:
 
     async def submit(self, model: str, audio: Audio) -> Decoded:
         """Queue one request and wait for its result; ApiError 503 when the queue is full."""
-        if len(self._jobs) >= self.limits.max_queue and (self.decoding or self._jobs):
+        # Room for one batch being decoded (or gathered) and `max_queue` requests waiting behind it.
+        if len(self._jobs) + self.decoding >= self.limits.max_queue + self.limits.max_batch:
             retry = max(1, math.ceil(self._seconds_per_request * (len(self._jobs) + self.decoding)
                                      / max(1, self.limits.max_batch)))
-            raise ApiError(503, f"server busy: {len(self._jobs)} request(s) already waiting "
+            raise ApiError(503, f"server busy: {len(self._jobs) + self.decoding} request(s) already queued or decoding "
                                 f"(--max-queue {self.limits.max_queue}); retry in about {retry} s",
                            {"Retry-After": str(retry)})
         self._start()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from runner.errors import RunnerError
+from runner.errors import RunnerError, first_line
 from runner.serve.upload import ServeLimits
 
 logger = logging.getLogger("runner.serve")
@@ -29,10 +29,11 @@ class Replica:
                  cors_origins: Sequence[str]) -> None:
         from runner.serve.app import create_app, load_models
 
-        self.app = create_app(load_models(**load), ServeLimits(**limits), api_key=api_key, cors_origins=cors_origins)
+        # Not `self.app`: Ray's ingress wrapper owns that name.
+        self.asgi = create_app(load_models(**load), ServeLimits(**limits), api_key=api_key, cors_origins=cors_origins)
 
     def __serve_build_asgi_app__(self) -> Any:  # Ray Serve asks for the app once the replica is built
-        return self.app
+        return self.asgi
 
 
 def deployment(load: dict[str, Any], limits: ServeLimits, *, replicas: int = 1, threads: int = 1,
@@ -84,6 +85,9 @@ def serve_on_ray(load: dict[str, Any], limits: ServeLimits, *, host: str = "127.
                              cors_origins=cors_origins), name=APP_NAME, route_prefix="/", blocking=blocking)
     except KeyboardInterrupt:
         pass
+    except RuntimeError as error:  # a replica failed to start: its reason is in Ray's serve logs
+        raise RunnerError(f"--ray: the deployment did not start ({first_line(error)}); see the replica logs "
+                          f"under /tmp/ray/session_latest/logs/serve/") from error
     finally:
         if blocking:
             serve.shutdown()
