@@ -128,7 +128,7 @@ class Report:
             ("latency", f"mean {lat.mean:.3f} s  std {lat.std:.3f}  p50 {lat.p50:.3f}  p90 {lat.p90:.3f}  "
                         f"p99 {lat.p99:.3f}  total {lat.total:.2f} s  RTF {lat.rtf:.3f}  "
                         f"({lat.count} utterances after {c['warmup']} warm-up"
-                        + (f"; each its batch's wall time)" if c.get("batch_size", 1) > 1 else ")")),
+                        + ("; each its batch's wall time)" if c.get("batch_size", 1) > 1 else ")")),
             ("throughput", _throughput(m.throughput)),
             ("stages (mean s)", stages),
             ("search steps", "  ".join(

@@ -7,6 +7,7 @@ import functools
 import logging
 import shlex
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ class Runner:
                 otherwise the embedded demo corpus, which is logged and recorded in the report.
         """
         self.threads = resolve_threads(threads)
+        self._thread = threading.get_ident()  # see _check_thread
         with torch_settings(self.threads):
             if isinstance(model, ModelBundle):  # see from_bundle
                 self.decode, self.bundle = model.options, model
@@ -108,7 +110,21 @@ class Runner:
         return next((p.details["engine"] for p in reversed(self.plugins) if "engine" in p.details), None)
 
     def _scope(self) -> contextlib.AbstractContextManager[None]:
+        self._check_thread()
         return torch_settings(self.threads, self.engine)
+
+    def _check_thread(self) -> None:
+        """Warn once when called from another thread than the one that loaded the runner.
+
+        PyTorch's OpenMP keeps a team of threads per OS thread that runs parallel work; two teams
+        make more OpenMP threads than cores and every decode slower (3x measured on 2 cores, see
+        `runner.serve.batching.decoder_thread`). Load and call a runner from one thread.
+        """
+        current = threading.get_ident()
+        if current != self._thread and not getattr(self, "_warned_thread", False):
+            self._warned_thread = True
+            logger.warning("this Runner was loaded on another thread: PyTorch then runs two OpenMP thread teams "
+                           "and decoding slows down (about 3x on 2 cores); load and call a Runner from one thread")
 
     def _calibrate(self, data: str | Path | None, source: str) -> None:
         """Run every calibrating plugin's `calibrate` on its own data, else on `data`."""

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +17,7 @@ import soundfile
 import torch
 import yaml
 
+from benchmarks.live_server import live_server
 from runner.demo.build import char_token_list, md_config, pack_experiment, write_experiment
 
 os.environ.setdefault("ST_RUNNER_CACHE", "/tmp/st-runner-test-cache")
@@ -183,36 +180,6 @@ def served_utterances(tmp_path_factory: pytest.TempPathFactory) -> dict[str, lis
         expected["fp32" if quant == "none" else quant] = [
             Utterance(row["id"], path, row["hypothesis"], row["source_hypothesis"]) for row, path in zip(rows, paths)]
     return expected
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def live_server(log: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """`runner serve ARGS` on a free loopback port; yields its base URL once /ready answers (models warmed up)."""
-    port = free_port()
-    with log.open("w") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "runner.cli", "serve", "--port", str(port), *args],
-                                   stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 300
-            while True:
-                assert process.poll() is None, f"runner serve exited: {log.read_text()}"
-                assert time.monotonic() < deadline, f"runner serve did not start: {log.read_text()}"
-                try:
-                    if urllib.request.urlopen(f"{url}/ready", timeout=2).status == 200:
-                        break
-                except OSError:
-                    time.sleep(0.5)
-            yield url
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

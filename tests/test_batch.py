@@ -25,7 +25,9 @@ from runner.decode import DecodeOptions
 from runner.errors import AudioTooShortError, RunnerError
 from runner.model import load
 from runner.runner import Runner
-from tests.test_lean import shapes  # noqa: F401  (the random models of several shapes)
+from tests.test_lean import shapes as lean_shapes
+
+shapes = lean_shapes  # the random models of several shapes, as a fixture of this module too
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,7 @@ CASES = [
 
 @pytest.mark.parametrize(("shape", "scheme", "options"), CASES,
                          ids=[f"{s}-{q}-{'-'.join(f'{k}{v}' for k, v in o.items())}" for s, q, o in CASES])
-def test_a_batch_gives_each_utterance_what_it_gets_alone(shapes: dict[str, Path],  # noqa: F811
+def test_a_batch_gives_each_utterance_what_it_gets_alone(shapes: dict[str, Path],
                                                          utterances: list[np.ndarray], shape: str, scheme: str,
                                                          options: dict[str, Any]) -> None:
     bundle = load(shapes[shape], DecodeOptions(**options))

@@ -27,7 +27,7 @@ from runner.decode import DecodeOptions
 from runner.environment import manifest
 from runner.errors import RunnerError
 from runner.runner import Runner
-from runner.serve.batching import Batcher
+from runner.serve.batching import Batcher, decoder_thread
 from runner.serve.metrics import CONTENT_TYPE, ServeMetrics
 from runner.serve.security import Security
 from runner.serve.upload import ApiError, ServeLimits, read_body, read_upload
@@ -95,7 +95,8 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
         raise RunnerError("serve: no model to serve")
     limits = limits or ServeLimits()
     check_batching(models, limits)
-    configs = {name: model_config(runner) for name, runner in models.items()}
+    # On the decoder thread: a model's summary may calibrate it (see `decoder_thread`).
+    configs = decoder_thread().submit(lambda: {name: model_config(runner) for name, runner in models.items()}).result()
     environment = manifest()
     batcher = Batcher(models, limits)
     metrics = ServeMetrics(lambda: batcher.waiting)
@@ -211,6 +212,8 @@ def load_models(model: str | Path | None = None, quants: Sequence[str] = (), hop
                 calibration_data: str | Path | None = None, search: str | None = None) -> dict[str, Runner]:
     """One Runner per quantization scheme ("none" is fp32), over one model loaded once, named by scheme.
 
+    Loads on the server's decoder thread (`runner.serve.batching.decoder_thread`), where they will run.
+
     Args:
         model: experiment dir, config, .pth or packed archive (default: the embedded demo model).
         quants: schemes to serve, each a number-format plugin name or "none"/"fp32".
@@ -226,6 +229,13 @@ def load_models(model: str | Path | None = None, quants: Sequence[str] = (), hop
     Returns:
         Scheme name -> a Runner, in the order given.
     """
+    return decoder_thread().submit(_load_models, model, quants, hop, decode, threads, model_file, plugins,
+                                   calibration_data, search).result()
+
+
+def _load_models(model: str | Path | None, quants: Sequence[str], hop: int | None, decode: DecodeOptions | None,
+                 threads: int | None, model_file: str | Path | None, plugins: Sequence[str],
+                 calibration_data: str | Path | None, search: str | None) -> dict[str, Runner]:
     from runner.config import FLOAT, compose_plugins
     from runner.model import load
 

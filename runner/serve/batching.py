@@ -25,6 +25,24 @@ from runner.runner import Runner
 from runner.serve.upload import ApiError, Audio, ServeLimits
 
 
+_decoder: ThreadPoolExecutor | None = None
+
+
+def decoder_thread() -> ThreadPoolExecutor:
+    """The one thread that makes every torch call of a serving process: loading, warm-up and decoding.
+
+    PyTorch's OpenMP gives each OS thread that runs parallel work its own team of threads. Once two
+    threads have teams (models loaded on the main thread, decoded on a worker), there are more
+    OpenMP threads than cores, libgomp throttles its spin-waiting, and every decode here took about
+    3x as long (0.47 s instead of 0.16 s per demo utterance on 2 cores): what capped the one-at-a-time
+    server near three requests a second. Keeping all torch work on this thread avoids it.
+    """
+    global _decoder
+    if _decoder is None:
+        _decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runner-decode")
+    return _decoder
+
+
 @dataclass
 class Decoded:
     """One request's result: its translation, how long it waited, and the batch it rode in."""
@@ -56,7 +74,6 @@ class Batcher:
                  on_batch: Callable[[str, int], None] | None = None) -> None:
         self.models, self.limits, self.on_batch = models, limits, on_batch
         self._jobs: deque[_Job] = deque()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runner-decode")
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self.decoding = 0  # requests in the batch being decoded
@@ -70,7 +87,7 @@ class Batcher:
 
     def run_on_decoder(self, job: Callable[[], Any]) -> asyncio.Future:
         """Run `job` on the decoder thread (warm-up uses it, so it never overlaps a decode)."""
-        return asyncio.get_running_loop().run_in_executor(self._executor, job)
+        return asyncio.get_running_loop().run_in_executor(decoder_thread(), job)
 
     async def submit(self, model: str, audio: Audio) -> Decoded:
         """Queue one request and wait for its result; ApiError 503 when the queue is full."""
@@ -149,7 +166,6 @@ class Batcher:
         for job in self._jobs:
             if not job.future.done():
                 job.future.set_exception(ApiError(503, "server shutting down"))
-        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 def decode_batch(runner: Runner, audios: list[Audio]) -> list[Translation | ApiError]:
