@@ -146,3 +146,13 @@ def _st_result(speech2text: Any, hyp: Any) -> tuple[str | None, list[str], list[
     token = speech2text.converter.ids2tokens(token_int)
     text = speech2text.tokenizer.tokens2text(token) if speech2text.tokenizer is not None else None
     return text, token, token_int, hyp
+
+
+def batch_ranges(count: int, warmup: int, batch_size: int) -> list[range]:
+    """Consecutive utterance ranges: one at a time, or the warm-up utterances as one batch and the rest
+    in batches of `batch_size` (so no timed batch includes a warm-up utterance)."""
+    if batch_size == 1:
+        return [range(i, i + 1) for i in range(count)]
+    ranges = [range(0, warmup)] if warmup else []
+    ranges += [range(start, min(start + batch_size, count)) for start in range(warmup, count, batch_size)]
+    return ranges

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import shlex
 import sys
 import threading
 import time
@@ -20,17 +19,15 @@ import torch
 from runner import defaults
 from runner.audio import resample, to_mono_float
 from runner.data import PreloadedSet, Segment, TestSet, load_test_set, preload
-from runner.decode import SEARCH_STAGES, STAGES, DecodeOptions, Translation, translate
-from runner.environment import manifest, resolve_threads, torch_settings
+from runner.batch import batch_ranges, batch_ready, translate_batch
+from runner.decode import DecodeOptions, Translation, translate
+from runner.environment import resolve_threads, torch_settings
 from runner.errors import RunnerError, first_line
-from runner.metrics.bleu import corpus_bleu, corpus_chrf
-from runner.metrics.latency import latency_stats
-from runner.metrics.throughput import throughput
-from runner.metrics.wer import source_wer
 from runner.model import ModelBundle, load
+from runner.reporting import build_report
 from runner.plugin import Plugin, PluginSpec, translation_contexts
 from runner.plugin import resolve as resolve_plugins
-from runner.report import Metrics, Report
+from runner.report import Report
 
 logger = logging.getLogger("runner")
 
@@ -223,8 +220,6 @@ class Runner:
             RunnerError: the model's searches do not run on the lean engine, or a waveform is empty.
             AudioTooShortError: a waveform is too short (naming its index).
         """
-        from runner.batch import translate_batch
-
         rates = [sample_rate] * len(waveforms) if isinstance(sample_rate, int) else list(sample_rate)
         if len(rates) != len(waveforms):
             raise RunnerError(f"translate_batch: {len(waveforms)} waveforms but {len(rates)} sample rates")
@@ -306,12 +301,10 @@ class Runner:
         if options.batch_size < 1:
             raise RunnerError(f"--batch-size must be 1 or more, got {options.batch_size}")
         if options.batch_size > 1:
-            from runner.batch import batch_ready
-
             reason = batch_ready(self.bundle.speech2text)
             if reason is not None:
                 raise RunnerError(f"--batch-size {options.batch_size}: {reason}")
-        batches = _batches(len(utterances), options.warmup, options.batch_size)
+        batches = batch_ranges(len(utterances), options.warmup, options.batch_size)
         iterator: Iterable = batches
         if options.progress:
             iterator = _bar("decode", "batch" if options.batch_size > 1 else "utt")(batches)
@@ -323,13 +316,11 @@ class Runner:
             # Keep what finished: the caller can still save these utterances' figures.
             error.partial_report = self._partial_report(preloaded, options, translations)  # type: ignore[union-attr]
             raise
-        return self._report(preloaded, options, translations)
+        return build_report(self, preloaded, options, translations)
 
     def _decode(self, utterances: Sequence[Any], batched: bool) -> list[Translation]:
         """Translate preloaded utterances, one at a time or as one batch; errors name the utterance."""
         if batched:
-            from runner.batch import translate_batch
-
             try:
                 return translate_batch(self.bundle.speech2text, [u.waveform for u in utterances],
                                        translation_contexts(self.plugins, self.bundle))
@@ -353,99 +344,10 @@ class Runner:
                         translations: list[Translation]) -> Report | None:
         if len(translations) <= options.warmup:
             return None
-        report = self._report(preloaded.part(0, len(translations)), options, translations)
+        report = build_report(self, preloaded.part(0, len(translations)), options, translations)
         report.data["complete"] = False
         report.data["planned_n"] = len(preloaded.utterances)
         return report
-
-    def _report(self, preloaded: PreloadedSet, options: EvaluateOptions, translations: list[Translation]) -> Report:
-        utterances = preloaded.utterances
-        hypotheses = [t.text for t in translations]
-        references = [u.segment.reference for u in utterances]
-        timed = list(range(options.warmup, len(utterances)))
-        latency = latency_stats([translations[i].seconds for i in timed], [utterances[i].seconds for i in timed])
-        # Per batch (one utterance each when not batched): its wall time, stage times and search steps
-        # count once; a batch's search takes as many steps as its longest search.
-        batches = [b for b in _batches(len(utterances), options.warmup, options.batch_size) if b.start >= options.warmup]
-        firsts = [translations[b.start] for b in batches]
-        speed = throughput([t.seconds for t in firsts], len(timed), sum(utterances[i].seconds for i in timed),
-                           options.batch_size)
-        stages = {name: sum(t.stages.get(name, 0.0) for t in firsts) / len(timed) for name in STAGES}
-        searches = [name for name in SEARCH_STAGES if all(name in translations[i].steps for i in timed)]
-        steps = {name: sum(translations[i].steps[name] for i in timed) for name in searches}
-        steps_mean = {name: steps[name] / len(timed) for name in searches}
-        batch_steps = {name: sum(max(translations[i].steps[name] for i in b) for b in batches) for name in searches}
-        seconds_per_step = {name: stages[name] * len(timed) / batch_steps[name] for name in searches
-                            if batch_steps[name]}
-        sources = [u.segment.source for u in utterances]
-        wer = source_wer([t.source_text for t in translations], sources) if self.bundle.is_multidecoder else None
-        files = self.bundle.files
-        test_set = preloaded.test_set
-        summary = self.summary
-        return Report(
-            command=shlex.join(sys.argv) if Path(sys.argv[0]).name == "runner" else None,
-            model={
-                "path": str(files.origin),
-                "config": str(files.config),
-                "model_file": str(files.model_file),
-                "packed": files.packed,
-                "content_hash": files.content_hash,
-                "summary": summary,
-            },
-            data={
-                "path": str(test_set.path),
-                "format": test_set.format,
-                "split": test_set.split,
-                "language_pair": f"{test_set.source_lang}-{test_set.target_lang}",
-                "segments_in_split": len(test_set.segments),
-                "n": len(utterances),
-                "selection": "random" if options.sample and options.limit else "first",
-                "seed": preloaded.seed,
-                "audio_seconds": preloaded.audio_seconds,
-                "preload_memory_bytes": preloaded.memory_bytes,
-                "content_hash": preloaded.content_hash,
-            },
-            decode=self.decode.speech2text_kwargs(),
-            conditions={
-                **manifest(self.threads, self.engine or "none"),
-                "warmup": options.warmup,
-                "batch_size": options.batch_size,
-                "hop_length": (summary["frontend"] or {}).get("hop_length"),
-                "search": self.bundle.search_engine,
-                "plugins": [p.describe() for p in self.plugins],
-                "dtype": next((p.details["dtype"] for p in reversed(self.plugins) if "dtype" in p.details), "float32"),
-            },
-            metrics=Metrics(
-                size_mb=summary["state_dict_bytes"] / 1e6,
-                model_file_bytes=files.file_bytes,
-                parameters=summary["parameters"],
-                bleu=corpus_bleu(hypotheses, references),
-                chrf=corpus_chrf(hypotheses, references),
-                source_wer=wer,
-                latency=latency,
-                throughput=speed,
-                stages_mean=stages,
-                steps_mean=steps_mean,
-                seconds_per_step=seconds_per_step,
-            ),
-            utterances=[
-                {
-                    "id": u.segment.id,
-                    "audio_seconds": u.seconds,
-                    "reference": u.segment.reference,
-                    "hypothesis": t.text,
-                    "source_reference": u.segment.source,
-                    "source_hypothesis": t.source_text,
-                    "seconds": t.seconds,
-                    "stages": t.stages,
-                    "steps": t.steps,
-                    "batch_size": t.batch_size,
-                    "warmup": i < options.warmup,
-                }
-                for i, (u, t) in enumerate(zip(utterances, translations))
-            ],
-        )
-
 
 def _calibration_source(evaluated: TestSet | None, split: str) -> tuple[Path, str]:
     """Where a calibrating plugin reads `split`: the evaluated MuST-C release when it has one."""
@@ -460,16 +362,6 @@ def _calibration_source(evaluated: TestSet | None, split: str) -> tuple[Path, st
 
 def _segment_key(segment: Segment) -> tuple[str, int, int]:
     return (str(segment.audio_path.resolve()), segment.start, segment.frames)
-
-
-def _batches(count: int, warmup: int, batch_size: int) -> list[range]:
-    """Consecutive utterance ranges: one at a time, or the warm-up utterances as one batch and the rest
-    in batches of `batch_size` (so no timed batch includes a warm-up utterance)."""
-    if batch_size == 1:
-        return [range(i, i + 1) for i in range(count)]
-    ranges = [range(0, warmup)] if warmup else []
-    ranges += [range(start, min(start + batch_size, count)) for start in range(warmup, count, batch_size)]
-    return ranges
 
 
 def _bar(description: str, unit: str = "utt") -> Callable[[Iterable], Iterable]:

@@ -133,7 +133,7 @@ def test_batched_evaluation_keeps_every_demo_translation(tmp_path: Path) -> None
 
 def test_mkl_packed_products_do_not_depend_on_the_row_count() -> None:
     """What keeps float decoders bit-exact in a batch: a row's packed GEMM result is the same at any packed row count."""
-    from runner.lean.decoder import MKL_LINEAR, MKL_REORDER
+    from runner.lean.ops import MKL_LINEAR, MKL_REORDER
 
     if MKL_LINEAR is None:
         pytest.skip("this PyTorch build has no MKL packed GEMM")
