@@ -197,3 +197,13 @@ def test_serving_refuses_batches_on_espnets_engine(tiny_exp: Path) -> None:
 
     with pytest.raises(RunnerError, match=r"^--max-batch 4: model fp32: .*use the lean engine"):
         create_app(load_models(tiny_exp, threads=1), ServeLimits(max_batch=4))
+
+
+def test_serve_rejects_bad_scaling_options_in_one_line() -> None:
+    from conftest import run_cli
+
+    for args, message in ((["--replicas", "2"], "--address and --replicas apply to --ray"),
+                          (["--max-batch", "0"], "--max-batch"), (["--max-wait-ms", "-1"], "--max-wait-ms")):
+        done = run_cli("serve", *args)
+        assert done.returncode == 2, args
+        assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -36,7 +36,7 @@ LINEAR_DYNAMIC_FP16 = _kernel(torch.ops.quantized.linear_dynamic_fp16.default)
 _MKL = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 MKL_LINEAR = _kernel(torch.ops.mkl._mkl_linear.default) if _MKL else None
 MKL_REORDER = torch.ops.mkl._mkl_reorder_linear_weight if _MKL else None
-MKL_PACKS_KEPT = 4  # packed copies of a weight kept, one per row count (batch size x beam)
+MKL_PACKS_KEPT = 6  # packed copies of a weight kept, one per row count (beam x batch rounded up to 1, 2, 4, ... 32)
 PACK_ROWS: contextvars.ContextVar[int | None] = contextvars.ContextVar("lean_pack_rows", default=None)
 QLINEAR = _kernel(torch.ops.quantized.linear.default)
 # Rows per utterance while several utterances are searched together (see `per_utterance`).

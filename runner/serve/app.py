@@ -57,11 +57,17 @@ def model_config(runner: Runner) -> dict[str, Any]:
 
 
 def warm_up(runner: Runner, batch: int = 1) -> None:
-    """Decodes of silence, alone and (when batching) as a full batch, so no user's latency is a first call's."""
+    """Decodes of silence, alone and (when batching) in batches of 2, 4, ... up to `batch`.
+
+    So no user's latency is a first call's, and the weights packed for each batch-size bucket of
+    the lean engine exist before the first request (memory then stays flat under load).
+    """
     silence = np.zeros(int(WARMUP_SECONDS * runner.sample_rate), dtype=np.float32)
     runner.translate(silence, runner.sample_rate)
-    if batch > 1:
-        runner.translate_batch([silence] * batch, runner.sample_rate)
+    size = 2
+    while batch > 1 and size < 2 * batch:
+        runner.translate_batch([silence] * min(size, batch), runner.sample_rate)
+        size *= 2
 
 
 def check_batching(models: dict[str, Runner], limits: ServeLimits) -> None:
@@ -148,7 +154,7 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
     async def info() -> dict[str, Any]:
         return {"models": configs, "default_model": next(iter(models)), "limits": asdict(limits),
                 "warmup": f"one {WARMUP_SECONDS:g} s decode of silence per model at start-up"
-                          + (f", and a batch of {limits.max_batch}" if limits.max_batch > 1 else ""),
+                          + (f", and batches of 2, 4, ... up to {limits.max_batch}" if limits.max_batch > 1 else ""),
                 "decoding": ("one request at a time across all models, in arrival order" if limits.max_batch <= 1
                              else f"one batch at a time across all models: requests for one model arriving within "
                                   f"{limits.max_wait_ms:g} ms of the oldest waiting one, up to {limits.max_batch}, "
