@@ -25,6 +25,7 @@ from runner.decode import DecodeOptions
 from runner.errors import AudioTooShortError, RunnerError
 from runner.model import load
 from runner.runner import Runner
+from tests.test_lean import _nbest
 from tests.test_lean import shapes as lean_shapes
 
 shapes = lean_shapes  # the random models of several shapes, as a fixture of this module too
@@ -35,15 +36,6 @@ def utterances() -> list[np.ndarray]:
     """Six demo utterances of different lengths (so memories are padded and searches end apart)."""
     test = preload(load_test_set(defaults.data_path(), "tst-COMMON"), 16000, limit=6)
     return [u.waveform for u in test.utterances]
-
-
-def _entries(output: Any) -> dict[str, list[tuple[list[int], float]]]:
-    results, source = output if isinstance(output, tuple) else (output, [])
-    entries: dict[str, Any] = {"st": [(r[2], float(r[3].score)) for r in results]}
-    if source:
-        entries["asr"] = [(r[2], float(r[3].score)) for r in source]
-        entries["asr_hs"] = source[0][-1]
-    return entries
 
 
 def _batched_entries(speech2text: Any, waveforms: list[np.ndarray]) -> list[dict[str, Any]]:
@@ -103,7 +95,7 @@ def test_a_batch_gives_each_utterance_what_it_gets_alone(shapes: dict[str, Path]
     runner = Runner.from_bundle(bundle, threads=1, plugins=plugins)
     speech2text = runner.bundle.speech2text
     with runner._scope():
-        alone = [_entries(speech2text(w)) for w in utterances]
+        alone = [_nbest(speech2text(w)) for w in utterances]
         for size in (2, len(utterances)):
             batched = []
             for start in range(0, len(utterances), size):
