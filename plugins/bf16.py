@@ -1,4 +1,7 @@
-"""CPU bfloat16 autocast: matmuls in bf16 (AMX on this CPU), weights and search state in float32."""
+"""bfloat16 autocast: matmuls in bf16 (AMX on this CPU), weights and search state in float32.
+
+On a GPU the same region is CUDA's autocast; `half-bf16` stores the weights in bf16 too.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ class Bf16Config:
 
 class Bf16(Plugin):
     name = "bf16"
-    description = "Run the whole translation under torch.autocast('cpu', bfloat16); weights stay float32"
+    description = "Run the whole translation under torch.autocast(<device>, bfloat16); weights stay float32"
     Config = Bf16Config
     effects = Effects(number_format=True)
 
@@ -32,4 +35,4 @@ class Bf16(Plugin):
     def translation_context(self, bundle: ModelBundle) -> contextlib.AbstractContextManager[Any]:
         # Speech2Text casts its input to float32 and the beam searches keep float32 scores;
         # autocast lowers only the matmul-heavy ops, which is what AMX accelerates.
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(bundle.device.type, dtype=torch.bfloat16)

@@ -31,6 +31,8 @@ class DynamicInt8(Plugin):
     description = "torch.ao dynamic quantization: qint8 weights for Linear (and LSTM/GRU) modules"
     Config = DynamicConfig
     effects = Effects(number_format=True)
+    devices = ("cpu",)
+    device_note = "torch.ao quantized kernels (fbgemm, onednn) are CPU-only; on a GPU use half"
     dtype = torch.qint8
 
     def apply(self, bundle: ModelBundle) -> None:

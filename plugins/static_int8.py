@@ -55,6 +55,8 @@ class StaticInt8(Plugin):
     description = "Static PTQ (QuantStub/DeQuantStub) of the ST decoder, calibrated with beam searches on dev"
     Config = StaticConfig
     effects = Effects(number_format=True)
+    devices = ("cpu",)
+    device_note = "torch.ao quantized kernels (fbgemm, onednn) are CPU-only; on a GPU use half"
 
     def qconfig(self) -> QConfig:
         reduce_range = torch.backends.quantized.engine in ("x86", "fbgemm")

@@ -11,12 +11,12 @@ what `Speech2Text.__call__` returns for each utterance alone (tests compare them
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import Any
 
 import numpy as np
 import torch
 
+from runner.device import clock
 from runner.decode import StageTimer, Translation, check_length, stage_modules
 from runner.errors import AudioTooShortError, RunnerError
 
@@ -65,19 +65,20 @@ def translate_batch(speech2text: Any, waveforms: list[np.ndarray],
     model = speech2text.st_model
     multidecoder = getattr(model, "use_multidecoder", False)
     modules = stage_modules(speech2text)
-    timer = StageTimer({name: modules[name] for name in ("frontend", "encoder", "md_encoder")})
+    device = torch.device(speech2text.device)
+    timer = StageTimer({name: modules[name] for name in ("frontend", "encoder", "md_encoder")}, device)
     searched = {"asr_search": 0.0, "st_search": 0.0}
     with timer, context or contextlib.nullcontext(), torch.no_grad():  # Speech2Text.__call__ is no_grad too
-        started = time.perf_counter()
+        started = clock(device)
         encoded = [_encode(speech2text, waveform) for waveform in waveforms]
         asr_results: list[list[Any]] = [[] for _ in waveforms]
         pre_xs = None
         steps: list[dict[str, int]] = [{} for _ in waveforms]
         if multidecoder:
-            clock = time.perf_counter()
+            search_started = clock(device)
             asr_nbest = speech2text.asr_beam_search.forward_batch(
                 [asr_enc for _, asr_enc in encoded], speech2text.asr_maxlenratio, speech2text.asr_minlenratio)
-            searched["asr_search"] = time.perf_counter() - clock
+            searched["asr_search"] = clock(device) - search_started
             for index, count in enumerate(speech2text.asr_beam_search.steps):
                 steps[index]["asr_search"] = count
             asr_results = [[_asr_result(speech2text, hyp) for hyp in nbest] for nbest in asr_nbest]
@@ -86,12 +87,12 @@ def translate_batch(speech2text: Any, waveforms: list[np.ndarray],
                 pre_xs = [enc for enc, _ in encoded]
         else:
             xs = [enc for enc, _ in encoded]
-        clock = time.perf_counter()
+        search_started = clock(device)
         nbest = speech2text.beam_search.forward_batch(xs, speech2text.maxlenratio, speech2text.minlenratio, pre_xs)
-        searched["st_search"] = time.perf_counter() - clock
+        searched["st_search"] = clock(device) - search_started
         for index, count in enumerate(speech2text.beam_search.steps):
             steps[index]["st_search"] = count
-        seconds = time.perf_counter() - started
+        seconds = clock(device) - started
     stages = {"frontend": timer.seconds["frontend"], "encoder": timer.seconds["encoder"],
               "asr_search": searched["asr_search"], "md_encoder": timer.seconds["md_encoder"],
               "st_search": searched["st_search"]}

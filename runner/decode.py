@@ -8,7 +8,6 @@ its stages with forward hooks, so an fp32 translation is exactly what
 from __future__ import annotations
 
 import contextlib
-import time
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from runner.device import clock
 from runner.errors import AudioTooShortError, RunnerError
 from runner.options import coerce  # decoding options follow the plugin options' typing rules
 
@@ -148,10 +148,15 @@ class StepCounter:
 
 
 class StageTimer:
-    """Adds up wall time spent inside named modules during one call, through forward hooks."""
+    """Adds up wall time spent inside named modules during one call, through forward hooks.
 
-    def __init__(self, modules: dict[str, list[torch.nn.Module]]) -> None:
+    On a GPU each reading waits for the device (`runner.device.clock`), so a stage's time is its
+    kernels' time, not their launch.
+    """
+
+    def __init__(self, modules: dict[str, list[torch.nn.Module]], device: torch.device | str | None = None) -> None:
         self.modules = modules
+        self.device = torch.device(device or "cpu")
         self.seconds = {name: 0.0 for name in modules}
         self._handles: list[Any] = []
 
@@ -161,10 +166,10 @@ class StageTimer:
                 started: list[float] = []
 
                 def pre(_module: Any, _args: Any, started: list[float] = started) -> None:
-                    started.append(time.perf_counter())
+                    started.append(clock(self.device))
 
                 def post(_module: Any, _args: Any, _out: Any, name: str = name, started: list[float] = started) -> None:
-                    self.seconds[name] += time.perf_counter() - started.pop()
+                    self.seconds[name] += clock(self.device) - started.pop()
 
                 self._handles.append(module.register_forward_pre_hook(pre))
                 self._handles.append(module.register_forward_hook(post))
@@ -206,7 +211,8 @@ def check_length(speech2text: Any, waveform: np.ndarray) -> None:
 
 def translate(speech2text: Any, waveform: np.ndarray,
               context: contextlib.AbstractContextManager[Any] | None = None) -> Translation:
-    """One utterance through `Speech2Text.__call__`, with wall time in total and per stage.
+    """One utterance through `Speech2Text.__call__`, with wall time in total and per stage (on a GPU,
+    read after the device finishes: see `runner.device.clock`).
 
     Args:
         speech2text: ESPnet's `Speech2Text` (a `ModelBundle.speech2text`).
@@ -218,12 +224,13 @@ def translate(speech2text: Any, waveform: np.ndarray,
             encoder too few frames for its subsampling (ESPnet's TooShortUttError).
     """
     check_length(speech2text, waveform)
-    timer = StageTimer(stage_modules(speech2text))
+    device = torch.device(speech2text.device)
+    timer = StageTimer(stage_modules(speech2text), device)
     multidecoder = getattr(speech2text.st_model, "use_multidecoder", False)
     counter = StepCounter({"asr_search": speech2text.asr_beam_search if multidecoder else None,
                            "st_search": speech2text.beam_search})
     with timer, counter, context or contextlib.nullcontext():
-        started = time.perf_counter()
+        started = clock(device)
         try:
             output = speech2text(waveform)
         except Exception as error:
@@ -232,7 +239,7 @@ def translate(speech2text: Any, waveform: np.ndarray,
                     f"audio too short for the encoder's subsampling: {len(waveform)} samples give "
                     f"{error.actual_size} feature frames, it needs more than {error.limit}") from error
             raise
-        seconds = time.perf_counter() - started
+        seconds = clock(device) - started
     if isinstance(output, tuple):  # multi-decoder: (st results, asr results)
         results, asr_results = output
         source_text = asr_results[0][0] if asr_results else None

@@ -16,6 +16,7 @@ import torch
 
 import runner
 from runner._espnet import root_handlers_kept
+from runner.device import facts as device_facts
 from runner.errors import RunnerError
 
 CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile")
@@ -111,16 +112,20 @@ def git_commit() -> str | None:
         return None
 
 
-def manifest(threads: int | None = None, engine: str | None = None) -> dict[str, Any]:
+def manifest(threads: int | None = None, engine: str | None = None,
+             device: torch.device | str | None = None) -> dict[str, Any]:
     """The machine and libraries a figure was measured with.
 
     Args:
         threads: the intra-op threads the measured runner used (default: torch's current count).
         engine: the quantized engine the measured model's plugins used; "none" for a float model.
             Default: torch's current engine (for a manifest that describes the machine only).
+        device: where the measured model ran (default: the CPU). On a GPU the manifest names it,
+            its memory, compute capability, and the CUDA and cuDNN versions (`runner.device.facts`).
     """
     model, flags = cpu_model()
     return {
+        **device_facts(device),
         "cpu": model,
         "cpu_flags": flags,
         "cores": available_cores(),

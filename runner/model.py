@@ -257,7 +257,7 @@ class ModelBundle:
         searches: the beam searches a translation runs (ST, and a multi-decoder's ASR search).
         files: where the config and weights came from (`ModelFiles`).
         options: the decoding options it was loaded with.
-        sample_rate, is_multidecoder: facts about the model.
+        device, sample_rate, is_multidecoder: facts about the model.
     After replacing modules, call `rewire_searches()` (the runner also does, after each plugin).
     """
 
@@ -270,6 +270,11 @@ class ModelBundle:
     @property
     def model(self) -> torch.nn.Module:
         return self.speech2text.st_model
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs (`Speech2Text` moves its input there)."""
+        return torch.device(self.speech2text.device)
 
     @property
     def is_multidecoder(self) -> bool:
@@ -371,13 +376,15 @@ def frontend_settings(model: torch.nn.Module, train_args: Any) -> dict[str, Any]
     return settings
 
 
-def load(path: str | Path, options: DecodeOptions | None = None, model_file: str | Path | None = None) -> ModelBundle:
+def load(path: str | Path, options: DecodeOptions | None = None, model_file: str | Path | None = None,
+         device: torch.device | str = "cpu") -> ModelBundle:
     """Load a model with ESPnet's `Speech2Text` and check that its weights fit its config.
 
     Args:
         path: an experiment directory, config.yaml, .pth or packed archive.
         options: decoding options (default: `DecodeOptions()`).
         model_file: the weights, when the directory holds several.
+        device: where the model runs (a resolved device: see `runner.device.resolve`).
 
     Returns:
         The loaded model, its two beam searches and tokenizers, as a `ModelBundle`.
@@ -391,8 +398,8 @@ def load(path: str | Path, options: DecodeOptions | None = None, model_file: str
     try:
         with _espnet.quiet():
             speech2text = module.Speech2Text(
-                st_train_config=str(files.config), st_model_file=str(files.model_file), **options.speech2text_kwargs()
-            )
+                st_train_config=str(files.config), st_model_file=str(files.model_file), device=str(device),
+                **options.speech2text_kwargs())
     except (FileNotFoundError, RuntimeError, KeyError, AssertionError, TypeError, ValueError) as error:
         raise RunnerError(f"{files.origin}: ESPnet could not load the model ({first_line(error)})") from error
     check_weights_fit(speech2text.st_model, files)

@@ -13,6 +13,7 @@ are registered there too, so a third party's plugin is treated exactly like them
         Config = HalveBeamConfig
         effects = Effects(search=True)           # what it changes: frontend, number format, search
         after = ("number-format",)               # ordering constraints: plugin names or effect kinds
+        devices = ("cpu", "cuda")                # where it runs (the default); others refuse it
 
         def apply(self, bundle: ModelBundle) -> None:
             bundle.speech2text.beam_search.beam_size //= self.config.factor
@@ -55,6 +56,7 @@ ENTRY_POINT_GROUP = "runner.plugins"
 MODEL_PARTS = ("encoder", "extra_asr_decoder", "md_encoder", "decoder", "ctc")
 DECODER_PARTS = ("extra_asr_decoder", "decoder")  # the parts a beam search steps through
 EFFECT_KINDS = ("frontend", "number-format", "search")
+DEVICE_TYPES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,10 @@ class Plugin:
     # Plugin names or effect kinds ("frontend", "number-format", "search") this one must follow / precede.
     after: ClassVar[tuple[str, ...]] = ()
     before: ClassVar[tuple[str, ...]] = ()
+    # Device types ("cpu", "cuda") the plugin runs on; a run on another device refuses it in one line
+    # that gives `device_note` as the reason.
+    devices: ClassVar[tuple[str, ...]] = DEVICE_TYPES
+    device_note: ClassVar[str] = ""
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -176,6 +182,9 @@ def _check_class(name: str, where: str, plugin: Any) -> None:
         unknown = [c for c in (*plugin.after, *plugin.before) if not isinstance(c, str)]
         if unknown:
             problems.append(f"has constraints that are not names: {unknown}")
+        devices = getattr(plugin, "devices", None)
+        if not (isinstance(devices, tuple) and devices and set(devices) <= set(DEVICE_TYPES)):
+            problems.append(f"declares devices {devices!r}; expected a non-empty tuple of {list(DEVICE_TYPES)}")
     if problems:
         raise RunnerError(f"plugin '{name}' ({where}) {'; '.join(problems)}")
 
@@ -230,8 +239,14 @@ def build(spec: PluginSpec, registry: dict[str, type[Plugin]] | None = None) -> 
     return plugin(config)
 
 
-def resolve(specs: list[PluginSpec], registry: dict[str, type[Plugin]] | None = None) -> list[Plugin]:
+def resolve(specs: list[PluginSpec], registry: dict[str, type[Plugin]] | None = None,
+            device_type: str | None = None) -> list[Plugin]:
     """Build a plugin list, check it for conflicts, and order it by the plugins' constraints.
+
+    Args:
+        specs: the plugins and their option values.
+        registry: plugins by name (default: every registered one).
+        device_type: "cpu" or "cuda": refuse plugins that do not run there (None: no check).
 
     Returns:
         The plugins in application order: constraints first, then names, never the listing order.
@@ -250,6 +265,10 @@ def resolve(specs: list[PluginSpec], registry: dict[str, type[Plugin]] | None = 
                     f"restrict one of them with its 'parts' option"
                 )
             owners[part] = plugin.name
+    if device_type is not None:
+        from runner.device import check_plugins
+
+        check_plugins(plugins, device_type)
     return order(plugins)
 
 

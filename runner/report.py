@@ -37,6 +37,8 @@ class Metrics:
             timed utterance (in batches: the batches' stage times over the utterances they decoded).
         steps_mean: mean output steps per utterance of each beam search (asr_search, st_search).
         seconds_per_step: each beam search's total time over its total steps (a batch's step counts once).
+        gpu_peak_memory_bytes: the most GPU memory torch held while decoding (warm-up included);
+            None on the CPU.
     """
 
     size_mb: float
@@ -50,6 +52,7 @@ class Metrics:
     stages_mean: dict[str, float]
     steps_mean: dict[str, float] = field(default_factory=dict)
     seconds_per_step: dict[str, float] = field(default_factory=dict)
+    gpu_peak_memory_bytes: int | None = None
 
 
 @dataclass
@@ -115,7 +118,7 @@ class Report:
                       f"{', multi-decoder' if summary['multidecoder'] else ''})"),
             ("data", f"{d['path']}  split {d['split']}, {selection}, {d['audio_seconds']:.1f} s audio, "
                      f"preloaded {d['preload_memory_bytes'] / 1e6:.1f} MB"),
-            ("conditions", f"threads {c['threads']}, engine {c['quantized_engine']}, "
+            ("conditions", f"device {c.get('device', 'cpu')}, threads {c['threads']}, engine {c['quantized_engine']}, "
                            f"search {c.get('search', 'espnet')}, hop {c['hop_length']}, "
                            f"dtype {c['dtype']}, plugins {plugins}, warm-up {c['warmup']}, "
                            f"batch {c.get('batch_size', 1)}, "
@@ -138,6 +141,11 @@ class Report:
             ("machine", f"{c['cpu']}, {c['cores']} cores; torch {c['versions']['torch']}, "
                         f"espnet {c['versions']['espnet']}"),
         ]
+        if c.get("gpu"):
+            peak = m.gpu_peak_memory_bytes
+            rows.append(("GPU", f"{c['gpu']} ({c['gpu_memory_bytes'] / 2**30:.1f} GiB, compute {c['gpu_capability']}), "
+                                f"CUDA {c['cuda']}, cuDNN {c['cudnn']}; peak memory "
+                                + (f"{peak / 2**20:.1f} MiB while decoding" if peak is not None else "n/a")))
         calibrated = [p for p in c["plugins"] if "calibration_seconds" in p]
         for p in calibrated:
             rows.append(("calibration", f"{p['name']}: {p['calibration_utterances']} utterances of split "

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def build_report(runner: Runner, preloaded: PreloadedSet, options: EvaluateOptions,
-             translations: list[Translation]) -> Report:
+                 translations: list[Translation], gpu_peak_memory_bytes: int | None = None) -> Report:
     """The `Report` of decoded utterances: every figure from `translations`, with the runner's conditions.
 
     Args:
@@ -30,6 +30,7 @@ def build_report(runner: Runner, preloaded: PreloadedSet, options: EvaluateOptio
         preloaded: the utterances, in the order of `translations`.
         options: how they were decoded (warm-up, batch size, selection).
         translations: one per utterance.
+        gpu_peak_memory_bytes: the most GPU memory the decoding held (None on the CPU).
 
     Returns:
         The report; latency and throughput over the utterances after the warm-up ones.
@@ -82,7 +83,7 @@ def build_report(runner: Runner, preloaded: PreloadedSet, options: EvaluateOptio
         },
         decode=runner.decode.speech2text_kwargs(),
         conditions={
-            **manifest(runner.threads, runner.engine or "none"),
+            **manifest(runner.threads, runner.engine or "none", runner.device),
             "warmup": options.warmup,
             "batch_size": options.batch_size,
             "hop_length": (summary["frontend"] or {}).get("hop_length"),
@@ -102,6 +103,7 @@ def build_report(runner: Runner, preloaded: PreloadedSet, options: EvaluateOptio
             stages_mean=stages,
             steps_mean=steps_mean,
             seconds_per_step=seconds_per_step,
+            gpu_peak_memory_bytes=gpu_peak_memory_bytes,
         ),
         utterances=[
             {

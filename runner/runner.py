@@ -21,6 +21,8 @@ from runner.audio import resample, to_mono_float
 from runner.data import PreloadedSet, Segment, TestSet, load_test_set, preload
 from runner.batch import batch_ranges, batch_ready, translate_batch
 from runner.decode import DecodeOptions, Translation, translate
+from runner.device import PeakMemory, check_plugins
+from runner.device import resolve as resolve_device
 from runner.environment import resolve_threads, torch_settings
 from runner.errors import RunnerError, first_line
 from runner.model import ModelBundle, load
@@ -64,6 +66,7 @@ class Runner:
         model_file: str | Path | None = None,
         plugins: Sequence[str | dict[str, Any] | PluginSpec] = (),
         calibration_data: str | Path | None = None,
+        device: str | torch.device = "cpu",
     ) -> None:
         """Load `model` and apply `plugins`.
 
@@ -78,17 +81,29 @@ class Runner:
             calibration_data: data root whose calibration split (e.g. dev) calibrating plugins
                 read. Default: the data of the first `evaluate` call, when it has that split;
                 otherwise the embedded demo corpus, which is logged and recorded in the report.
+            device: cpu (the default), cuda, cuda:N, or auto (a visible GPU, when every plugin runs
+                there); ignored for a `ModelBundle`, which runs where it was loaded. A plugin that
+                does not run on the device is refused before the model loads.
+
+        Raises:
+            RunnerError: bad model files, plugin options or device (one line each).
         """
         self.threads = resolve_threads(threads)
         self._thread = threading.get_ident()  # see _check_thread
+        specs = [p if isinstance(p, PluginSpec) else PluginSpec.parse(p, "plugins") for p in plugins]
+        self.plugins: list[Plugin] = resolve_plugins(specs)
+        if isinstance(model, ModelBundle):
+            self.device = model.device
+        else:
+            self.device = device if isinstance(device, torch.device) else resolve_device(device, self.plugins)
+        check_plugins(self.plugins, self.device.type)
         with torch_settings(self.threads):
             if isinstance(model, ModelBundle):  # see from_bundle
                 self.decode, self.bundle = model.options, model
             else:
                 self.decode = decode or DecodeOptions()
-                self.bundle = load(model if model is not None else defaults.model_path(), self.decode, model_file)
-            specs = [p if isinstance(p, PluginSpec) else PluginSpec.parse(p, "plugins") for p in plugins]
-            self.plugins: list[Plugin] = resolve_plugins(specs)
+                self.bundle = load(model if model is not None else defaults.model_path(), self.decode, model_file,
+                                   self.device)
             self._calibration_keys: set[tuple[str, int, int]] = set()
             for plugin in self.plugins:
                 started = time.perf_counter()
@@ -170,7 +185,7 @@ class Runner:
     def from_bundle(cls, bundle: ModelBundle, threads: int | None = None,
                     plugins: Sequence[str | dict[str, Any] | PluginSpec] = (),
                     calibration_data: str | Path | None = None) -> Runner:
-        """A runner over a copy of an already loaded float model (a sweep loads the model once)."""
+        """A runner over a copy of an already loaded float model (a sweep loads the model once), on its device."""
         return cls(bundle.copy(), threads=threads, plugins=plugins, calibration_data=calibration_data)
 
     @property
@@ -310,13 +325,14 @@ class Runner:
             iterator = _bar("decode", "batch" if options.batch_size > 1 else "utt")(batches)
         translations: list[Translation] = []
         try:
-            for batch in iterator:
-                translations += self._decode(utterances[batch.start:batch.stop], options.batch_size > 1)
+            with PeakMemory(self.device) as peak:
+                for batch in iterator:
+                    translations += self._decode(utterances[batch.start:batch.stop], options.batch_size > 1)
         except (RunnerError, KeyboardInterrupt) as error:
             # Keep what finished: the caller can still save these utterances' figures.
             error.partial_report = self._partial_report(preloaded, options, translations)  # type: ignore[union-attr]
             raise
-        return build_report(self, preloaded, options, translations)
+        return build_report(self, preloaded, options, translations, peak.bytes)
 
     def _decode(self, utterances: Sequence[Any], batched: bool) -> list[Translation]:
         """Translate preloaded utterances, one at a time or as one batch; errors name the utterance."""

@@ -208,7 +208,9 @@ class DecoderStep:
         first = decoder.decoders[0].self_attn
         self.heads, self.d_k = first.h, first.d_k
         self.embedding, self.positions = decoder.embed[0], decoder.embed[1]
-        self.positions.extend_pe(torch.empty(1, max_length + 1))
+        # As ESPnet's PositionalEncoding: its table on the device, in the embeddings' dtype.
+        weight = self.embedding.weight
+        self.positions.extend_pe(torch.empty(1, max_length + 1, device=weight.device, dtype=weight.dtype))
         self.shape = (len(self.layers), 2, rows, self.heads, max_length + 1, self.d_k)
         # Two buffers, (layers, key/value, hypotheses, heads, positions, d_k): a beam reorder copies the
         # used positions of the chosen rows into the spare one, so no step allocates (or page-faults) memory.
@@ -228,7 +230,8 @@ class DecoderStep:
         t = self.length
         x = self.embedding(tokens) * self.positions.xscale + self.positions.pe[0, t]
         if self.cache is None:
-            dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+            device_type = x.device.type
+            dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
             self.cache, self.spare = x.new_empty(self.shape, dtype=dtype), x.new_empty(self.shape, dtype=dtype)
         cache = self.cache[:, :, :x.size(0)]
         # Dynamic int8 scales a call's activations by their range: one call per utterance keeps each

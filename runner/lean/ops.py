@@ -180,11 +180,13 @@ def _float_linear(owner: torch.nn.Module | None, weight: torch.Tensor,
 
     MKL's packed GEMM (what Inductor's freezing uses on CPU) is 1.3-1.6x faster than `F.linear` for
     4-10 rows here, and a row's result does not depend on how many rows share the call (checked in
-    tests/test_batch.py), which keeps a batched utterance's numbers its own. Not under autocast (the bf16 plugin lowers `F.linear` itself), not for other dtypes.
+    tests/test_batch.py), which keeps a batched utterance's numbers its own. Not under autocast (the bf16 plugin
+    lowers `F.linear` itself), not for other dtypes, not on a GPU (cuBLAS runs `F.linear` there).
     A weight packed for `owner` is kept on it until the weight changes.
     """
     rows = PACK_ROWS.get()
-    if rows is None or MKL_LINEAR is None or weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+    if (rows is None or MKL_LINEAR is None or weight.dtype != torch.float32 or weight.device.type != "cpu"
+            or torch.is_autocast_enabled("cpu")):
         return lambda x: F.linear(x, weight, bias)
     key = (weight.data_ptr(), weight._version) if owner is not None else None
     packs = owner.__dict__.setdefault("runner_lean_mkl", {}) if owner is not None else {}
