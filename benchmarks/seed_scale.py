@@ -2,6 +2,7 @@
 
     python -m benchmarks.seed_scale                      # 20 utterances, threads 1 and 2, 3 repeats
     python -m benchmarks.seed_scale --utterances 2 --repeats 1 --threads 2 --schemes fp32,dynamic-int8
+    python -m benchmarks.seed_scale --device cuda --threads 2   # the schemes that run on a GPU -> docs/benchmarks-cuda.md
 
 Schemes run in interleaved order (fp32, int8, ..., fp32, int8, ...) on the same preloaded
 utterances; every ratio is taken against the fp32 run of the same repeat and thread count,
@@ -27,9 +28,12 @@ from runner import defaults
 from runner.data import load_test_set, preload
 from runner.decode import SEARCH_STAGES, STAGES, DecodeOptions
 from runner.demo.build import SPECIALS_HEAD, SPECIALS_TAIL, md_config, write_experiment
+from runner.device import PeakMemory
+from runner.device import resolve as resolve_device
 from runner.environment import manifest
 from runner.metrics.size import count_parameters, state_dict_bytes
 from runner.model import cache_dir, load
+from runner.plugin import available
 from runner.runner import Runner
 
 STATIC_ALL = {"name": "static-int8", "calibration_size": 4, "granularity": "block",
@@ -67,10 +71,17 @@ SCHEMES: dict[str, list[Any]] = {
     "dynamic-fp16+lean": ["dynamic-fp16", "lean"],
     # Small (d x d) attention projections cost more quantized (activation quantization per call) than in fp32.
     "dynamic-int8-noattn+lean": [{"name": "dynamic-int8", "skip": ["*decoder.decoders.*_attn.*"]}, "lean"],
+    # Half-precision weights and activations: the GPU's number formats (they run, slowly, on this CPU too).
+    "half-fp16": ["half-fp16"],
+    "half-bf16": ["half-bf16"],
+    "half-fp16+lean": ["half-fp16", "lean"],
+    "half-bf16+lean": ["half-bf16", "lean"],
 }
 # Earlier runs' intermediate combinations (docs/benchmarks-run3.md ...) stay runnable by name.
 SUPERSEDED = ("dynamic-int8+kv", "static-int8-all+kv", "dynamic-int8+kv+st1", "static-int8-all+kv+st1")
-DEFAULT_SCHEMES = [name for name in SCHEMES if name not in SUPERSEDED]
+HALF = ("half-fp16", "half-bf16", "half-fp16+lean", "half-bf16+lean")
+# On the CPU the half schemes are 10-20x slower than fp32 (no half-precision GEMMs): they are for GPUs.
+DEFAULT_SCHEMES = [name for name in SCHEMES if name not in SUPERSEDED and name not in HALF]
 ANALYSIS = "## Analysis"
 CONFIG = defaults.CONFIGS / "models" / "seed-scale.yaml"
 
@@ -101,23 +112,35 @@ def decode_options(config: dict[str, Any]) -> DecodeOptions:
                          asr_maxlenratio=-float(config["asr_steps"]))
 
 
-def measure(runner: Runner, utterances: list[Any], warmup: int, threads: int) -> dict[str, Any]:
+def measure(runner: Runner, utterances: list[Any], warmup: int, threads: int, batch_size: int = 1) -> dict[str, Any]:
     """Mean latency and stages through `Runner.translate` (the runner's threads, engine and plugin contexts).
 
-    Checks, at every encoder call, that the decode ran on `threads` intra-op threads.
+    With `batch_size` > 1, consecutive utterances go through `Runner.translate_batch` (lean schemes);
+    latency is then each utterance's batch wall time, and a batch's stage times count once.
+    Checks, at every encoder call, that the decode ran on `threads` intra-op threads; on a GPU
+    records the most memory the timed decodes held.
     """
     seen: list[int] = []
     handle = runner.bundle.model.encoder.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
     try:
         for utterance in utterances[:warmup]:
             runner.translate(utterance.waveform, utterance.sample_rate)
-        results = [runner.translate(u.waveform, u.sample_rate) for u in utterances]
+        with PeakMemory(runner.device) as peak:
+            if batch_size == 1:
+                batches = [[runner.translate(u.waveform, u.sample_rate)] for u in utterances]
+            else:
+                batches = [runner.translate_batch([u.waveform for u in utterances[i:i + batch_size]],
+                                                  utterances[i].sample_rate)
+                           for i in range(0, len(utterances), batch_size)]
     finally:
         handle.remove()
     if set(seen) != {threads}:
         raise RuntimeError(f"decoded on {sorted(set(seen))} threads, expected {threads}")
+    results = [r for batch in batches for r in batch]
     return {"mean": statistics.mean(r.seconds for r in results), "threads": seen[0],
-            "stages": {s: statistics.mean(r.stages.get(s, 0.0) for r in results) for s in STAGES},
+            "utterances_per_second": len(results) / sum(batch[0].seconds for batch in batches),
+            "peak_bytes": peak.bytes,
+            "stages": {s: sum(b[0].stages.get(s, 0.0) for b in batches) / len(results) for s in STAGES},
             "steps": {s: statistics.mean(r.steps.get(s, 0) for r in results) for s in SEARCH_STAGES}}
 
 
@@ -126,17 +149,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--utterances", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--schemes", default=",".join(DEFAULT_SCHEMES))
+    parser.add_argument("--schemes", default=None, help="default: every scheme that runs on --device (not half on the CPU)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed utterances before each scheme's timing")
-    parser.add_argument("--doc", type=Path, default=defaults.REPO_ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    parser.add_argument("--batch-size", type=int, default=1, help="utterances per search (lean schemes only)")
+    parser.add_argument("--doc", type=Path, default=None,
+                        help="default: docs/benchmarks.md on the CPU, docs/benchmarks-cuda.md on a GPU")
     args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    args.doc = args.doc or defaults.REPO_ROOT / "docs" / ("benchmarks.md" if device.type == "cpu" else "benchmarks-cuda.md")
+    gpu_schemes = [s for s in SCHEMES if s not in SUPERSEDED and all(
+        device.type in available()[(p if isinstance(p, str) else p["name"])].devices for p in SCHEMES[s])]
+    if args.schemes is None:
+        args.schemes = ",".join(DEFAULT_SCHEMES if device.type == "cpu" else gpu_schemes)
     schemes = args.schemes.split(",")
     unknown = [s for s in schemes if s not in SCHEMES]
     if unknown or "fp32" not in schemes:
         parser.error(f"--schemes must include fp32 and name only {list(SCHEMES)}; got {unknown}")
+    if args.batch_size > 1 and any("lean" not in s for s in schemes if s != "fp32"):
+        parser.error("--batch-size > 1 batches lean schemes only (fp32 runs as 'lean' then): name lean schemes")
+    if args.batch_size > 1:
+        SCHEMES["fp32"] = ["lean"]  # the baseline batches too: same translations as fp32 on ESPnet's engine
     config = yaml.safe_load(CONFIG.read_text())
     exp = build_model(config)
-    float_bundle = load(exp, decode_options(config))
+    float_bundle = load(exp, decode_options(config), device=device)
     test = preload(load_test_set(defaults.data_path(), "tst-COMMON"), float_bundle.sample_rate, limit=args.utterances)
     print(f"seed-scale model: {count_parameters(float_bundle.model):,} parameters; "
           f"{len(test.utterances)} utterances, {test.audio_seconds:.1f} s audio", file=sys.stderr)
@@ -157,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             runner.threads = threads  # a runner scopes its calls to this count (set only between calls)
         for repeat in range(args.repeats):
             for scheme in schemes:  # interleaved
-                measured = measure(runners[scheme], test.utterances, args.warmup, threads)
+                measured = measure(runners[scheme], test.utterances, args.warmup, threads, args.batch_size)
                 results.setdefault((scheme, threads), []).append(measured)
                 last = results[(scheme, threads)][-1]
                 print(f"threads {threads} repeat {repeat + 1} {scheme}: {last['mean']:.3f} s", file=sys.stderr)
-    text = render(results, sizes, schemes, args, config, count_parameters(float_bundle.model), len(test.utterances))
+    text = render(results, sizes, schemes, args, config, count_parameters(float_bundle.model), len(test.utterances),
+                  device)
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     previous = args.doc.read_text(encoding="utf-8") if args.doc.is_file() else ""
     if ANALYSIS in previous:  # the hand-written reading of the numbers survives regeneration
@@ -172,9 +209,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: dict[str, tuple[float, int]],
-           schemes: list[str], args: argparse.Namespace, config: dict[str, Any], parameters: int, n: int) -> str:
-    env = manifest()
+           schemes: list[str], args: argparse.Namespace, config: dict[str, Any], parameters: int, n: int,
+           device: torch.device) -> str:
+    env = manifest(device=device)
     command = "python -m benchmarks.seed_scale " + " ".join(sys.argv[1:])
+    gpu = env.get("gpu")
+    peaks = device.type == "cuda"
     lines = [
         "# Benchmarks at the seed's model scale",
         "",
@@ -182,11 +222,14 @@ def render(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: dict[str
         f"random weights, seed {config['seed']}); {n} utterances of the embedded tst-COMMON; beam {config['beam_size']}"
         f"/ASR beam {config['asr_beam_size']}, exactly {config['asr_steps']} ASR and {config['st_steps']} ST decoding "
         f"steps per utterance; {args.warmup} warm-up utterance(s) per measurement; {args.repeats} repeat(s) in "
-        "interleaved order. Ratios are to fp32 in the same repeat and thread count: min / median / max.",
+        f"interleaved order; device {device}{f' ({gpu})' if gpu else ''}; batch size {args.batch_size}"
+        + (" (latency is each utterance's batch wall time; fp32 runs on the lean engine)" if args.batch_size > 1 else "")
+        + ". Ratios are to fp32 in the same repeat and thread count: min / median / max.",
         "",
         "| scheme | threads | size MB | size ratio | params | latency s (median) | latency ratio min / med / max |"
+        + (" utterances/s | peak GPU MiB |" if peaks else "")
         + "".join(f" {s} |" for s in STAGES) + "".join(f" {s} steps | {s} ms/step |" for s in SEARCH_STAGES),
-        "|---|---|---|---|---|---|---|" + "---|" * (len(STAGES) + 2 * len(SEARCH_STAGES)),
+        "|---|---|---|---|---|---|---|" + ("---|---|" if peaks else "") + "---|" * (len(STAGES) + 2 * len(SEARCH_STAGES)),
     ]
     for threads in sorted({t for _, t in results}):
         base = results[("fp32", threads)]
@@ -202,6 +245,8 @@ def render(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: dict[str
             lines.append(
                 f"| {scheme} | {threads} | {size:.1f} | {size / sizes['fp32'][0]:.2f}x | {params:,} | {median:.3f} | "
                 f"{ratios[0]:.2f} / {statistics.median(ratios):.2f} / {ratios[-1]:.2f} |"
+                + (f" {statistics.median(r['utterances_per_second'] for r in runs):.2f} |"
+                   f" {max(r['peak_bytes'] for r in runs) / 2**20:.0f} |" if peaks else "")
                 + "".join(f" {stages[s]:.3f} |" for s in STAGES)
                 + "".join(f" {steps[s]:.1f} | {per_step[s]:.2f} |" for s in SEARCH_STAGES))
     lines += ["", "Stage columns are mean seconds per utterance (median over repeats); steps are each search's "

@@ -32,7 +32,7 @@ class DynamicInt8(Plugin):
     Config = DynamicConfig
     effects = Effects(number_format=True)
     devices = ("cpu",)
-    device_note = "torch.ao quantized kernels (fbgemm, onednn) are CPU-only; on a GPU use half"
+    device_note = "torch.ao quantized kernels (fbgemm, onednn) are CPU-only; on a GPU use half-fp16 or half-bf16"
     dtype = torch.qint8
 
     def apply(self, bundle: ModelBundle) -> None:

@@ -68,7 +68,7 @@ def _float32_log_softmax(ctc: torch.nn.Module) -> Any:
 
 class HalfFp16(Plugin):
     name = "half-fp16"
-    description = "float16 weights and activations (autocast) in the chosen parts: the GPU's half precision"
+    description = "float16 weights and activations (autocast): the GPU's half precision (frontend in float32)"
     Config = HalfConfig
     effects = Effects(number_format=True)
     after = ("frontend",)
@@ -100,5 +100,5 @@ class HalfFp16(Plugin):
 
 class HalfBf16(HalfFp16):
     name = "half-bf16"
-    description = "bfloat16 weights and activations (autocast) in the chosen parts: float32's range, half the bytes"
+    description = "bfloat16 weights and activations (autocast): float32's range in half the bytes (frontend in float32)"
     dtype = torch.bfloat16

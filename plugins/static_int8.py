@@ -56,7 +56,7 @@ class StaticInt8(Plugin):
     Config = StaticConfig
     effects = Effects(number_format=True)
     devices = ("cpu",)
-    device_note = "torch.ao quantized kernels (fbgemm, onednn) are CPU-only; on a GPU use half"
+    device_note = "torch.ao quantized kernels (fbgemm, onednn) are CPU-only; on a GPU use half-fp16 or half-bf16"
 
     def qconfig(self) -> QConfig:
         reduce_range = torch.backends.quantized.engine in ("x86", "fbgemm")

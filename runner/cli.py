@@ -72,11 +72,12 @@ def translate(
     limit: Optional[int] = typer.Option(None, help="Decode only N utterances"),
     sample: Optional[bool] = typer.Option(None, "--sample/--first", help="Draw the N utterances with --seed, or take the first N"),
     seed: Optional[int] = typer.Option(None, help="Seed for --sample [default: 0]"),
-    quant: Optional[str] = typer.Option(None, help="Quantization plugin: dynamic-int8, dynamic-fp16, static-int8, bf16"),
+    quant: Optional[str] = typer.Option(None, help="Number format: dynamic-int8, dynamic-fp16, static-int8 (CPU only); bf16 (autocast), half-fp16, half-bf16 (any device)"),
     hop: Optional[int] = typer.Option(None, help="Frontend STFT hop length in samples (the hop plugin)"),
     search: Optional[str] = typer.Option(None, help="Beam-search engine: espnet (ESPnet's own) or lean (same hypotheses, less work per step)"),
     plugin: list[str] = typer.Option([], help="Also apply this plugin with its defaults (see `runner plugins`); repeatable"),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads [default: all cores]"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N, or auto (a GPU when one is visible and every plugin runs there) [default: cpu]"),
     warmup: Optional[int] = typer.Option(None, help="Leading utterances decoded but left out of latency [default: 1]"),
     batch_size: Optional[int] = typer.Option(None, help="Utterances per beam search, with --search lean (same translations; latency is then each batch's time) [default: 1]"),
     config: Optional[Path] = typer.Option(None, help="Run YAML (model, data, decode, plugins, ...), or a shipped one by name (run, fast-search); options override it"),
@@ -87,19 +88,21 @@ def translate(
 ) -> None:
     """Translate a test set and report size, parameters, BLEU, chrF, source WER and latency."""
     from runner.config import RunConfig, compose_plugins, decode_options
+    from runner.device import check_spec
     from runner.runner import Runner
 
     try:
         run = RunConfig.from_yaml(defaults.shipped_config(config)) if config else RunConfig()
         given = dict(model=model, data=data, split=split, text=text, limit=limit, sample=sample, seed=seed,
-                     threads=threads, warmup=warmup, batch_size=batch_size)
+                     threads=threads, warmup=warmup, batch_size=batch_size, device=device)
         for name, value in given.items():
             if value is not None:
                 setattr(run, name, str(value) if isinstance(value, Path) else value)
         decode = decode_options({**run.decode, **parse_overrides(set_)}, decode_config)
+        check_spec(run.device)
         runner = Runner(run.model, decode, threads=run.threads, model_file=model_file,
                         plugins=compose_plugins(run.plugins, quant=quant, hop=hop, search=search, extra=plugin),
-                        calibration_data=run.data)
+                        calibration_data=run.data, device=run.device)
         options = run.evaluate_options(progress=progress)
         preloaded = runner.preload(options)
         typer.echo(f"preloaded {len(preloaded.utterances)} utterances ({preloaded.audio_seconds:.1f} s audio, "
@@ -166,6 +169,7 @@ def serve(
     search: Optional[str] = typer.Option(None, help="Beam-search engine for every served model: espnet (ESPnet's own, the default) or lean"),
     plugin: list[str] = typer.Option([], help="Also apply this plugin to every served model (see `runner plugins`); repeatable"),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads [default: all cores]"),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto, for every served model"),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)"),
     port: int = typer.Option(8000, help="Port to listen on"),
     max_queue: int = typer.Option(32, help="Requests that may wait for the decoder; more get 503 with Retry-After"),
@@ -200,13 +204,16 @@ def serve(
         if ray:
             from runner.serve.ray_serve import serve_on_ray
 
+            from runner.serve.app import scheme_specs
+
+            scheme_specs(quant, hop, search, plugin, device)  # refuse bad schemes here, not in every replica
             load = dict(model=model, quants=quant, hop=hop, decode=decode, threads=threads or 1, model_file=model_file,
-                        plugins=plugin, calibration_data=calibration_data, search=search)
+                        plugins=plugin, calibration_data=calibration_data, search=search, device=device)
             typer.echo(f"serving on Ray ({replicas} replica(s)) at http://{host}:{port}/", err=True)
             serve_on_ray(load, limits, host=host, port=port, replicas=replicas, threads=threads or 1,
                          address=address, api_key=api_key, cors_origins=cors_origin)
             return
-        models = load_models(model, quant, hop, decode, threads, model_file, plugin, calibration_data, search)
+        models = load_models(model, quant, hop, decode, threads, model_file, plugin, calibration_data, search, device)
         typer.echo(f"serving {', '.join(models)} on http://{host}:{port}/", err=True)
         run_server(models, host, port, limits, api_key=api_key, cors_origins=cors_origin)
     except RunnerError as error:
@@ -223,7 +230,7 @@ def list_plugins() -> None:
     except RunnerError as error:
         fail(str(error), error=error)
     for name, plugin in registry.items():
-        typer.echo(f"{name}: {plugin.description}")
+        typer.echo(f"{name}: {plugin.description}  [runs on: {', '.join(plugin.devices)}]")
         for field_name, kind, default in config_fields(plugin):
             typer.echo(f"    {field_name:<20} {kind:<22} default {default!r}")
 

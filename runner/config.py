@@ -9,6 +9,7 @@ from typing import Any
 
 from runner import defaults
 from runner.decode import DecodeOptions
+from runner.device import check_spec
 from runner.errors import RunnerError
 from runner.plugin import PluginSpec, number_format_plugins
 from runner.plugin import resolve as resolve_plugins
@@ -27,6 +28,7 @@ class RunConfig:
     threads: int | None = None
     warmup: int = 1
     batch_size: int = 1  # utterances per beam search (lean engine); 1: one at a time
+    device: str = "cpu"  # cpu, cuda, cuda:N or auto (see runner.device)
     decode: dict[str, Any] = field(default_factory=dict)
     plugins: list[PluginSpec] = field(default_factory=list)
 
@@ -46,6 +48,7 @@ class RunConfig:
                 raise RunnerError(f"{origin}: {name} must be {kind.__name__}, got {getattr(config, name)!r}")
         if not isinstance(config.batch_size, int) or isinstance(config.batch_size, bool) or config.batch_size < 1:
             raise RunnerError(f"{origin}: batch_size must be a positive integer, got {config.batch_size!r}")
+        check_spec(config.device, f"{origin}: device")
         for name in ("limit", "threads"):
             value = getattr(config, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -60,10 +63,15 @@ class RunConfig:
             raise RunnerError(f"{origin}: plugins must be a list, e.g. [{{name: dynamic-int8}}]")
         config.plugins = [PluginSpec.parse(entry, origin) for entry in plugins]
         try:
-            resolve_plugins(config.plugins)  # a typo in a plugin fails here, naming this file
+            resolve_plugins(config.plugins, device_type=config.device_type)  # a typo fails here, naming this file
         except RunnerError as error:
             raise RunnerError(f"{origin}: {error}") from error
         return config
+
+    @property
+    def device_type(self) -> str | None:
+        """"cpu" or "cuda" when `device` names one ("auto" decides only when the run starts)."""
+        return None if self.device == "auto" else self.device.split(":")[0]
 
     def evaluate_options(self, **overrides: Any) -> Any:
         """The `EvaluateOptions` (what to decode, warm-up) this run config describes."""

@@ -21,7 +21,7 @@ from runner.audio import resample, to_mono_float
 from runner.data import PreloadedSet, Segment, TestSet, load_test_set, preload
 from runner.batch import batch_ranges, batch_ready, translate_batch
 from runner.decode import DecodeOptions, Translation, translate
-from runner.device import PeakMemory, check_plugins
+from runner.device import PeakMemory, check_plugins, check_spec
 from runner.device import resolve as resolve_device
 from runner.environment import resolve_threads, torch_settings
 from runner.errors import RunnerError, first_line
@@ -93,10 +93,13 @@ class Runner:
         specs = [p if isinstance(p, PluginSpec) else PluginSpec.parse(p, "plugins") for p in plugins]
         self.plugins: list[Plugin] = resolve_plugins(specs)
         if isinstance(model, ModelBundle):
-            self.device = model.device
-        else:
-            self.device = device if isinstance(device, torch.device) else resolve_device(device, self.plugins)
-        check_plugins(self.plugins, self.device.type)
+            device = model.device
+        elif not isinstance(device, torch.device):
+            if check_spec(device) != "auto":  # a plugin that cannot run there is refused before any GPU is sought
+                check_plugins(self.plugins, device.split(":")[0])
+            device = resolve_device(device, self.plugins)
+        check_plugins(self.plugins, device.type)
+        self.device: torch.device = device
         with torch_settings(self.threads):
             if isinstance(model, ModelBundle):  # see from_bundle
                 self.decode, self.bundle = model.options, model

@@ -76,6 +76,8 @@ def test_health_and_info(server: str) -> None:
                               "max_batch": 1, "max_wait_ms": 5.0}
     assert info["decoding"] == "one request at a time across all models, in arrival order"
     assert info["environment"]["threads"] >= 1 and info["environment"]["quantized_engine"]
+    assert info["environment"]["device"] == "cpu" and info["environment"]["gpu"] is None
+    assert {config["device"] for config in info["models"].values()} == {"cpu"}
 
 
 def chunks(data: bytes, size: int = 1 << 20):

@@ -26,6 +26,7 @@ from runner import defaults
 from runner.decode import DecodeOptions
 from runner.environment import manifest
 from runner.errors import RunnerError
+from runner.plugin import PluginSpec
 from runner.runner import Runner
 from runner.serve.batching import Batcher, decoder_thread
 from runner.serve.metrics import CONTENT_TYPE, ServeMetrics
@@ -50,6 +51,7 @@ def model_config(runner: Runner) -> dict[str, Any]:
         "threads": runner.threads,
         "quantized_engine": runner.engine or "none",
         "search": runner.bundle.search_engine,
+        "device": str(runner.device),
         "decode": runner.decode.speech2text_kwargs(),
         "model": str(runner.bundle.files.origin),
         "model_content_hash": runner.bundle.files.content_hash,
@@ -103,7 +105,7 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
     check_batching(models, limits)
     # On the decoder thread: a model's summary may calibrate it (see `decoder_thread`).
     configs = decoder_thread().submit(lambda: {name: model_config(runner) for name, runner in models.items()}).result()
-    environment = manifest()
+    environment = manifest(device=next(iter(models.values())).device)
     batcher = Batcher(models, limits)
     metrics = ServeMetrics(lambda: batcher.waiting)
     batcher.on_batch = metrics.batch
@@ -215,7 +217,8 @@ async def _warm_all(batcher: Batcher, models: dict[str, Runner], limits: ServeLi
 def load_models(model: str | Path | None = None, quants: Sequence[str] = (), hop: int | None = None,
                 decode: DecodeOptions | None = None, threads: int | None = None,
                 model_file: str | Path | None = None, plugins: Sequence[str] = (),
-                calibration_data: str | Path | None = None, search: str | None = None) -> dict[str, Runner]:
+                calibration_data: str | Path | None = None, search: str | None = None,
+                device: str = "cpu") -> dict[str, Runner]:
     """One Runner per quantization scheme ("none" is fp32), over one model loaded once, named by scheme.
 
     Loads on the server's decoder thread (`runner.serve.batching.decoder_thread`), where they will run.
@@ -231,28 +234,52 @@ def load_models(model: str | Path | None = None, quants: Sequence[str] = (), hop
         calibration_data: data root whose calibration split static int8 calibrates on
             (default: the embedded demo corpus, logged as such).
         search: the beam-search engine of every scheme, "espnet" or "lean" (default: ESPnet's).
+        device: cpu, cuda, cuda:N or auto, for every scheme; a scheme that does not run there is refused.
 
     Returns:
         Scheme name -> a Runner, in the order given.
     """
     return decoder_thread().submit(_load_models, model, quants, hop, decode, threads, model_file, plugins,
-                                   calibration_data, search).result()
+                                   calibration_data, search, device).result()
 
 
-def _load_models(model: str | Path | None, quants: Sequence[str], hop: int | None, decode: DecodeOptions | None,
-                 threads: int | None, model_file: str | Path | None, plugins: Sequence[str],
-                 calibration_data: str | Path | None, search: str | None) -> dict[str, Runner]:
+def scheme_specs(quants: Sequence[str], hop: int | None = None, search: str | None = None,
+                 plugins: Sequence[str] = (), device: str | None = None) -> dict[str, list[PluginSpec]]:
+    """The plugin list of every served scheme, by name, checked (and against `device`'s type, if given).
+
+    Raises:
+        RunnerError: a scheme given twice, an unknown plugin or option, or a plugin that does not run on `device`.
+    """
     from runner.config import FLOAT, compose_plugins
-    from runner.model import load
+    from runner.device import check_spec
+    from runner.plugin import resolve as resolve_plugins
 
     names = [FP32 if q in FLOAT else q for q in (quants or [FP32])]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise RunnerError(f"--quant: {repeated} given more than once")
+    specs = {name: compose_plugins(quant=name, hop=hop, search=search, extra=plugins) for name in names}
+    device_type = None if device in (None, "auto") else check_spec(device).split(":")[0]
+    for name in names:
+        resolve_plugins(specs[name], device_type=device_type)
+    return specs
+
+
+def _load_models(model: str | Path | None, quants: Sequence[str], hop: int | None, decode: DecodeOptions | None,
+                 threads: int | None, model_file: str | Path | None, plugins: Sequence[str],
+                 calibration_data: str | Path | None, search: str | None, device: str) -> dict[str, Runner]:
+    from runner.device import check_plugins, resolve
+    from runner.model import load
+    from runner.plugin import resolve as resolve_plugins
+
     if model is None:
         model = defaults.model_path()
-    specs = {name: compose_plugins(quant=name, hop=hop, search=search, extra=plugins) for name in names}  # before loading
-    bundle = load(model, decode or DecodeOptions(), model_file)
+    specs = scheme_specs(quants, hop, search, plugins)  # checked before loading
+    schemes = [plugin for name in specs for plugin in resolve_plugins(specs[name])]
+    where = resolve(device, schemes)
+    check_plugins(schemes, where.type)
+    bundle = load(model, decode or DecodeOptions(), model_file, where)
+    names = list(specs)
     if len(names) == 1:  # no copy needed
         return {names[0]: Runner(bundle, threads=threads, plugins=specs[names[0]], calibration_data=calibration_data)}
     return {name: Runner.from_bundle(bundle, threads=threads, plugins=specs[name], calibration_data=calibration_data)

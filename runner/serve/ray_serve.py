@@ -44,14 +44,18 @@ def deployment(load: dict[str, Any], limits: ServeLimits, *, replicas: int = 1, 
         load: `load_models` keyword arguments (model, quants, hop, decode, threads, ...), for every replica.
         limits: each replica's limits (its queue and batching are its own).
         replicas: how many replicas to run.
-        threads: CPUs each replica reserves (its intra-op threads).
+        threads: CPUs each replica reserves (its intra-op threads); with `load["device"]` cuda, one GPU too.
         api_key: the bearer key, as for `create_app`.
         cors_origins: allowed browser origins, as for `create_app`.
     """
     from ray import serve
 
     ingress = serve.ingress()(Replica)
-    options = dict(num_replicas=replicas, ray_actor_options={"num_cpus": threads},
+    # A replica on a GPU reserves one; Ray shows it to the replica as cuda:0.
+    gpus = 1 if str(load.get("device", "cpu")).startswith("cuda") else 0
+    if gpus:
+        load = {**load, "device": "cuda"}
+    options = dict(num_replicas=replicas, ray_actor_options={"num_cpus": threads, "num_gpus": gpus},
                    # a replica must hold its whole queue and a batch, or Ray's proxy refuses requests first
                    max_ongoing_requests=limits.max_queue + max(1, limits.max_batch),
                    health_check_period_s=10)
@@ -79,6 +83,10 @@ def serve_on_ray(load: dict[str, Any], limits: ServeLimits, *, host: str = "127.
     if cpus < replicas * threads:
         raise RunnerError(f"--replicas {replicas} x {threads} thread(s) needs {replicas * threads} CPUs; "
                           f"the Ray cluster has {cpus:g}")
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if str(load.get("device", "cpu")).startswith("cuda") and gpus < replicas:
+        raise RunnerError(f"--replicas {replicas} on --device {load['device']} needs {replicas} GPUs; "
+                          f"the Ray cluster has {gpus:g}")
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(deployment(load, limits, replicas=replicas, threads=threads, api_key=api_key,

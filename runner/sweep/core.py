@@ -62,13 +62,15 @@ class Sweep:
         if self.jsonl.exists() and self.jsonl.stat().st_size and not self.resume:
             raise RunnerError(f"{self.jsonl}: holds results already; pass --resume to continue or choose another --out")
         decode = decode_options(run.decode)
-        base = Runner(run.model or defaults.model_path(), decode, threads=engine.threads(run.threads))
+        base = Runner(run.model or defaults.model_path(), decode, threads=engine.threads(run.threads),
+                      device=engine.base_device(run.device))
         options = run.evaluate_options(progress=self.progress and engine.name == "local")
         preloaded = base.preload(options)
         versions = code_versions()
         identity = {"model": base.bundle.files.content_hash, "data": preloaded.content_hash,
                     "decode": decode.speech2text_kwargs(), "threads": base.threads, "warmup": run.warmup,
                     **({"batch_size": run.batch_size} if run.batch_size != 1 else {}),
+                    **({"device": run.device} if run.device != "cpu" else {}),
                     "repeats": self.config.repeats, "measure": self.config.measure}
         plans = self.config.plan()
         for plan in plans:
@@ -123,7 +125,7 @@ class Sweep:
                 env.setdefault("resumed_by", []).append(versions)
                 path.write_text(json.dumps(env, indent=2), encoding="utf-8")
             return
-        env = {**manifest(base.threads), "model": str(base.bundle.files.origin),
+        env = {**manifest(base.threads, device=base.device), "model": str(base.bundle.files.origin),
                "model_content_hash": base.bundle.files.content_hash,
                "data": str(preloaded.test_set.path), "split": preloaded.test_set.split,
                "data_content_hash": preloaded.content_hash, "n": len(preloaded.utterances),

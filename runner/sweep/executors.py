@@ -47,6 +47,10 @@ class Executor(ABC):
         """The intra-op threads each run uses (None: every core of the machine it runs on)."""
         return requested
 
+    def base_device(self, requested: str) -> str:
+        """Where the driver loads the float model that runs copy (the runs' own device by default)."""
+        return requested
+
     @abstractmethod
     def run(self, sweep: SweepRecorder, todo: list[RunPlan], base: Runner, preloaded: PreloadedSet,
             options: EvaluateOptions) -> None:

@@ -53,7 +53,7 @@ class SweepConfig:
             raise RunnerError(f"{path}: grid search values must be among {list(SEARCH_ENGINES)}, got {bad_engines}")
         for point in config.plan():  # every grid point must build: a typo fails before anything runs
             try:
-                resolve_plugins(point.specs)
+                resolve_plugins(point.specs, device_type=run.device_type)
             except RunnerError as error:
                 raise RunnerError(f"{path}: {error}") from error
         return config

@@ -58,10 +58,12 @@ def execute(job: Job) -> dict[str, Any]:
     if code_versions() != job.versions:
         raise RunnerError(f"on worker {socket.gethostname()} st-runner runs other code ({code_versions()}) than the "
                           f"driver ({job.versions}); install the same version on every node")
-    key = (run.model, repr(job.decode), job.threads)
+    key = (run.model, repr(job.decode), job.threads, run.device)
     if key not in _loaded:
         _loaded.clear()
-        _loaded[key] = Runner(run.model or defaults.model_path(), job.decode, threads=job.threads)
+        # Ray shows a task the GPU it reserved as cuda:0 (CUDA_VISIBLE_DEVICES).
+        device = "cuda" if run.device.startswith("cuda") else run.device
+        _loaded[key] = Runner(run.model or defaults.model_path(), job.decode, threads=job.threads, device=device)
     base = _loaded[key]
     origin = base.bundle.files.origin
     if base.bundle.files.content_hash != job.model_hash:
@@ -88,6 +90,9 @@ class RayExecutor(Executor):
     def threads(self, requested: int | None) -> int | None:
         return requested or 1  # a task reserves `threads` CPUs, so it needs a number
 
+    def base_device(self, requested: str) -> str:
+        return "cpu"  # the driver only hashes and preloads: it needs no GPU, the tasks do
+
     def run(self, sweep: SweepRecorder, todo: list[RunPlan], base: Any, preloaded: PreloadedSet,
             options: Any) -> None:
         run_on_ray(sweep, todo, base, preloaded, self.address)
@@ -109,7 +114,8 @@ def run_on_ray(sweep: SweepRecorder, todo: list[RunPlan], base: Any, preloaded: 
         largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
         if threads > largest:
             raise RunnerError(f"{config.source}: threads {threads} is more than any Ray node has ({largest:g} CPUs)")
-        remote = ray.remote(execute).options(num_cpus=threads, max_retries=0)
+        gpus = 1 if config.run.device.startswith("cuda") else 0  # a timed run has its GPU to itself
+        remote = ray.remote(execute).options(num_cpus=threads, num_gpus=gpus, max_retries=0)
         shards = _shards(len(preloaded.utterances), config, ray.cluster_resources().get("CPU", 1), threads)
         jobs = []
         for plan in todo:

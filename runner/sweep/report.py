@@ -14,7 +14,8 @@ from runner.plugin import number_format_plugins
 
 CSV_COLUMNS = ("label", "status", "hop", "quant", "dtype", "size_mb", "parameters", "bleu", "bleu_delta", "p_value",
                "chrf", "source_wer", "latency_mean", "latency_std", "latency_p50", "latency_p90", "latency_p99", "rtf",
-               "cv", "repeats", "calibration_seconds", "n", "timed", "threads", "warmup", "engine", "cpu",
+               "cv", "repeats", "calibration_seconds", "n", "timed", "threads", "warmup", "engine", "cpu", "device",
+               "gpu", "gpu_peak_memory_bytes",
                "executor", "host", "attempts", "config_hash", "reason", "error_type", "error_cause")
 
 
@@ -57,11 +58,12 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], config: Any) -> str:
     repeats = config.repeats
+    device = config.run.device + (f" ({env['gpu']})" if env.get("gpu") else "")
     lines = [
         f"# Sweep: {config.source}",
         "",
         f"Model `{env['model']}` (sha256 {env['model_content_hash']}), data `{env['data']}` split {env['split']}, "
-        f"N={env['n']} (audio hash {env['data_content_hash']}); threads {env['threads']}, "
+        f"N={env['n']} (audio hash {env['data_content_hash']}); device {device}; threads {env['threads']}, "
         f"warm-up {config.run.warmup}, {repeats} repeat(s)"
         f"{' interleaved' if env.get('executor', 'local') == 'local' else ' per Ray task'}; "
         f"executor {env.get('executor', 'local')}; driver CPU {env['cpu']}; torch "
