@@ -316,6 +316,9 @@ class Runner:
             raise RunnerError(
                 f"--warmup {options.warmup} leaves no utterance to time out of {len(utterances)}; lower it or raise --limit"
             )
+        if options.warmup == 0 and self.device.type == "cuda":
+            logger.warning("--warmup 0 on %s: the first utterance's latency includes CUDA's start-up and kernel "
+                           "selection", self.device)
         if options.batch_size < 1:
             raise RunnerError(f"--batch-size must be 1 or more, got {options.batch_size}")
         if options.batch_size > 1:
