@@ -1,250 +1,30 @@
-"""Finding, loading and describing ESPnet speech-translation models.
+"""Loading and describing ESPnet speech-translation models.
 
 Accepts an experiment directory (config.yaml + a .pth), a config or .pth file, or a packed
-archive written by `espnet2.bin.pack`. Paths inside config.yaml that do not exist (written
-relative to a recipe root, or absolute paths of another machine) are found by their trailing
-components under the model directory and its parents, so an experiment copied anywhere still
-loads. The weights must fit the config: ESPnet loads them with `strict=False`, which would
-leave a mismatched model partly random, so the runner checks every key itself. A trainer
-checkpoint (`checkpoint.pth`) is unwrapped to its model weights.
+archive written by `espnet2.bin.pack` (found by `runner.model_files.locate`, which also resolves
+paths of other machines and unwraps trainer checkpoints). The weights must fit the config: ESPnet
+loads them with `strict=False`, which would leave a mismatched model partly random, so the runner
+checks every key itself.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import hashlib
-import logging
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from runner import _espnet
 from runner.decode import DecodeOptions, keep_pre_x_on_retry
 from runner.errors import RunnerError, first_line
 from runner.metrics.size import count_parameters, state_dict_bytes
-from runner.yamlio import read_yaml
+# Re-exported: callers find a model's files through this module too.
+from runner.model_files import ModelFiles, cache_dir, check_weights_fit, file_hash, locate, read_weights
 
-MODEL_FILE_NAMES = (
-    "valid.acc.ave.pth",
-    "valid.bleu.ave.pth",
-    "valid.acc.best.pth",
-    "valid.bleu.best.pth",
-    "valid.loss.ave.pth",
-    "valid.loss.best.pth",
-    "model.pth",
-)
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2")
-# Config keys that name files the model cannot load without.
-REQUIRED_PATH_KEYS = ("token_list", "src_token_list", "bpemodel", "src_bpemodel", "stats_file")
-# Keys of an ESPnet trainer checkpoint (espnet2/train/trainer.py) besides "model".
-TRAINER_KEYS = ("reporter", "optimizers", "schedulers", "scaler")
-SHOWN_KEYS = 3  # how many mismatched keys an error names
-
-logger = logging.getLogger("runner")
+__all__ = ["ModelBundle", "ModelFiles", "cache_dir", "check_weights_fit", "file_hash", "frontend_settings", "load",
+           "locate", "read_weights"]
 PARTS = ("frontend", "normalize", "encoder", "extra_asr_decoder", "md_encoder", "decoder", "ctc", "st_ctc")
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("ST_RUNNER_CACHE") or Path.home() / ".cache" / "st-runner"
-    return Path(root)
-
-
-@dataclass(frozen=True)
-class ModelFiles:
-    """Where a model's config and weights are, after unpacking and path resolution."""
-
-    origin: Path  # what the user named
-    config: Path  # config.yaml to load (a resolved copy when paths had to be rewritten)
-    model_file: Path  # the weights ESPnet loads (the unwrapped copy of a trainer checkpoint)
-    packed: bool
-    checkpoint: Path | None = None  # the trainer checkpoint `model_file` was unwrapped from
-    weight_keys: frozenset[str] = frozenset()  # the state_dict keys in `model_file`, read once by `locate`
-
-    @property
-    def file_bytes(self) -> int:
-        return self.model_file.stat().st_size
-
-    @functools.cached_property
-    def content_hash(self) -> str:
-        """sha256 prefix of the weights, read once however many reports (or bundle copies) ask."""
-        return file_hash(self.model_file)
-
-
-def locate(path: str | Path, model_file: str | Path | None = None) -> ModelFiles:
-    """Find a model's config and weights: unpack archives, unwrap trainer checkpoints, resolve paths."""
-    origin = Path(path)
-    if not origin.exists():
-        raise RunnerError(f"{origin}: model path not found")
-    if origin.is_file() and origin.name.endswith(ARCHIVE_SUFFIXES):
-        config, weights = _unpack(origin)
-        packed = True
-    elif origin.is_dir():
-        config = origin / "config.yaml"
-        if not config.is_file():
-            yamls = sorted(p.name for p in origin.glob("*.yaml"))
-            raise RunnerError(f"{origin}: no config.yaml (found: {', '.join(yamls) or 'no YAML files'})")
-        weights = Path(model_file) if model_file else _pick_model_file(origin)
-        packed = False
-    elif origin.suffix == ".pth":
-        config, weights, packed = origin.parent / "config.yaml", origin, False
-        if not config.is_file():
-            raise RunnerError(f"{origin}: no config.yaml beside the model file")
-    elif origin.suffix in (".yaml", ".yml"):
-        config, packed = origin, False
-        weights = Path(model_file) if model_file else _pick_model_file(origin.parent)
-    else:
-        raise RunnerError(f"{origin}: not a model directory, config, .pth or packed archive")
-    if not weights.is_file():
-        raise RunnerError(f"{weights}: model file not found")
-    unwrapped, keys = _inspect_weights(weights)
-    return ModelFiles(origin, _resolve_config_paths(config), unwrapped or weights, packed,
-                      weights if unwrapped else None, keys)
-
-
-def read_weights(path: Path) -> Any:
-    """torch.load of a model file onto the CPU, memory-mapped when the format allows (cheap to inspect)."""
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
-            return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise RunnerError(f"{path}: not a readable PyTorch model file ({first_line(error)})") from error
-
-
-def _inspect_weights(weights: Path) -> tuple[Path | None, frozenset[str]]:
-    """The weights' state_dict keys, and for an ESPnet trainer checkpoint its model weights saved once to
-    the cache (None for plain weights)."""
-    state = read_weights(weights)
-    if isinstance(state, dict) and isinstance(state.get("module"), dict):  # DeepSpeed, as ESPnet unwraps it
-        state = state["module"]
-    if not isinstance(state, dict):
-        raise RunnerError(f"{weights}: not a state_dict (a {type(state).__name__})")
-    if not (isinstance(state.get("model"), dict) and any(k in state for k in TRAINER_KEYS)):
-        return None, frozenset(state)
-    target = cache_dir() / "unwrapped" / file_hash(weights) / "model.pth"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial")
-        torch.save(state["model"], partial)
-        partial.replace(target)
-    logger.info("%s is a trainer checkpoint: loading its model weights (saved as %s)", weights, target)
-    return target, frozenset(state["model"])
-
-
-def check_weights_fit(model: torch.nn.Module, files: ModelFiles) -> None:
-    """Refuse weights whose keys differ from the model that config.yaml builds.
-
-    ESPnet's `build_model_from_file` loads with `strict=False`, so missing keys would stay
-    randomly initialised and unexpected ones would be dropped, without a word.
-    """
-    expected = set(model.state_dict())
-    mismatched = {"missing": sorted(expected - files.weight_keys), "unexpected": sorted(files.weight_keys - expected)}
-    problems = [f"{len(keys)} {kind} key(s) ({', '.join(keys[:SHOWN_KEYS])}{', ...' if len(keys) > SHOWN_KEYS else ''})"
-                for kind, keys in mismatched.items() if keys]
-    if not problems:
-        return
-    source = files.checkpoint or files.model_file
-    raise RunnerError(f"{source}: the weights do not fit the model {files.config.name} builds: "
-                      f"{' and '.join(problems)}; were they trained with this config?")
-
-
-def _pick_model_file(directory: Path) -> Path:
-    for name in MODEL_FILE_NAMES:
-        if (directory / name).is_file():
-            return directory / name
-    candidates = sorted(p for p in directory.glob("*.pth") if p.name != "checkpoint.pth")
-    averaged = [p for p in candidates if "ave" in p.name]
-    if len(averaged) == 1 or len(candidates) == 1:
-        return (averaged or candidates)[0]
-    if not candidates and (directory / "checkpoint.pth").is_file():
-        return directory / "checkpoint.pth"  # a run stopped before its first snapshot average: unwrapped
-    if not candidates:
-        raise RunnerError(f"{directory}: no model file (*.pth)")
-    names = ", ".join(p.name for p in candidates)
-    raise RunnerError(f"{directory}: several model files ({names}); name one with --model-file")
-
-
-def file_hash(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def _unpack(archive: Path) -> tuple[Path, Path]:
-    with _espnet.quiet():
-        from espnet2.main_funcs.pack_funcs import unpack
-    target = cache_dir() / "packed" / file_hash(archive)
-    try:
-        files = unpack(archive, target)
-    except Exception as error:
-        raise RunnerError(f"{archive}: not an ESPnet packed model ({first_line(error)})") from error
-    config = files.get("st_train_config") or next((v for k, v in files.items() if k.endswith("train_config")), None)
-    weights = files.get("st_model_file") or next((v for k, v in files.items() if k.endswith("model_file")), None)
-    if not config or not weights:
-        raise RunnerError(f"{archive}: meta.yaml names no st_train_config/st_model_file ({sorted(files)})")
-    return Path(config), Path(weights)
-
-
-def find_by_trailing_parts(value: str, roots: list[Path]) -> tuple[Path | None, list[Path]]:
-    """`value` (relative or absolute, possibly another machine's) under `roots`, by its trailing components.
-
-    `/home/x/egs2/must_c/st1/data/tgt_bpe.model` is looked for as `st1/data/tgt_bpe.model`,
-    `data/tgt_bpe.model` and `tgt_bpe.model` under each root in turn (longest match first).
-
-    Returns:
-        The first existing candidate (or None) and every place tried, in order.
-    """
-    parts = [p for p in Path(value).parts if p not in (Path(value).anchor, "", ".")]
-    tried: list[Path] = []
-    for root in roots:
-        for start in range(len(parts)):
-            candidate = root.joinpath(*parts[start:])
-            if candidate not in tried:
-                tried.append(candidate)
-            if candidate.exists():
-                return candidate, tried
-    return None, tried
-
-
-def _resolve_config_paths(config: Path) -> Path:
-    """Rewrite file paths in config.yaml that do not exist as written (see `find_by_trailing_parts`)."""
-    data = read_yaml(config, "training config")
-    if not isinstance(data, dict):
-        raise RunnerError(f"{config}: not an ESPnet training config")
-    roots = [config.parent, *list(config.parent.resolve().parents)[:4]]
-    changed = False
-
-    def resolve(key: str, value: Any) -> Any:
-        nonlocal changed
-        if isinstance(value, dict):
-            return {k: resolve(k, v) for k, v in value.items()}
-        if not isinstance(value, str) or key not in REQUIRED_PATH_KEYS or Path(value).exists():
-            return value
-        found, tried = find_by_trailing_parts(value, roots)
-        if found is None:
-            places = ", ".join(str(p) for p in tried)
-            raise RunnerError(f"{config}: {key} '{value}' not found as written nor by its trailing parts; "
-                              f"tried {places}")
-        changed = True
-        logger.debug("%s: %s '%s' found as %s", config, key, value, found)
-        return str(found.resolve())
-
-    resolved = {k: resolve(k, v) for k, v in data.items()}
-    if not changed:
-        return config
-    digest = hashlib.sha256(str(config.resolve()).encode() + config.read_bytes()).hexdigest()[:16]
-    target = cache_dir() / "configs" / digest / "config.yaml"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(yaml.safe_dump(resolved, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    return target
 
 
 class ModelBundle:
