@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from benchmarks.seed_scale import CONFIG, STATIC_ALL, build_model
@@ -26,8 +27,10 @@ from benchmarks.seed_scale import decode_options as seed_decode_options
 from runner import defaults
 from runner.data import PreloadedSet, load_test_set, preload
 from runner.decode import DecodeOptions
+from runner.device import resolve as resolve_device
 from runner.environment import manifest
 from runner.model import load
+from runner.plugin import available
 from runner.runner import EvaluateOptions, Runner
 
 BASELINE = "espnet fp32"
@@ -39,21 +42,29 @@ SCHEMES: dict[str, list[Any]] = {
 }
 
 
-def prepare(name: str, threads: int, limit: int | None) -> tuple[str, dict[str, Runner], PreloadedSet]:
-    """The set's description, a runner per scheme over one loaded model, and its preloaded utterances."""
+def prepare(name: str, threads: int, limit: int | None,
+            device: torch.device) -> tuple[str, dict[str, Runner], PreloadedSet]:
+    """The set's description, a runner per scheme (that runs on `device`) over one loaded model, and its
+    preloaded utterances."""
     if name == "demo":
-        bundle = load(defaults.model_path(), DecodeOptions())
+        bundle = load(defaults.model_path(), DecodeOptions(), device=device)
         description = "the embedded demo model (trained) on the embedded demo tst-COMMON"
     else:
         config = yaml.safe_load(CONFIG.read_text())
-        bundle = load(build_model(config), seed_decode_options(config))
+        bundle = load(build_model(config), seed_decode_options(config), device=device)
         description = (f"the seed-scale model (`configs/models/seed-scale.yaml`, random weights, exactly "
                        f"{config['asr_steps']} ASR and {config['st_steps']} ST steps per utterance)")
     test = preload(load_test_set(defaults.data_path(), "tst-COMMON"), bundle.sample_rate, limit=limit)
     runners = {scheme: Runner.from_bundle(bundle, threads=threads, plugins=plugins,
                                           calibration_data=defaults.data_path())
-               for scheme, plugins in SCHEMES.items()}
+               for scheme, plugins in SCHEMES.items() if runs_on(plugins, device)}
     return description, runners, test
+
+
+def runs_on(plugins: list[Any], device: torch.device) -> bool:
+    """Whether every plugin of a scheme runs on `device` (torch.ao's int8 kernels are CPU-only)."""
+    registry = available()
+    return all(device.type in registry[p if isinstance(p, str) else p["name"]].devices for p in plugins)
 
 
 def evaluate(runner: Runner, test: PreloadedSet, batch: int, warmup: int) -> Any:
@@ -69,13 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-utterances", type=int, default=None, help="default: all 100")
     parser.add_argument("--seed-utterances", type=int, default=17, help="1 warm-up + 2 batches of 8")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--doc", type=Path, default=defaults.REPO_ROOT / "docs" / "batch-throughput.md")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CPU-only schemes are left out)")
+    parser.add_argument("--doc", type=Path, default=None,
+                        help="default: docs/batch-throughput.md, or docs/batch-throughput-cuda.md on a GPU")
     args = parser.parse_args(argv)
+    args.device = resolve_device(args.device)
+    args.doc = args.doc or defaults.REPO_ROOT / "docs" / (
+        "batch-throughput.md" if args.device.type == "cpu" else "batch-throughput-cuda.md")
     sections = []
     for name in args.sets.split(","):
         limit = args.demo_utterances if name == "demo" else args.seed_utterances
-        description, runners, test = prepare(name, args.threads, limit)
-        runs = [(scheme, 1) for scheme in SCHEMES] + [(scheme, args.batch) for scheme in SCHEMES if scheme != BASELINE]
+        description, runners, test = prepare(name, args.threads, limit, args.device)
+        runs = [(scheme, 1) for scheme in runners] + [(scheme, args.batch) for scheme in runners if scheme != BASELINE]
         for scheme, batch in runs:  # untimed: calibration, packed weights for this batch's rows
             runner = runners[scheme]
             if batch > 1:
@@ -102,7 +118,7 @@ def render_set(name: str, description: str, test: PreloadedSet, results: dict[tu
     base = results[(BASELINE, 1)]
     lines = [f"## {name}: {description}", "",
              f"{len(test.utterances)} utterances ({test.audio_seconds:.1f} s of audio), {args.warmup} of them "
-             f"warm-up (a batch of their own), {args.threads} threads.", "",
+             f"warm-up (a batch of their own), {args.threads} threads, device {args.device}.", "",
              "| scheme | batch | utterances/s (median) | audio s/s | throughput ratio to ESPnet fp32 batch 1, "
              "min / med / max | latency per utterance s (median) | BLEU | same translations as batch 1 |",
              "|---|---|---|---|---|---|---|---|"]
@@ -122,7 +138,7 @@ def render_set(name: str, description: str, test: PreloadedSet, results: dict[tu
 
 def render(sections: list[str], args: argparse.Namespace) -> str:
     command = "python -m benchmarks.batch_throughput " + " ".join(sys.argv[1:])
-    env = manifest(args.threads)
+    env = manifest(args.threads, device=args.device)
     return "\n".join([
         "# Batched decoding: evaluation throughput", "",
         f"Generated by `{command.strip()}`: {args.repeats} repeat(s) in interleaved order. Throughput is timed "

@@ -32,6 +32,7 @@ import yaml
 from benchmarks.live_server import live_server
 from runner import defaults
 from runner.data import load_test_set, preload
+from runner.device import resolve as resolve_device
 from runner.environment import manifest
 from runner.metrics.latency import percentile
 
@@ -100,6 +101,8 @@ def run_server(flags: list[str], model: list[str], bodies: list[bytes], args: ar
                source: Path | None = None) -> tuple[LoadResult, LoadResult]:
     """The main load (after an untimed warm pass) and the overload pass against one server configuration."""
     options = [*model, *flags, "--threads", str(args.threads), "--max-queue", str(args.max_queue)]
+    if source is None:  # the server before this work (`--before`) knows no --device: it runs on the CPU
+        options += ["--device", args.device]
     processes: list[Any] = []
     with live_server(log, *options, processes=processes, cwd=source) as url:
         pid = processes[0].pid
@@ -131,8 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", type=Path, default=None,
                         help="also serve one at a time from this checkout (a git worktree of the commit before "
                              "batching), as the baseline of the ratios")
-    parser.add_argument("--doc", type=Path, default=defaults.REPO_ROOT / "docs" / "serve-load.md")
+    parser.add_argument("--device", default="cpu", help="the servers' --device (CPU-only schemes are left out on cuda)")
+    parser.add_argument("--doc", type=Path, default=None,
+                        help="default: docs/serve-load.md, or docs/serve-load-cuda.md on a GPU")
     args = parser.parse_args(argv)
+    device = resolve_device(args.device)  # a GPU asked for where there is none fails here, in one line
+    args.doc = args.doc or defaults.REPO_ROOT / "docs" / ("serve-load.md" if device.type == "cpu" else "serve-load-cuda.md")
     servers = args.servers.split(",")
     test = preload(load_test_set(defaults.data_path(), "tst-COMMON"), 16000)
     bodies = []
@@ -148,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "warm_requests": min(args.warm_requests, requests // 3),
                                          "overload_requests": min(args.overload_requests, requests)})
         results = {}
-        runs = [(name, SERVERS[name], None) for name in servers]
+        runs = [(name, SERVERS[name], None) for name in servers
+                if args.device == "cpu" or "dynamic-int8" not in SERVERS[name]]
         if args.before is not None:
             commit = subprocess.run(["git", "-C", str(args.before), "rev-parse", "--short", "HEAD"], check=True,
                                     capture_output=True, text=True).stdout.strip()
@@ -210,7 +218,7 @@ def render_model(model_name: str, results: dict[str, tuple[LoadResult, LoadResul
 
 def render(sections: list[str], args: argparse.Namespace) -> str:
     command = "python -m benchmarks.serve_load " + " ".join(sys.argv[1:])
-    env = manifest(args.threads)
+    env = manifest(args.threads, device=resolve_device(args.device))
     options = "; ".join(f"{name}: `runner serve {' '.join(flags) or '(defaults)'}`" for name, flags in SERVERS.items())
     return "\n".join([
         "# `runner serve` under load", "",

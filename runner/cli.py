@@ -127,6 +127,7 @@ def sweep(
     out: Optional[Path] = typer.Option(None, help="Output directory [default: results/<config name>]"),
     resume: bool = typer.Option(False, help="Skip rows already in <out>/results.jsonl (same config hash)"),
     repeats: Optional[int] = typer.Option(None, help="Repeat every run R times in interleaved order"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N or auto for every run [default: the YAML's device, else cpu]"),
     executor: str = typer.Option("local", help="local: one run after another here; ray: runs (or shards) as Ray "
                                                "tasks; or an executor registered under runner.executors"),
     address: Optional[str] = typer.Option(None, help="Ray cluster: auto or ray://host:port [default: a local cluster]"),
@@ -144,6 +145,11 @@ def sweep(
             if repeats < 1:
                 fail(f"--repeats must be at least 1, got {repeats}")
             sweep_config.repeats = repeats
+        if device is not None:
+            from runner.device import check_spec
+
+            sweep_config.run.device = check_spec(device)
+            sweep_config.check_plans()
         runner_sweep = Sweep(sweep_config, out, resume=resume, progress=progress, executor=executor, address=address,
                              allow_mixed_versions=allow_mixed_versions)
         rows = runner_sweep.run()

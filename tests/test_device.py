@@ -159,3 +159,10 @@ def test_half_stores_half_weights_keeps_the_frontend_float32_and_translates(name
     batched = [t.text for t in half.translate_batch(demo_waveforms[:3], 16000)]
     assert batched == got
     assert half.plugins[0].describe()["dtype"].startswith(str(dtype).replace("torch.", ""))
+
+
+def test_sweep_device_option_checks_every_grid_point(tmp_path: Path) -> None:
+    done = run_cli("sweep", "hop", "--device", "cuda", "--out", str(tmp_path / "out"), "--no-progress")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "hop.yaml: plugin 'dynamic-int8' runs on cpu only, not cuda" in done.stderr
+    assert not (tmp_path / "out" / "results.jsonl").exists()  # refused before anything ran

@@ -51,12 +51,16 @@ class SweepConfig:
         bad_engines = [e for e in grid.get("search", []) if e not in SEARCH_ENGINES]
         if bad_engines:
             raise RunnerError(f"{path}: grid search values must be among {list(SEARCH_ENGINES)}, got {bad_engines}")
-        for point in config.plan():  # every grid point must build: a typo fails before anything runs
-            try:
-                resolve_plugins(point.specs, device_type=run.device_type)
-            except RunnerError as error:
-                raise RunnerError(f"{path}: {error}") from error
+        config.check_plans()
         return config
+
+    def check_plans(self) -> None:
+        """Every grid point must build on the run's device: a typo fails before anything runs, naming the file."""
+        for point in self.plan():
+            try:
+                resolve_plugins(point.specs, device_type=self.run.device_type)
+            except RunnerError as error:
+                raise RunnerError(f"{self.source}: {error}") from error
 
     def plan(self) -> list[RunPlan]:
         keys = list(self.grid)
