@@ -43,6 +43,7 @@ def test_page_translates_an_uploaded_utterance(page, served_utterances: dict[str
         utterance = served_utterances[model][2]
         page.select_option("#model", model)
         expect(page.locator("#model-info")).to_contain_text("parameters, hop 160")
+        expect(page.locator("#model-info")).to_contain_text("threads, on cpu")
         page.set_input_files("#file", str(utterance.path))
         page.click("#translate")
         expect(page.locator("#status")).to_contain_text("done in", timeout=60_000)
@@ -50,7 +51,7 @@ def test_page_translates_an_uploaded_utterance(page, served_utterances: dict[str
         assert page.inner_text("#transcript") == utterance.transcript
         assert "st_search" in page.inner_text("#latency")
         plugins = "none (fp32)" if model == "fp32" else model
-        expect(page.locator("#conditions")).to_contain_text(f"model {model}: plugins {plugins}; hop 160")
+        expect(page.locator("#conditions")).to_contain_text(f"model {model} on cpu: plugins {plugins}; hop 160")
         engine = "none" if model == "fp32" else r"(?!none)\w+"  # int8 names the engine it packed weights for
         assert re.search(rf"engine {engine}; .*; search steps asr \d+, st \d+; ", page.inner_text("#conditions"))
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
