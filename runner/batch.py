@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from runner.device import clock
 from runner.decode import StageTimer, Translation, check_length, stage_modules
+from runner.device import clock
 from runner.errors import AudioTooShortError, RunnerError
 
 

@@ -88,7 +88,6 @@ def translate(
 ) -> None:
     """Translate a test set and report size, parameters, BLEU, chrF, source WER and latency."""
     from runner.config import RunConfig, compose_plugins, decode_options
-    from runner.device import check_spec
     from runner.runner import Runner
 
     try:
@@ -99,7 +98,6 @@ def translate(
             if value is not None:
                 setattr(run, name, str(value) if isinstance(value, Path) else value)
         decode = decode_options({**run.decode, **parse_overrides(set_)}, decode_config)
-        check_spec(run.device)
         runner = Runner(run.model, decode, threads=run.threads, model_file=model_file,
                         plugins=compose_plugins(run.plugins, quant=quant, hop=hop, search=search, extra=plugin),
                         calibration_data=run.data, device=run.device)

@@ -9,7 +9,7 @@ from typing import Any
 
 from runner import defaults
 from runner.decode import DecodeOptions
-from runner.device import check_spec
+from runner.device import spec_type
 from runner.errors import RunnerError
 from runner.plugin import PluginSpec, number_format_plugins
 from runner.plugin import resolve as resolve_plugins
@@ -48,7 +48,7 @@ class RunConfig:
                 raise RunnerError(f"{origin}: {name} must be {kind.__name__}, got {getattr(config, name)!r}")
         if not isinstance(config.batch_size, int) or isinstance(config.batch_size, bool) or config.batch_size < 1:
             raise RunnerError(f"{origin}: batch_size must be a positive integer, got {config.batch_size!r}")
-        check_spec(config.device, f"{origin}: device")
+        spec_type(config.device, f"{origin}: device")
         for name in ("limit", "threads"):
             value = getattr(config, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -71,7 +71,7 @@ class RunConfig:
     @property
     def device_type(self) -> str | None:
         """"cpu" or "cuda" when `device` names one ("auto" decides only when the run starts)."""
-        return None if self.device == "auto" else self.device.split(":")[0]
+        return spec_type(self.device)
 
     def evaluate_options(self, **overrides: Any) -> Any:
         """The `EvaluateOptions` (what to decode, warm-up) this run config describes."""

@@ -28,6 +28,12 @@ def check_spec(spec: str, where: str = "--device") -> str:
     return spec
 
 
+def spec_type(spec: str, where: str = "--device") -> str | None:
+    """The device type ("cpu" or "cuda") a checked `spec` names; None for "auto", decided only at load."""
+    check_spec(spec, where)
+    return None if spec == "auto" else spec.split(":")[0]
+
+
 def cuda_unavailable_reason() -> str | None:
     """Why torch cannot use a GPU here (None when it can)."""
     if torch.version.cuda is None:
@@ -42,7 +48,7 @@ def resolve(spec: str, plugins: Iterable[Any] = (), where: str = "--device") -> 
 
     Args:
         spec: cpu, cuda, cuda:N or auto (a GPU when one is visible and every plugin runs there).
-        plugins: the run's plugins; their `devices` decide whether `auto` may pick the GPU.
+        plugins: the run's plugins (or their classes); their `devices` decide whether `auto` may pick the GPU.
         where: what the error messages name (the option or YAML file).
 
     Returns:
@@ -51,11 +57,11 @@ def resolve(spec: str, plugins: Iterable[Any] = (), where: str = "--device") -> 
     Raises:
         RunnerError: a malformed spec, or CUDA asked for where there is none (or no such index).
     """
-    check_spec(spec, where)
-    if spec == "cpu":
+    kind = spec_type(spec, where)
+    if kind == "cpu":
         return torch.device("cpu")
-    if spec == "auto":
-        cuda_everywhere = all("cuda" in getattr(p, "devices", ("cpu", "cuda")) for p in plugins)
+    if kind is None:
+        cuda_everywhere = all("cuda" in plugin.devices for plugin in plugins)
         return torch.device("cuda:0" if cuda_unavailable_reason() is None and cuda_everywhere else "cpu")
     reason = cuda_unavailable_reason()
     if reason is not None:
@@ -68,11 +74,11 @@ def resolve(spec: str, plugins: Iterable[Any] = (), where: str = "--device") -> 
 
 
 def check_plugins(plugins: Iterable[Any], device_type: str, where: str = "--device") -> None:
-    """Refuse, in one line, a plugin that does not run on `device_type` ("cpu" or "cuda")."""
+    """Refuse, in one line, a plugin (or plugin class) that does not run on `device_type` ("cpu" or "cuda")."""
     for plugin in plugins:
-        devices = getattr(plugin, "devices", ("cpu", "cuda"))
+        devices = plugin.devices
         if device_type not in devices:
-            why = getattr(plugin, "device_note", "")
+            why = plugin.device_note
             raise RunnerError(f"plugin '{plugin.name}' runs on {' and '.join(devices)} only, not {device_type}"
                               f"{f' ({why})' if why else ''}; drop it or use {where} {devices[0]}")
 

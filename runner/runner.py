@@ -21,7 +21,7 @@ from runner.audio import resample, to_mono_float
 from runner.data import PreloadedSet, Segment, TestSet, load_test_set, preload
 from runner.batch import batch_ranges, batch_ready, translate_batch
 from runner.decode import DecodeOptions, Translation, translate
-from runner.device import PeakMemory, check_plugins, check_spec
+from runner.device import PeakMemory, check_plugins, spec_type
 from runner.device import resolve as resolve_device
 from runner.environment import resolve_threads, torch_settings
 from runner.errors import RunnerError, first_line
@@ -95,8 +95,9 @@ class Runner:
         if isinstance(model, ModelBundle):
             device = model.device
         elif not isinstance(device, torch.device):
-            if check_spec(device) != "auto":  # a plugin that cannot run there is refused before any GPU is sought
-                check_plugins(self.plugins, device.split(":")[0])
+            kind = spec_type(device)
+            if kind is not None:  # a plugin that cannot run there is refused before any GPU is sought
+                check_plugins(self.plugins, kind)
             device = resolve_device(device, self.plugins)
         check_plugins(self.plugins, device.type)
         self.device: torch.device = device

@@ -251,7 +251,7 @@ def scheme_specs(quants: Sequence[str], hop: int | None = None, search: str | No
         RunnerError: a scheme given twice, an unknown plugin or option, or a plugin that does not run on `device`.
     """
     from runner.config import FLOAT, compose_plugins
-    from runner.device import check_spec
+    from runner.device import spec_type
     from runner.plugin import resolve as resolve_plugins
 
     names = [FP32 if q in FLOAT else q for q in (quants or [FP32])]
@@ -259,7 +259,7 @@ def scheme_specs(quants: Sequence[str], hop: int | None = None, search: str | No
     if repeated:
         raise RunnerError(f"--quant: {repeated} given more than once")
     specs = {name: compose_plugins(quant=name, hop=hop, search=search, extra=plugins) for name in names}
-    device_type = None if device in (None, "auto") else check_spec(device).split(":")[0]
+    device_type = None if device is None else spec_type(device)
     for name in names:
         resolve_plugins(specs[name], device_type=device_type)
     return specs
@@ -268,16 +268,15 @@ def scheme_specs(quants: Sequence[str], hop: int | None = None, search: str | No
 def _load_models(model: str | Path | None, quants: Sequence[str], hop: int | None, decode: DecodeOptions | None,
                  threads: int | None, model_file: str | Path | None, plugins: Sequence[str],
                  calibration_data: str | Path | None, search: str | None, device: str) -> dict[str, Runner]:
-    from runner.device import check_plugins, resolve
+    from runner.device import resolve
     from runner.model import load
-    from runner.plugin import resolve as resolve_plugins
+    from runner.plugin import available
 
     if model is None:
         model = defaults.model_path()
-    specs = scheme_specs(quants, hop, search, plugins)  # checked before loading
-    schemes = [plugin for name in specs for plugin in resolve_plugins(specs[name])]
-    where = resolve(device, schemes)
-    check_plugins(schemes, where.type)
+    specs = scheme_specs(quants, hop, search, plugins, device)  # checked, on `device` too, before loading
+    # `auto` takes the GPU only when every served scheme runs there; each Runner checks its own again.
+    where = resolve(device, [available()[spec.name] for scheme in specs.values() for spec in scheme])
     bundle = load(model, decode or DecodeOptions(), model_file, where)
     names = list(specs)
     if len(names) == 1:  # no copy needed

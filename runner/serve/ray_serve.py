@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from runner.device import spec_type
 from runner.errors import RunnerError, first_line
 from runner.serve.upload import ServeLimits
 
@@ -52,7 +53,7 @@ def deployment(load: dict[str, Any], limits: ServeLimits, *, replicas: int = 1, 
 
     ingress = serve.ingress()(Replica)
     # A replica on a GPU reserves one; Ray shows it to the replica as cuda:0.
-    gpus = 1 if str(load.get("device", "cpu")).startswith("cuda") else 0
+    gpus = 1 if spec_type(load.get("device", "cpu")) == "cuda" else 0
     if gpus:
         load = {**load, "device": "cuda"}
     options = dict(num_replicas=replicas, ray_actor_options={"num_cpus": threads, "num_gpus": gpus},
@@ -84,7 +85,7 @@ def serve_on_ray(load: dict[str, Any], limits: ServeLimits, *, host: str = "127.
         raise RunnerError(f"--replicas {replicas} x {threads} thread(s) needs {replicas * threads} CPUs; "
                           f"the Ray cluster has {cpus:g}")
     gpus = ray.cluster_resources().get("GPU", 0)
-    if str(load.get("device", "cpu")).startswith("cuda") and gpus < replicas:
+    if spec_type(load.get("device", "cpu")) == "cuda" and gpus < replicas:
         raise RunnerError(f"--replicas {replicas} on --device {load['device']} needs {replicas} GPUs; "
                           f"the Ray cluster has {gpus:g}")
     try:

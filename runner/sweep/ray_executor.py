@@ -21,6 +21,7 @@ from typing import Any
 from runner.config import RunConfig
 from runner.data import PreloadedSet
 from runner.decode import DecodeOptions
+from runner.device import spec_type
 from runner.errors import RunnerError, error_fields, first_line
 from runner.metrics.bleu import corpus_bleu, corpus_chrf
 from runner.metrics.wer import source_wer
@@ -62,7 +63,7 @@ def execute(job: Job) -> dict[str, Any]:
     if key not in _loaded:
         _loaded.clear()
         # Ray shows a task the GPU it reserved as cuda:0 (CUDA_VISIBLE_DEVICES).
-        device = "cuda" if run.device.startswith("cuda") else run.device
+        device = "cuda" if spec_type(run.device) == "cuda" else run.device
         _loaded[key] = Runner(run.model or defaults.model_path(), job.decode, threads=job.threads, device=device)
     base = _loaded[key]
     origin = base.bundle.files.origin
@@ -114,7 +115,7 @@ def run_on_ray(sweep: SweepRecorder, todo: list[RunPlan], base: Any, preloaded: 
         largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
         if threads > largest:
             raise RunnerError(f"{config.source}: threads {threads} is more than any Ray node has ({largest:g} CPUs)")
-        gpus = 1 if config.run.device.startswith("cuda") else 0  # a timed run has its GPU to itself
+        gpus = 1 if spec_type(config.run.device) == "cuda" else 0  # a timed run has its GPU to itself
         remote = ray.remote(execute).options(num_cpus=threads, num_gpus=gpus, max_retries=0)
         shards = _shards(len(preloaded.utterances), config, ray.cluster_resources().get("CPU", 1), threads)
         jobs = []
