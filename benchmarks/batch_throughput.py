@@ -30,7 +30,7 @@ from runner.decode import DecodeOptions
 from runner.device import resolve as resolve_device
 from runner.environment import manifest
 from runner.model import load
-from runner.plugin import available
+from runner.plugin import runs_on
 from runner.runner import EvaluateOptions, Runner
 
 BASELINE = "espnet fp32"
@@ -57,14 +57,8 @@ def prepare(name: str, threads: int, limit: int | None,
     test = preload(load_test_set(defaults.data_path(), "tst-COMMON"), bundle.sample_rate, limit=limit)
     runners = {scheme: Runner.from_bundle(bundle, threads=threads, plugins=plugins,
                                           calibration_data=defaults.data_path())
-               for scheme, plugins in SCHEMES.items() if runs_on(plugins, device)}
+               for scheme, plugins in SCHEMES.items() if runs_on(plugins, device.type)}
     return description, runners, test
-
-
-def runs_on(plugins: list[Any], device: torch.device) -> bool:
-    """Whether every plugin of a scheme runs on `device` (torch.ao's int8 kernels are CPU-only)."""
-    registry = available()
-    return all(device.type in registry[p if isinstance(p, str) else p["name"]].devices for p in plugins)
 
 
 def evaluate(runner: Runner, test: PreloadedSet, batch: int, warmup: int) -> Any:

@@ -33,7 +33,7 @@ from runner.device import resolve as resolve_device
 from runner.environment import manifest
 from runner.metrics.size import count_parameters, state_dict_bytes
 from runner.model import cache_dir, load
-from runner.plugin import available
+from runner.plugin import runs_on
 from runner.runner import Runner
 
 STATIC_ALL = {"name": "static-int8", "calibration_size": 4, "granularity": "block",
@@ -80,7 +80,7 @@ SCHEMES: dict[str, list[Any]] = {
 # Earlier runs' intermediate combinations (docs/benchmarks-run3.md ...) stay runnable by name.
 SUPERSEDED = ("dynamic-int8+kv", "static-int8-all+kv", "dynamic-int8+kv+st1", "static-int8-all+kv+st1")
 HALF = ("half-fp16", "half-bf16", "half-fp16+lean", "half-bf16+lean")
-# On the CPU the half schemes are 10-20x slower than fp32 (no half-precision GEMMs): they are for GPUs.
+# Left out of the CPU's default list: GPU formats (half-fp16 is about 20x fp32's latency on this CPU).
 DEFAULT_SCHEMES = [name for name in SCHEMES if name not in SUPERSEDED and name not in HALF]
 ANALYSIS = "## Analysis"
 CONFIG = defaults.CONFIGS / "models" / "seed-scale.yaml"
@@ -158,18 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     args.doc = args.doc or defaults.REPO_ROOT / "docs" / ("benchmarks.md" if device.type == "cpu" else "benchmarks-cuda.md")
-    gpu_schemes = [s for s in SCHEMES if s not in SUPERSEDED and all(
-        device.type in available()[(p if isinstance(p, str) else p["name"])].devices for p in SCHEMES[s])]
     if args.schemes is None:
-        args.schemes = ",".join(DEFAULT_SCHEMES if device.type == "cpu" else gpu_schemes)
+        args.schemes = ",".join(DEFAULT_SCHEMES if device.type == "cpu" else
+                                [s for s in SCHEMES if s not in SUPERSEDED and runs_on(SCHEMES[s], device.type)])
     schemes = args.schemes.split(",")
     unknown = [s for s in schemes if s not in SCHEMES]
     if unknown or "fp32" not in schemes:
         parser.error(f"--schemes must include fp32 and name only {list(SCHEMES)}; got {unknown}")
     if args.batch_size > 1 and any("lean" not in s for s in schemes if s != "fp32"):
         parser.error("--batch-size > 1 batches lean schemes only (fp32 runs as 'lean' then): name lean schemes")
-    if args.batch_size > 1:
-        SCHEMES["fp32"] = ["lean"]  # the baseline batches too: same translations as fp32 on ESPnet's engine
+    # With batches the baseline batches too, on the lean engine: the same translations as fp32 on ESPnet's.
+    plugins = {**SCHEMES, "fp32": ["lean"]} if args.batch_size > 1 else SCHEMES
     config = yaml.safe_load(CONFIG.read_text())
     exp = build_model(config)
     float_bundle = load(exp, decode_options(config), device=device)
@@ -181,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes: dict[str, tuple[float, int]] = {}
     for scheme in schemes:
         started = time.perf_counter()
-        runners[scheme] = Runner.from_bundle(float_bundle, plugins=SCHEMES[scheme])
+        runners[scheme] = Runner.from_bundle(float_bundle, plugins=plugins[scheme])
         runners[scheme].translate(test.utterances[0].waveform, float_bundle.sample_rate)  # static int8 calibrates here
         model = runners[scheme].bundle.model
         sizes[scheme] = (state_dict_bytes(model) / 1e6, count_parameters(model))  # after calibration and conversion

@@ -34,6 +34,7 @@ from runner import defaults
 from runner.data import load_test_set, preload
 from runner.device import resolve as resolve_device
 from runner.environment import manifest
+from runner.plugin import runs_on
 from runner.metrics.latency import percentile
 
 
@@ -97,6 +98,11 @@ async def drive(url: str, bodies: list[bytes], clients: int, requests: int, seco
     result.wall = time.perf_counter() - started
 
 
+def quants(flags: list[str]) -> list[str]:
+    """The number-format plugins a server's `runner serve` flags name (`--quant NAME`)."""
+    return [value for option, value in zip(flags, flags[1:]) if option == "--quant"]
+
+
 def run_server(flags: list[str], model: list[str], bodies: list[bytes], args: argparse.Namespace, log: Path,
                source: Path | None = None) -> tuple[LoadResult, LoadResult]:
     """The main load (after an untimed warm pass) and the overload pass against one server configuration."""
@@ -139,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: docs/serve-load.md, or docs/serve-load-cuda.md on a GPU")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)  # a GPU asked for where there is none fails here, in one line
+    args.device = str(device)
     args.doc = args.doc or defaults.REPO_ROOT / "docs" / ("serve-load.md" if device.type == "cpu" else "serve-load-cuda.md")
     servers = args.servers.split(",")
     test = preload(load_test_set(defaults.data_path(), "tst-COMMON"), 16000)
@@ -155,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "warm_requests": min(args.warm_requests, requests // 3),
                                          "overload_requests": min(args.overload_requests, requests)})
         results = {}
-        runs = [(name, SERVERS[name], None) for name in servers
-                if args.device == "cpu" or "dynamic-int8" not in SERVERS[name]]
+        runs = [(name, SERVERS[name], None) for name in servers if runs_on(quants(SERVERS[name]), device.type)]
         if args.before is not None:
             commit = subprocess.run(["git", "-C", str(args.before), "rev-parse", "--short", "HEAD"], check=True,
                                     capture_output=True, text=True).stdout.strip()
@@ -218,7 +224,7 @@ def render_model(model_name: str, results: dict[str, tuple[LoadResult, LoadResul
 
 def render(sections: list[str], args: argparse.Namespace) -> str:
     command = "python -m benchmarks.serve_load " + " ".join(sys.argv[1:])
-    env = manifest(args.threads, device=resolve_device(args.device))
+    env = manifest(args.threads, device=args.device)
     options = "; ".join(f"{name}: `runner serve {' '.join(flags) or '(defaults)'}`" for name, flags in SERVERS.items())
     return "\n".join([
         "# `runner serve` under load", "",

@@ -40,7 +40,7 @@ import dataclasses
 import functools
 import heapq
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -203,6 +203,20 @@ def available(refresh: bool = False) -> dict[str, type[Plugin]]:
 def number_format_plugins() -> tuple[str, ...]:
     """Names of the registered plugins that change a number format (built-in or third-party)."""
     return tuple(name for name, plugin in available().items() if plugin.effects.number_format)
+
+
+def runs_on(entries: Sequence[str | dict[str, Any] | PluginSpec], device_type: str) -> bool:
+    """Whether every plugin `entries` name (names, `{name: ...}` dicts or specs) runs on `device_type`.
+
+    Raises:
+        RunnerError: an entry names no registered plugin.
+    """
+    registry = available()
+    names = [e.name if isinstance(e, PluginSpec) else PluginSpec.parse(e, "plugins").name for e in entries]
+    unknown = [name for name in names if name not in registry]
+    if unknown:
+        raise RunnerError(f"unknown plugin '{unknown[0]}'; available: {', '.join(registry)}")
+    return all(device_type in registry[name].devices for name in names)
 
 
 def config_fields(plugin: type[Plugin]) -> list[tuple[str, str, Any]]:
