@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-from scipy.signal import resample_poly
 
 from runner import defaults
-from runner.demo.corpus import SAMPLE_RATE, STEP
+from runner.demo.corpus import SAMPLE_RATE, assemble_talk, pcm16
 from runner.environment import manifest
 from runner.errors import RunnerError
 from runner.metrics.bleu import corpus_bleu, corpus_chrf
@@ -55,11 +54,9 @@ def speak(text: str, voice: str) -> np.ndarray:
         if done.returncode != 0 or not target.is_file():
             raise RunnerError(f"text2wave: voice {voice} failed on {text!r} ({done.stderr.strip()})")
         samples, rate = soundfile.read(target, dtype="float64")
-    if rate != SAMPLE_RATE:
-        samples = resample_poly(samples, SAMPLE_RATE, rate)
     if not samples.size:
         raise RunnerError(f"text2wave: voice {voice} gave no audio for {text!r}")
-    return np.clip(np.round(samples * 32767), -32768, 32767).astype(np.int16)
+    return pcm16(samples, rate)
 
 
 def build(voices: list[str], limit: int | None) -> Path:
@@ -74,21 +71,14 @@ def build(voices: list[str], limit: int | None) -> Path:
         return root
     (split_dir / "wav").mkdir(parents=True, exist_ok=True)
     (split_dir / "txt").mkdir(parents=True, exist_ok=True)
-    rows, sources, targets = [], [], []
+    rows: list[str] = []
     for index, voice in enumerate(voices):
         talk = f"festival_{index}.wav"
-        pieces, cursor = [np.zeros(STEP * 30, dtype=np.int16)], STEP * 30
-        for en, de in zip(english, german):
-            speech = speak(en, voice)
-            speech = np.concatenate([speech, np.zeros((-len(speech)) % STEP, dtype=np.int16)])
-            rows.append(f"- {{duration: {len(speech) / SAMPLE_RATE:.6f}, offset: {cursor / SAMPLE_RATE:.6f}, "
-                        f"speaker_id: spk.festival+{voice}, wav: {talk}}}")
-            sources.append(en)
-            targets.append(de)
-            gap = np.zeros(STEP * 40, dtype=np.int16)
-            pieces += [speech, gap]
-            cursor += len(speech) + len(gap)
-        soundfile.write(str(split_dir / "wav" / talk), np.concatenate(pieces), SAMPLE_RATE, subtype="PCM_16")
+        audio, talk_rows = assemble_talk([speak(en, voice) for en in english], talk, f"spk.festival+{voice}",
+                                         lead=30, gaps=[40] * len(english))
+        soundfile.write(str(split_dir / "wav" / talk), audio, SAMPLE_RATE, subtype="PCM_16")
+        rows += talk_rows
+    sources, targets = english * len(voices), german * len(voices)
     for name, lines in ((f"{SPLIT}.en", sources), (f"{SPLIT}.de", targets), (f"{SPLIT}.yaml", rows)):
         (split_dir / "txt" / name).write_text("\n".join(lines) + "\n", encoding="utf-8")  # the YAML last: complete
     return root

@@ -66,12 +66,40 @@ def speak(text: str, voice: Voice, binary: str) -> np.ndarray:
     if result.returncode != 0 or not result.stdout:
         raise RunnerError(f"espeak-ng: failed on {text!r} ({result.stderr.decode(errors='replace').strip()})")
     samples, rate = soundfile.read(io.BytesIO(result.stdout), dtype="float64")
-    resampled = resample_poly(samples, 320, 441) if rate == 22050 else samples
+    return pcm16(samples, rate)
+
+
+def pcm16(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Float samples at `rate` as 16-bit samples at 16 kHz (polyphase resampling: 22.05 kHz is 320/441)."""
+    resampled = resample_poly(samples, SAMPLE_RATE, rate) if rate != SAMPLE_RATE else samples
     return np.clip(np.round(resampled * 32767), -32768, 32767).astype(np.int16)
 
 
 def _pad_to_step(samples: np.ndarray) -> np.ndarray:
     return np.concatenate([samples, np.zeros((-len(samples)) % STEP, dtype=np.int16)])
+
+
+def assemble_talk(speeches: list[np.ndarray], talk: str, speaker_id: str, lead: int,
+                  gaps: list[int]) -> tuple[np.ndarray, list[str]]:
+    """One talk's audio and the YAML row of each utterance in it.
+
+    Args:
+        speeches: the utterances' 16 kHz samples, in order; each is padded to a 10 ms step.
+        talk: the talk's audio file name, as the rows name it.
+        speaker_id: the rows' speaker.
+        lead: 10 ms steps of silence before the first utterance.
+        gaps: 10 ms steps of silence after each utterance.
+    """
+    pieces = [np.zeros(STEP * lead, dtype=np.int16)]
+    cursor, rows = len(pieces[0]), []
+    for speech, gap in zip(speeches, gaps):
+        speech = _pad_to_step(speech)
+        rows.append(f"- {{duration: {len(speech) / SAMPLE_RATE:.6f}, offset: {cursor / SAMPLE_RATE:.6f}, "
+                    f"speaker_id: {speaker_id}, wav: {talk}}}")
+        silence = np.zeros(STEP * gap, dtype=np.int16)
+        pieces += [speech, silence]
+        cursor += len(speech) + len(silence)
+    return np.concatenate(pieces), rows
 
 
 def write_split(root: Path, split: str, pairs: list[tuple[str, str]], audio_format: str = "flac") -> None:
@@ -85,20 +113,14 @@ def write_split(root: Path, split: str, pairs: list[tuple[str, str]], audio_form
     for talk_index, first in enumerate(range(0, len(pairs), UTTERANCES_PER_TALK)):
         voice = Voice(rng.choice(ACCENTS), rng.choice(VARIANTS[split]), rng.randrange(140, 191, 5), rng.randrange(25, 76, 5))
         talk_name = f"ted_{TALK_ID_BASE[split] + talk_index}.{audio_format}"
-        pieces = [np.zeros(STEP * rng.randrange(30, 60), dtype=np.int16)]
-        cursor = len(pieces[0])
-        for en, de in pairs[first : first + UTTERANCES_PER_TALK]:
-            speech = _pad_to_step(speak(en, voice, binary))
-            yaml_lines.append(
-                f"- {{duration: {len(speech) / SAMPLE_RATE:.6f}, offset: {cursor / SAMPLE_RATE:.6f}, "
-                f"speaker_id: {voice.speaker_id}, wav: {talk_name}}}"
-            )
-            english.append(en)
-            german.append(de)
-            gap = np.zeros(STEP * rng.randrange(20, 60), dtype=np.int16)
-            pieces += [speech, gap]
-            cursor += len(speech) + len(gap)
-        audio = np.concatenate(pieces)
+        talk = pairs[first : first + UTTERANCES_PER_TALK]
+        lead = rng.randrange(30, 60)
+        speeches = [speak(en, voice, binary) for en, _ in talk]
+        audio, rows = assemble_talk(speeches, talk_name, voice.speaker_id, lead,
+                                    [rng.randrange(20, 60) for _ in talk])
+        yaml_lines += rows
+        english += [en for en, _ in talk]
+        german += [de for _, de in talk]
         soundfile.write(str(split_dir / "wav" / talk_name), audio, SAMPLE_RATE, subtype="PCM_16",
                         format=audio_format.upper())
     for name, lines in ((f"{split}.yaml", yaml_lines), (f"{split}.en", english), (f"{split}.de", german)):
