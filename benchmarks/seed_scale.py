@@ -80,7 +80,7 @@ SCHEMES: dict[str, list[Any]] = {
 # Earlier runs' intermediate combinations (docs/benchmarks-run3.md ...) stay runnable by name.
 SUPERSEDED = ("dynamic-int8+kv", "static-int8-all+kv", "dynamic-int8+kv+st1", "static-int8-all+kv+st1")
 HALF = ("half-fp16", "half-bf16", "half-fp16+lean", "half-bf16+lean")
-# Left out of the CPU's default list: GPU formats (half-fp16 is about 20x fp32's latency on this CPU).
+# Left out of the CPU's default list: GPU formats (half-fp16 stalls for minutes on some utterances on this CPU).
 DEFAULT_SCHEMES = [name for name in SCHEMES if name not in SUPERSEDED and name not in HALF]
 ANALYSIS = "## Analysis"
 CONFIG = defaults.CONFIGS / "models" / "seed-scale.yaml"

@@ -8,8 +8,8 @@ log-softmax on CUDA) in float32. The encoders' outputs are handed to the beam se
 as ESPnet's searches size their score tensors by their input's dtype: hypotheses are ranked by
 float32 sums of log-probabilities, not half-precision ones.
 
-It runs on the CPU too (bfloat16 at about 1.7x fp32's latency on the demo model here, float16 about
-20x: torch's CPU float16 operators are slow on these shapes); the CPU's own
+It runs on the CPU too (bfloat16 at 1.41x fp32's latency on the demo model here, `runner sweep
+configs/half.yaml`; float16 stalls for minutes on some utterances, cause not profiled); the CPU's own
 float16 scheme is `dynamic-fp16` and its bfloat16 one `bf16`.
 """
 

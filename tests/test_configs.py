@@ -30,3 +30,9 @@ def test_run_and_decode_configs() -> None:
 def test_seed_scale_model_config_is_about_the_seeds_size() -> None:
     config = yaml.safe_load((CONFIGS / "models" / "seed-scale.yaml").read_text())
     assert {"architecture", "asr_steps", "st_steps", "beam_size"} <= set(config)
+
+
+def test_half_sweep_config_compares_half_precision_with_fp32_on_the_lean_engine() -> None:
+    config = SweepConfig.from_yaml(CONFIGS / "half.yaml")
+    assert [plan.quant for plan in config.plan()] == ["none", "half-bf16"]
+    assert all(any(spec.name == "lean" for spec in plan.specs) for plan in config.plan())
