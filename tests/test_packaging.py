@@ -63,6 +63,8 @@ def test_wheel_installs_only_the_runner_package(wheel: Path) -> None:
     assert "runner/plugins/static_int8.py" in names and "runner/configs/hop.yaml" in names
     assert "runner/embedded/model/valid.acc.ave.pth" in names
     assert "runner/embedded/mustc-demo/en-de/data/tst-COMMON/txt/tst-COMMON.de" in names
+    assert "runner/embedded/mustc-demo/en-de/data/tst-HE/txt/tst-HE.yaml" in names
+    assert any(name.startswith("runner/embedded/mustc-demo/en-de/data/tst-HE/wav/") for name in names)
     assert not any("/train/" in name for name in names)
     packages = sorted(str(init.parent.relative_to(REPO_ROOT)) for init in (REPO_ROOT / "runner").rglob("__init__.py"))
     missing = [package for package in packages if f"{package}/__init__.py" not in names]

@@ -106,16 +106,57 @@ def _st_main(arguments: list[str]) -> None:
         task.main(cmd=arguments)
 
 
+def reuse_units(model_dir: Path, work: Path) -> tuple[Path, Path, Path, Path]:
+    """The BPE models and token lists of an exported model, so its weights can initialize a new run.
+
+    Returns:
+        (German BPE model, German token list, English BPE model, English token list).
+    """
+    config_path = model_dir / "config.yaml"
+    if not config_path.is_file():
+        raise RunnerError(f"{config_path}: no such file; --init takes an exported model directory (config.yaml + .pth)")
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    files = []
+    for bpe_key, tokens_key, name in (("bpemodel", "token_list", "de"), ("src_bpemodel", "src_token_list", "en")):
+        out = work / f"bpe_{name}"
+        out.mkdir(parents=True, exist_ok=True)
+        bpe = model_dir / str(config[bpe_key])
+        if not bpe.is_file():
+            raise RunnerError(f"{config_path}: {bpe_key} {config[bpe_key]} is not in {model_dir}")
+        shutil.copyfile(bpe, out / "bpe.model")
+        (out / "tokens.txt").write_text("\n".join(config[tokens_key]) + "\n", encoding="utf-8")
+        files += [out / "bpe.model", out / "tokens.txt"]
+    return files[0], files[1], files[2], files[3]
+
+
 def train(corpus: Path, work: Path, export_to: Path, config: Path, max_epoch: int | None = None,
-          src_vocab: int = 250, tgt_vocab: int = 300) -> Path:
+          src_vocab: int = 250, tgt_vocab: int = 300, init: Path | None = None) -> Path:
+    """Train the demo model with ESPnet's trainer and export it.
+
+    Args:
+        corpus: a MuST-C-layout root with train and dev splits.
+        work: scratch directory (dumps, BPE, stats, checkpoints); a run there resumes.
+        export_to: where the exported experiment directory goes.
+        config: ESPnet training config.
+        max_epoch: overrides the config's max_epoch.
+        src_vocab, tgt_vocab: BPE vocabulary sizes (ignored with `init`, whose units are kept).
+        init: an exported model directory whose weights start the run (ESPnet's --init_param) and whose
+            BPE models and token lists it keeps; None trains from random weights.
+
+    Returns:
+        The exported directory.
+    """
     work.mkdir(parents=True, exist_ok=True)
     dumps = {}
     for role, split in SPLITS.items():
         dumps[role] = work / "dump" / split
         if not (dumps[role] / "wav.scp").is_file():
             dump_split(corpus, split, dumps[role])
-    tgt_bpe, tgt_tokens = train_bpe(dumps["train"] / "text.tc.de", work / "bpe_de", tgt_vocab)
-    src_bpe, src_tokens = train_bpe(dumps["train"] / "text.lc.rm.en", work / "bpe_en", src_vocab)
+    if init is not None:
+        tgt_bpe, tgt_tokens, src_bpe, src_tokens = reuse_units(init, work)
+    else:
+        tgt_bpe, tgt_tokens = train_bpe(dumps["train"] / "text.tc.de", work / "bpe_de", tgt_vocab)
+        src_bpe, src_tokens = train_bpe(dumps["train"] / "text.lc.rm.en", work / "bpe_en", src_vocab)
 
     def data_args(role: str) -> list[str]:
         d = dumps[role]
@@ -147,8 +188,16 @@ def train(corpus: Path, work: Path, export_to: Path, config: Path, max_epoch: in
         "--valid_shape_file", str(stats / "valid" / "src_text_shape"),
         "--fold_length", "80000", "--fold_length", "150", "--fold_length", "150",
         *(["--max_epoch", str(max_epoch)] if max_epoch else []),
+        *(["--init_param", str(_model_file(init))] if init is not None else []),
     ])
     return export(exp, export_to)
+
+
+def _model_file(model_dir: Path) -> Path:
+    weights = model_dir / "valid.acc.ave.pth"
+    if not weights.is_file():
+        raise RunnerError(f"{weights}: no such file; --init takes an exported model directory")
+    return weights.resolve()
 
 
 def export(exp: Path, out: Path) -> Path:
