@@ -213,6 +213,7 @@ def export(exp: Path, out: Path) -> Path:
     for key in ("train_data_path_and_name_and_type", "valid_data_path_and_name_and_type",
                 "train_shape_file", "valid_shape_file", "output_dir", "config"):
         config.pop(key, None)
+    config["init_param"] = []  # training-only, and a path on the training machine: never needed to load the model
     (out / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
     averaged = exp / "valid.acc.ave.pth"
     if averaged.exists():

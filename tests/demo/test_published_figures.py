@@ -6,7 +6,7 @@ in-process, with `--out`), and the sweep tables (README and docs/sweep-hop.md) a
 what the files say, so a change that moves them fails here until the tables are regenerated.
 Latency is not deterministic: every table with a latency column must name the commit it was
 measured at. This module also holds the headline regression: int8 and bf16 keep BLEU on the
-shipped model (the seed lost 20.8 BLEU with dynamic int8).
+shipped model, on tst-COMMON and on the held-out-engine tst-HE (the seed lost 20.8 BLEU with dynamic int8).
 """
 
 from __future__ import annotations
@@ -14,59 +14,19 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from benchmarks.readme_tables import README, Table, command_tables, deterministic_cells, run_command, tables
 from runner.cli import app
 from runner.defaults import REPO_ROOT
 
-README = REPO_ROOT / "README.md"
 SWEEP_DOCS = (README, REPO_ROOT / "docs" / "sweep-hop.md")
 SWEEP_COMMAND = "runner sweep configs/hop.yaml"
 INT8_BLEU_TOLERANCE = 0.5
-
-
-@dataclass
-class Table:
-    file: Path
-    before: str  # the text between the previous table (or heading) and this one
-    header: list[str]
-    rows: list[list[str]]
-
-
-def tables(path: Path) -> list[Table]:
-    found, before, lines = [], [], path.read_text(encoding="utf-8").splitlines()
-    index = 0
-    while index < len(lines):
-        line = lines[index]
-        if line.startswith("|") and index + 1 < len(lines) and re.match(r"^\|[-| ]+\|$", lines[index + 1]):
-            header = _cells(line)
-            rows, index = [], index + 2
-            while index < len(lines) and lines[index].startswith("|"):
-                rows.append(_cells(lines[index]))
-                index += 1
-            found.append(Table(path, "\n".join(before), header, rows))
-            before = []
-            continue
-        before = [] if line.startswith("#") else [*before, line]
-        index += 1
-    return found
-
-
-def _cells(line: str) -> list[str]:
-    return [cell.strip() for cell in line.strip().strip("|").split("|")]
-
-
-def _number(text: str) -> float:
-    return float(text.replace(",", "").replace("%", "").split()[0])
-
-
-def command_tables() -> list[Table]:
-    return [t for t in tables(README) if t.header[0] == "command"]
 
 
 def sweep_tables() -> list[Table]:
@@ -89,12 +49,8 @@ def fresh_commands(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[s
     for table in command_tables():
         for row in table.rows:
             command = row[0].strip("`")
-            if command in reports:
-                continue
-            report = out / f"{len(reports)}.json"
-            result = CliRunner().invoke(app, [*shlex.split(command)[1:], "--no-progress", "--out", str(report)])
-            assert result.exit_code == 0, f"{command}: {result.output}"
-            reports[command] = json.loads(report.read_text())
+            if command not in reports:
+                reports[command] = run_command(command, out / f"{len(reports)}.json")
     return reports
 
 
@@ -115,12 +71,7 @@ def test_readme_command_tables_match_a_fresh_run(fresh_commands: dict[str, dict[
     stale = []
     for table in command_tables():
         for row in table.rows:
-            report = fresh_commands[row[0].strip("`")]
-            metrics = report["metrics"]
-            fresh = {"size MB": f"{metrics['size_mb']:.2f}", "params": f"{metrics['parameters']:,}",
-                     "parameters": f"{metrics['parameters']:,}", "BLEU": f"{metrics['bleu']['score']:.2f}",
-                     "chrF": f"{metrics['chrf']['score']:.2f}", "source WER": f"{metrics['source_wer']:.1f} %",
-                     "dtype": report["conditions"]["dtype"]}
+            fresh = deterministic_cells(fresh_commands[row[0].strip("`")])
             for name, cell in zip(table.header, row):
                 if name in fresh and cell != fresh[name]:
                     stale.append(f"{row[0]} {name}: README {cell}, fresh run {fresh[name]}")
@@ -150,22 +101,35 @@ def test_sweep_rows_equal_the_translate_commands(fresh_sweep: dict[str, dict[str
         assert [u["hypothesis"] for u in command["utterances"]] == row["hypotheses"], quant
 
 
-def test_int8_and_bf16_keep_bleu_on_the_shipped_model(fresh_commands: dict[str, dict[str, Any]]) -> None:
-    fp32 = fresh_commands["runner translate"]["metrics"]["bleu"]["score"]
+SPLITS = {"tst-COMMON": "", "tst-HE": " --split tst-HE"}  # the command suffix that selects each split
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_int8_and_bf16_keep_bleu_on_the_shipped_model(fresh_commands: dict[str, dict[str, Any]], split: str) -> None:
+    suffix = SPLITS[split]
+    fp32 = fresh_commands[f"runner translate{suffix}"]
+    assert fp32["data"]["split"] == split
     for scheme in ("dynamic-int8", "static-int8", "bf16"):
-        bleu = fresh_commands[f"runner translate --quant {scheme}"]["metrics"]["bleu"]["score"]
-        assert abs(bleu - fp32) <= INT8_BLEU_TOLERANCE, (scheme, bleu, fp32)
+        if split == "tst-COMMON" or f"runner translate --quant {scheme}{suffix}" in fresh_commands:
+            bleu = fresh_commands[f"runner translate --quant {scheme}{suffix}"]["metrics"]["bleu"]["score"]
+            assert abs(bleu - fp32["metrics"]["bleu"]["score"]) <= INT8_BLEU_TOLERANCE, (split, scheme, bleu)
+    assert f"runner translate --quant dynamic-int8{suffix}" in fresh_commands
+    assert f"runner translate --quant static-int8{suffix}" in fresh_commands
 
 
+@pytest.mark.parametrize("split", SPLITS)
 def test_the_lean_engine_gives_espnets_translations_and_keeps_int8_bleu(
-        fresh_commands: dict[str, dict[str, Any]]) -> None:
-    """fp32 with the lean engine: the 100 demo hypotheses and transcripts of ESPnet's search, identical."""
-    espnet, lean = fresh_commands["runner translate"], fresh_commands["runner translate --search lean"]
+        fresh_commands: dict[str, dict[str, Any]], split: str) -> None:
+    """fp32 with the lean engine: the 100 hypotheses and transcripts of ESPnet's search, identical, on both splits."""
+    suffix = SPLITS[split]
+    espnet, lean = fresh_commands[f"runner translate{suffix}"], fresh_commands[f"runner translate --search lean{suffix}"]
     assert lean["conditions"]["search"] == "lean" and espnet["conditions"]["search"] == "espnet"
     assert len(lean["utterances"]) == 100
     for field in ("hypothesis", "source_hypothesis"):
         assert [u.get(field) for u in lean["utterances"]] == [u.get(field) for u in espnet["utterances"]], field
     fp32 = espnet["metrics"]["bleu"]["score"]
     for scheme in ("dynamic-int8", "static-int8", "bf16"):
-        bleu = fresh_commands[f"runner translate --search lean --quant {scheme}"]["metrics"]["bleu"]["score"]
-        assert abs(bleu - fp32) <= INT8_BLEU_TOLERANCE, (scheme, bleu, fp32)
+        command = f"runner translate --search lean --quant {scheme}{suffix}"
+        if split == "tst-COMMON" or command in fresh_commands:
+            bleu = fresh_commands[command]["metrics"]["bleu"]["score"]
+            assert abs(bleu - fp32) <= INT8_BLEU_TOLERANCE, (split, scheme, bleu, fp32)

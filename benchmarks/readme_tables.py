@@ -1,0 +1,125 @@
+"""Regenerate the README's command tables: run each row's command and rewrite the row's cells.
+
+    python -m benchmarks.readme_tables              # run every `command` table's rows, rewrite README.md
+    python -m benchmarks.readme_tables --dry-run    # print the new rows, leave README.md alone
+
+A command table is a Markdown table whose first column is `command`; each row's command is run
+in this process (`runner ...` through the CLI, with `--out`), one after another, and every cell
+whose column it knows is rewritten: size, parameters, BLEU, chrF, source WER and dtype (the
+deterministic figures `tests/demo/test_published_figures.py` re-measures), and latency mean (p90),
+RTF and `vs fp32` (the ratio to the table's first row in the same run). The text naming the commit
+latency was measured at is left to the person committing the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.defaults import REPO_ROOT
+
+README = REPO_ROOT / "README.md"
+
+
+@dataclass
+class Table:
+    """One Markdown table: its file, the text since the previous table or heading, header, rows, first row's line."""
+
+    file: Path
+    before: str
+    header: list[str]
+    rows: list[list[str]]
+    first_line: int = 0
+
+
+def tables(path: Path) -> list[Table]:
+    """Every Markdown table of `path`, in order."""
+    found, before, lines = [], [], path.read_text(encoding="utf-8").splitlines()
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        if line.startswith("|") and index + 1 < len(lines) and re.match(r"^\|[-| ]+\|$", lines[index + 1]):
+            header = cells(line)
+            rows, index = [], index + 2
+            first = index
+            while index < len(lines) and lines[index].startswith("|"):
+                rows.append(cells(lines[index]))
+                index += 1
+            found.append(Table(path, "\n".join(before), header, rows, first))
+            before = []
+            continue
+        before = [] if line.startswith("#") else [*before, line]
+        index += 1
+    return found
+
+
+def cells(line: str) -> list[str]:
+    """The stripped cells of one Markdown table row."""
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def command_tables(path: Path = README) -> list[Table]:
+    """The tables whose first column is `command`."""
+    return [t for t in tables(path) if t.header[0] == "command"]
+
+
+def deterministic_cells(report: dict[str, Any]) -> dict[str, str]:
+    """A report's deterministic figures, formatted as the README's columns print them."""
+    metrics = report["metrics"]
+    return {"size MB": f"{metrics['size_mb']:.2f}", "params": f"{metrics['parameters']:,}",
+            "parameters": f"{metrics['parameters']:,}", "BLEU": f"{metrics['bleu']['score']:.2f}",
+            "chrF": f"{metrics['chrf']['score']:.2f}", "source WER": f"{metrics['source_wer']:.1f} %",
+            "dtype": report["conditions"]["dtype"]}
+
+
+def run_command(command: str, out: Path) -> dict[str, Any]:
+    """Run `runner ...` in this process with `--out`; returns the report it wrote."""
+    from typer.testing import CliRunner
+
+    from runner.cli import app
+
+    result = CliRunner().invoke(app, [*shlex.split(command)[1:], "--no-progress", "--out", str(out)])
+    if result.exit_code != 0:
+        raise RuntimeError(f"{command}: exit {result.exit_code}: {result.output.strip().splitlines()[-1:]}")
+    return json.loads(out.read_text())
+
+
+def row_cells(header: list[str], row: list[str], report: dict[str, Any], first: dict[str, Any]) -> list[str]:
+    """`row` with every column this module knows recomputed from `report` (`first`: the table's first row)."""
+    latency, base = report["metrics"]["latency"], first["metrics"]["latency"]
+    known = {**deterministic_cells(report),
+             "latency mean s (p90)": f"{latency['mean']:.3f} ({latency['p90']:.3f})",
+             "latency mean s": f"{latency['mean']:.3f}", "RTF": f"{latency['rtf']:.3f}",
+             "vs fp32": f"{latency['mean'] / base['mean']:.2f}x"}
+    return [known.get(name, cell) for name, cell in zip(header, row)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dry-run", action="store_true", help="print the rows, do not rewrite README.md")
+    args = parser.parse_args(argv)
+    lines = README.read_text(encoding="utf-8").splitlines()
+    reports: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as work:
+        for table in command_tables():
+            for offset, row in enumerate(table.rows):
+                command = row[0].strip("`")
+                if command not in reports:
+                    reports[command] = run_command(command, Path(work) / f"{len(reports)}.json")
+                first = reports[table.rows[0][0].strip("`")]
+                new = "| " + " | ".join(row_cells(table.header, row, reports[command], first)) + " |"
+                lines[table.first_line + offset] = new
+                print(new, flush=True)
+    if not args.dry_run:
+        README.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
