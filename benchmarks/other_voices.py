@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
              "\"In training\" says whether the demo corpus's training split is spoken by that voice (other sentences, "
              "augmented).", "",
              "| speech | in training | utterances | BLEU | chrF | source WER |", "|---|---|---|---|---|---|",
-             f"| committed tst-COMMON (espeak-ng m6/m7/f5, Festival ked) | no | {scores(committed['tst-COMMON'].utterances)} |",
+             f"| committed tst-COMMON (espeak-ng m6, f5; Festival ked) | no | {scores(committed['tst-COMMON'].utterances)} |",
              f"| committed tst-HE (flite awb, rms) | no | {scores(committed['tst-HE'].utterances)} |"]
     for index, name in enumerate(voices):
         heard = "yes" if speaker_of(Voice(*name.split(":", 1), rate=100).speaker_id) in trained else "no"

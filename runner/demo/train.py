@@ -146,6 +146,7 @@ def train(corpus: Path, work: Path, export_to: Path, config: Path, max_epoch: in
     Returns:
         The exported directory.
     """
+    init_weights = _model_file(init) if init is not None else None  # a bad --init fails before any work
     work.mkdir(parents=True, exist_ok=True)
     dumps = {}
     for role, split in SPLITS.items():
@@ -188,7 +189,7 @@ def train(corpus: Path, work: Path, export_to: Path, config: Path, max_epoch: in
         "--valid_shape_file", str(stats / "valid" / "src_text_shape"),
         "--fold_length", "80000", "--fold_length", "150", "--fold_length", "150",
         *(["--max_epoch", str(max_epoch)] if max_epoch else []),
-        *(["--init_param", str(_model_file(init))] if init is not None else []),
+        *(["--init_param", str(init_weights)] if init_weights is not None else []),
     ])
     return export(exp, export_to)
 

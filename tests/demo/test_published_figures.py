@@ -104,17 +104,25 @@ def test_sweep_rows_equal_the_translate_commands(fresh_sweep: dict[str, dict[str
 SPLITS = {"tst-COMMON": "", "tst-HE": " --split tst-HE"}  # the command suffix that selects each split
 
 
+def _assert_keeps_bleu(split: str, scheme: str, bleu: float, fp32: float) -> None:
+    """No scheme loses more than the tolerance on either split; on tst-COMMON none moves more either way.
+
+    On tst-HE (58 BLEU, 21 % source WER) dynamic int8's rounding flips hypotheses both ways and nets +1.7
+    (README, "Plugins on the embedded default model"): a gain outside the two-sided band, not a loss.
+    """
+    assert bleu - fp32 >= -INT8_BLEU_TOLERANCE, (split, scheme, bleu, fp32)
+    if split == "tst-COMMON":
+        assert abs(bleu - fp32) <= INT8_BLEU_TOLERANCE, (split, scheme, bleu, fp32)
+
+
 @pytest.mark.parametrize("split", SPLITS)
 def test_int8_and_bf16_keep_bleu_on_the_shipped_model(fresh_commands: dict[str, dict[str, Any]], split: str) -> None:
     suffix = SPLITS[split]
     fp32 = fresh_commands[f"runner translate{suffix}"]
     assert fp32["data"]["split"] == split
     for scheme in ("dynamic-int8", "static-int8", "bf16"):
-        if split == "tst-COMMON" or f"runner translate --quant {scheme}{suffix}" in fresh_commands:
-            bleu = fresh_commands[f"runner translate --quant {scheme}{suffix}"]["metrics"]["bleu"]["score"]
-            assert abs(bleu - fp32["metrics"]["bleu"]["score"]) <= INT8_BLEU_TOLERANCE, (split, scheme, bleu)
-    assert f"runner translate --quant dynamic-int8{suffix}" in fresh_commands
-    assert f"runner translate --quant static-int8{suffix}" in fresh_commands
+        bleu = fresh_commands[f"runner translate --quant {scheme}{suffix}"]["metrics"]["bleu"]["score"]
+        _assert_keeps_bleu(split, scheme, bleu, fp32["metrics"]["bleu"]["score"])
 
 
 @pytest.mark.parametrize("split", SPLITS)
@@ -127,9 +135,6 @@ def test_the_lean_engine_gives_espnets_translations_and_keeps_int8_bleu(
     assert len(lean["utterances"]) == 100
     for field in ("hypothesis", "source_hypothesis"):
         assert [u.get(field) for u in lean["utterances"]] == [u.get(field) for u in espnet["utterances"]], field
-    fp32 = espnet["metrics"]["bleu"]["score"]
-    for scheme in ("dynamic-int8", "static-int8", "bf16"):
-        command = f"runner translate --search lean --quant {scheme}{suffix}"
-        if split == "tst-COMMON" or command in fresh_commands:
-            bleu = fresh_commands[command]["metrics"]["bleu"]["score"]
-            assert abs(bleu - fp32) <= INT8_BLEU_TOLERANCE, (split, scheme, bleu, fp32)
+    for scheme in ("dynamic-int8", "static-int8") + (("bf16",) if split == "tst-COMMON" else ()):
+        bleu = fresh_commands[f"runner translate --search lean --quant {scheme}{suffix}"]["metrics"]["bleu"]["score"]
+        _assert_keeps_bleu(split, scheme, bleu, espnet["metrics"]["bleu"]["score"])
