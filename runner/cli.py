@@ -67,7 +67,7 @@ def translate(
     model: Optional[Path] = typer.Option(None, help="Experiment dir, config.yaml, .pth or packed .zip [default: data/model]"),
     model_file: Optional[Path] = typer.Option(None, help="Model weights, when the directory holds several .pth"),
     data: Optional[Path] = typer.Option(None, help="MuST-C root or ESPnet/Kaldi data dir [default: data/mustc-demo]"),
-    split: Optional[str] = typer.Option(None, help="MuST-C split [default: tst-COMMON]"),
+    split: Optional[str] = typer.Option(None, help="MuST-C split [default: tst-COMMON; the demo corpus also has tst-HE and dev]"),
     text: Optional[str] = typer.Option(None, help="Reference file inside a Kaldi data dir (e.g. text.tc.de)"),
     limit: Optional[int] = typer.Option(None, help="Decode only N utterances"),
     sample: Optional[bool] = typer.Option(None, "--sample/--first", help="Draw the N utterances with --seed, or take the first N"),

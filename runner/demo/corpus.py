@@ -27,15 +27,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-
 import numpy as np
 import soundfile
 
 from runner.demo import augment
 from runner.demo.grammar import Grammar
-from runner.demo.voices import SAMPLE_RATE, Voice, pcm16, require, synthesize
+from runner.demo.voices import SAMPLE_RATE, Voice, require, synthesize
 
-__all__ = ["SAMPLE_RATE", "Voice", "pcm16", "assemble_talk", "build", "checksums", "read_manifest",
+__all__ = ["SAMPLE_RATE", "Voice", "assemble_talk", "build", "checksums", "read_manifest",
            "sentence_pairs", "speaker_of", "split_speakers", "split_voices", "talk_voice", "write_manifest"]
 
 STEP = 160  # 10 ms: offsets and durations are multiples of it
