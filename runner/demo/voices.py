@@ -25,7 +25,7 @@ from scipy.signal import resample_poly
 from runner.errors import RunnerError
 
 SAMPLE_RATE = 16000
-INSTALL = ("apt-get install espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts flite")
+INSTALL = "apt-get install espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts flite"
 FESTIVAL_VOICE_ROOT = Path("/usr/share/festival/voices")
 _BINARIES = {"espeak-ng": "espeak-ng", "festival": "festival", "flite": "flite"}
 
@@ -50,11 +50,6 @@ class Voice:
     def speaker_id(self) -> str:
         """MuST-C-style speaker id; espeak-ng keeps its historic form `spk.<accent>+<variant>`."""
         return f"spk.{self.name}" if self.engine == "espeak-ng" else f"spk.{self.engine}+{self.name}"
-
-    @property
-    def speaker(self) -> str:
-        """The voice that makes the speaker: the espeak-ng variant, else the engine's voice name."""
-        return self.name.split("+", 1)[1] if self.engine == "espeak-ng" else f"{self.engine}:{self.name}"
 
 
 def require(engine: str) -> str:
