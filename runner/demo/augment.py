@@ -16,7 +16,8 @@ from fractions import Fraction
 import numpy as np
 from scipy.signal import fftconvolve, istft, resample_poly, stft
 
-SAMPLE_RATE = 16000
+from runner.demo.voices import SAMPLE_RATE
+
 SPEEDS = (0.9, 1.0, 1.1)
 SEMITONES = (-2, -1, 1, 2)
 SNRS_DB = (5, 10, 15, 20)

@@ -27,7 +27,7 @@ from runner.errors import RunnerError
 SAMPLE_RATE = 16000
 INSTALL = "apt-get install espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts flite"
 FESTIVAL_VOICE_ROOT = Path("/usr/share/festival/voices")
-_BINARIES = {"espeak-ng": "espeak-ng", "festival": "festival", "flite": "flite"}
+ENGINES = ("espeak-ng", "festival", "flite")  # each engine's name is its binary's
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,14 @@ class Voice:
         return f"spk.{self.name}" if self.engine == "espeak-ng" else f"spk.{self.engine}+{self.name}"
 
 
+def missing_engines() -> list[str]:
+    """The engines of ENGINES whose binary is not on PATH."""
+    return [engine for engine in ENGINES if shutil.which(engine) is None]
+
+
 def require(engine: str) -> str:
     """The engine's binary, or a one-line error saying which Debian packages to install."""
-    binary = shutil.which(_BINARIES[engine])
+    binary = shutil.which(engine)
     if binary is None:
         raise RunnerError(f"{engine}: not installed; install Debian's packages with `{INSTALL}`")
     if engine == "festival" and not any(FESTIVAL_VOICE_ROOT.glob("*/*")):

@@ -14,15 +14,14 @@ import yaml
 from runner import defaults
 from runner.demo import augment, corpus
 from runner.data import load_test_set
-from runner.demo.voices import INSTALL
+from runner.demo.voices import INSTALL, missing_engines
 
 COMMITTED = ("dev", "tst-COMMON", "tst-HE")
 SMALL_BUILD_MANIFEST = Path(__file__).with_name("small_build.sha256")
 # Two training talks (espeak-ng and Festival, augmented), one talk of each other split.
 SMALL_SIZES = {"train": 23, "dev": 3, "tst-COMMON": 4, "tst-HE": 2}
-ENGINES = ("espeak-ng", "festival", "flite")
 needs_engines = pytest.mark.skipif(
-    any(shutil.which(binary) is None for binary in ENGINES),
+    bool(missing_engines()),
     reason=f"a synthesizer is missing: {INSTALL} (Debian) to run the builder")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,8 @@ from runner import defaults
 from runner.cli import app
 from runner.demo import corpus
 from runner.demo.train import reuse_units
+from runner.demo.voices import missing_engines
 from runner.runner import Runner
-
-ENGINES = ("espeak-ng", "festival", "flite")
 
 
 def test_reuse_units_keeps_the_models_bpe_and_token_lists(tmp_path: Path) -> None:
@@ -36,7 +34,7 @@ def test_a_bad_init_is_one_line_before_any_work(tmp_path: Path) -> None:
     assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.skipif(any(shutil.which(binary) is None for binary in ENGINES),
+@pytest.mark.skipif(bool(missing_engines()),
                     reason="espeak-ng, festival and flite build the corpus (apt-get install espeak-ng festival "
                            "festvox-kallpc16k festvox-us-slt-hts flite)")
 def test_fine_tuning_one_epoch_exports_a_model_that_loads_and_translates(tmp_path: Path) -> None:
