@@ -71,6 +71,7 @@ def torch_settings(threads: int, engine: str | None = None) -> Iterator[None]:
 
 
 def cpu_model() -> tuple[str, list[str]]:
+    """This machine's CPU model name and which of `CPU_FLAGS_OF_INTEREST` it has."""
     model, flags = platform.processor() or platform.machine(), []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -83,6 +84,41 @@ def cpu_model() -> tuple[str, list[str]]:
     except OSError:
         pass
     return model, flags
+
+
+# The instruction sets that choose the kernels of torch's CPU libraries (MKL, oneDNN, fbgemm), best first.
+_ISA_LEVELS = (("amx", ("amx_int8", "amx_bf16", "amx_tile")), ("avx512-bf16", ("avx512_bf16",)),
+               ("avx512-vnni", ("avx512_vnni",)), ("avx512", ("avx512f",)), ("avx2", ("avx2",)))
+
+
+def cpu_kind(model: str | None = None, flags: list[str] | None = None) -> str:
+    """The kind of CPU a figure depends on: its vendor and the best instruction set its kernels can use.
+
+    Quantized and bf16 figures can differ between kinds in their last digits (MKL picks its code path by
+    vendor and instruction set, oneDNN uses AMX where it exists), so every published table names
+    the kind it was measured on: `intel-amx` for an Intel Xeon with AMX, `amd-avx512-bf16` for an AMD
+    EPYC with AVX-512 BF16 and no AMX.
+
+    Args:
+        model: a CPU model name (default: this machine's); flags: its flags (default: this machine's).
+
+    Returns:
+        `<vendor>-<isa>`, e.g. `intel-amx`; the vendor is `intel`, `amd` or the machine's architecture.
+    """
+    if model is None or flags is None:
+        here_model, here_flags = cpu_model()
+        model, flags = model if model is not None else here_model, flags if flags is not None else here_flags
+    lowered = model.lower()
+    vendor = "intel" if "intel" in lowered else "amd" if ("amd" in lowered or "epyc" in lowered) else platform.machine()
+    present = set(flags)
+    isa = next((name for name, needed in _ISA_LEVELS if present & set(needed)), "base")
+    return f"{vendor}-{isa}"
+
+
+def cpu_description() -> str:
+    """One line naming this machine's CPU, its kind and the flags that chose its kernels."""
+    model, flags = cpu_model()
+    return f"{model}, cpu kind `{cpu_kind(model, flags)}` ({', '.join(flags) or 'no AVX2'})"
 
 
 LIBRARIES = ("torch", "torchaudio", "espnet", "sacrebleu", "numpy")
@@ -127,6 +163,7 @@ def manifest(threads: int | None = None, engine: str | None = None,
     return {
         **device_facts(device),
         "cpu": model,
+        "cpu_kind": cpu_kind(model, flags),
         "cpu_flags": flags,
         "cores": available_cores(),
         "threads": threads if threads is not None else torch.get_num_threads(),

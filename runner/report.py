@@ -118,7 +118,8 @@ class Report:
                       f"{', multi-decoder' if summary['multidecoder'] else ''})"),
             ("data", f"{d['path']}  split {d['split']}, {selection}, {d['audio_seconds']:.1f} s audio, "
                      f"preloaded {d['preload_memory_bytes'] / 1e6:.1f} MB"),
-            ("conditions", f"device {c.get('device', 'cpu')}, threads {c['threads']}, engine {c['quantized_engine']}, "
+            ("conditions", f"device {c.get('device', 'cpu')}, cpu {c.get('cpu_kind', 'unknown')}, threads {c['threads']}, "
+                           f"engine {c['quantized_engine']}, "
                            f"search {c.get('search', 'espnet')}, hop {c['hop_length']}, "
                            f"dtype {c['dtype']}, plugins {plugins}, warm-up {c['warmup']}, "
                            f"batch {c.get('batch_size', 1)}, "
@@ -138,7 +139,8 @@ class Report:
                 f"{name.removesuffix('_search')} {m.steps_mean[name]:.1f} per utterance"
                 + (f", {1000 * m.seconds_per_step[name]:.2f} ms per step" if name in m.seconds_per_step else "")
                 for name in m.steps_mean) or "n/a"),
-            ("machine", f"{c['cpu']}, {c['cores']} cores; torch {c['versions']['torch']}, "
+            ("machine", f"{c['cpu']} (cpu kind {c.get('cpu_kind', 'unknown')}), {c['cores']} cores; "
+                        f"torch {c['versions']['torch']}, "
                         f"espnet {c['versions']['espnet']}"),
         ]
         if c.get("gpu"):

@@ -81,6 +81,7 @@ CASES = [
     ("plain-transformer", "fp32", dict(beam_size=5, ctc_weight=0.3, nbest=3)),
     ("plain-transformer", "dynamic-int8", dict(beam_size=10, ctc_weight=0.0, minlenratio=0.2)),
     ("plain-post-norm", "dynamic-fp16", dict(beam_size=3, ctc_weight=0.3)),
+    ("md-conformer", "bf16", dict(beam_size=4, asr_beam_size=4)),
 ]
 
 
@@ -123,18 +124,57 @@ def test_batched_evaluation_keeps_every_demo_translation(tmp_path: Path) -> None
         assert [u["batch_size"] for u in eight.utterances[:3]] == [1, 8, 8]
 
 
-def test_mkl_packed_products_do_not_depend_on_the_row_count() -> None:
-    """What keeps float decoders bit-exact in a batch: a row's packed GEMM result is the same at any packed row count."""
-    from runner.lean.ops import MKL_LINEAR, MKL_REORDER
+def _row_by_row(alone: Any, batched: Any, in_features: int, rows: int, batch_rows: int) -> bool:
+    """Whether every row of a random batch gets, in `batched`, the bits `alone` gives it at each of its positions."""
+    generator = torch.Generator().manual_seed(12345)
+    batch = torch.randn(batch_rows, in_features, generator=generator)
+    together = batched(batch)
+    for index in range(batch_rows):
+        for position in range(rows):
+            chunk = torch.randn(rows, in_features, generator=generator)  # other neighbours than the probe's
+            chunk[position] = batch[index]
+            if not torch.equal(alone(chunk)[position], together[index]):
+                return False
+    return True
 
-    if MKL_LINEAR is None:
+
+@pytest.mark.parametrize("kernel", ["mkl-packed", "F.linear"])
+def test_the_shared_call_check_agrees_with_a_row_by_row_check(kernel: str) -> None:
+    """`rows_independent` decides whether a batch shares one float product; on any CPU it must say what a
+    row-by-row comparison says (on the Xeon both answers occur: F.linear depends on the row count here)."""
+    from runner.lean.ops import MKL_LINEAR, MKL_REORDER, rows_independent
+
+    if kernel == "mkl-packed" and MKL_LINEAR is None:
         pytest.skip("this PyTorch build has no MKL packed GEMM")
     generator = torch.Generator().manual_seed(0)
-    weight, bias = torch.randn(96, 64, generator=generator), torch.randn(96, generator=generator)
-    rows = torch.randn(40, 64, generator=generator)
-    alone = MKL_LINEAR(rows[:5], MKL_REORDER(weight, 5), weight, bias, 5)
-    for count in (10, 40):
-        assert torch.equal(MKL_LINEAR(rows[:count], MKL_REORDER(weight, count), weight, bias, count)[:5], alone)
+    verdicts = {}
+    with torch.no_grad():
+        for out_features, in_features in ((96, 64), (256, 256), (2048, 256), (69, 32)):
+            weight = torch.randn(out_features, in_features, generator=generator)
+            bias = torch.randn(out_features, generator=generator)
+            for rows, batch_rows in ((5, 10), (5, 40), (4, 32)):
+                if kernel == "F.linear":
+                    alone = batched = lambda x, w=weight, b=bias: torch.nn.functional.linear(x, w, b)
+                else:
+                    packs = {n: MKL_REORDER(weight, n) for n in (rows, batch_rows)}
+                    alone = lambda x, w=weight, b=bias, p=packs[rows], n=rows: MKL_LINEAR(x, p, w, b, n)
+                    batched = lambda x, w=weight, b=bias, p=packs[batch_rows], n=batch_rows: MKL_LINEAR(x, p, w, b, n)
+                verdict = rows_independent(alone, batched, in_features, rows, batch_rows)
+                label = (out_features, in_features, rows, batch_rows)
+                assert verdict == _row_by_row(alone, batched, in_features, rows, batch_rows), (kernel, label)
+                verdicts[label] = verdict
+    print(f"{kernel} shares a batch's call on this CPU for", [k for k, v in verdicts.items() if v] or "no shape")
+
+
+def test_a_batch_is_exact_when_no_float_product_may_share_its_call(shapes: dict[str, Path],
+                                                                  utterances: list[np.ndarray],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path a CPU whose kernels depend on the row count takes (every product per utterance), on any CPU."""
+    from runner.lean import ops
+
+    monkeypatch.setattr(ops, "rows_independent", lambda *args, **kwargs: False)
+    test_a_batch_gives_each_utterance_what_it_gets_alone(shapes, utterances, "md-conformer", "fp32",
+                                                         dict(beam_size=5, asr_beam_size=5, nbest=2))
 
 
 def test_espnet_engine_refuses_batches_in_one_line(tiny_exp: Path, shared_corpus: Path) -> None:

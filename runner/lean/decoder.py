@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from runner.errors import RunnerError
-from runner.lean.ops import PACK_ROWS, ROW_GROUPS, direct, feed_forward, fused_projection
+from runner.lean.ops import PACKING, ROW_GROUPS, Packing, direct, feed_forward, fused_projection
 
 
 def check_decoder(decoder: Any) -> None:
@@ -196,15 +196,15 @@ class DecoderStep:
     def __init__(self, decoder: Any, memories: list[torch.Tensor], speeches: list[torch.Tensor] | None,
                  max_length: int, beam_size: int) -> None:
         rows = beam_size * len(memories)
-        # Float weights are packed for the beams' rows, rounded up to a power-of-two batch so that a
-        # server's varying batch sizes share a few packed copies (fewer rows are padded with zeros).
-        token = PACK_ROWS.set(beam_size * (1 << (len(memories) - 1).bit_length()))
+        # Float weights are packed for one utterance's beam and for the batch's rows, rounded up to a
+        # power-of-two batch so that a server's varying batch sizes share a few packed copies.
+        token = PACKING.set(Packing(beam_size, beam_size * (1 << (len(memories) - 1).bit_length())))
         try:
             self.layers = [Layer(layer, memories, speeches) for layer in decoder.decoders]
             self.after_norm = direct(decoder.after_norm) if decoder.normalize_before else None
             self.output = direct(decoder.output_layer) if decoder.output_layer is not None else None
         finally:
-            PACK_ROWS.reset(token)
+            PACKING.reset(token)
         first = decoder.decoders[0].self_attn
         self.heads, self.d_k = first.h, first.d_k
         self.embedding, self.positions = decoder.embed[0], decoder.embed[1]

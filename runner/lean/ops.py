@@ -2,15 +2,21 @@
 
 `direct(module)` resolves a module once per utterance to the one operator its forward runs (a float
 Linear through MKL's packed GEMM, a LayerNorm, a dynamically or statically quantized Linear, a static
-int8 region); `fused_projection` gives a self-attention's query/key/value as one product. While
-several utterances share a step, `ROW_GROUPS` holds each one's rows, so dynamically quantized
-products are taken per utterance (`per_utterance`), and `PACK_ROWS` the row count float weights are
-packed for.
+int8 region); `fused_projection` gives a self-attention's query/key/value as one product.
+
+While several utterances share a step, `ROW_GROUPS` holds each one's rows and `PACKING` the rows per
+utterance and per batch. A product whose result for a row could depend on the call's other rows is
+taken once per utterance (`per_utterance`), on exactly the rows and padding it gets alone: dynamically
+quantized products always (their activation scale comes from the whole input), float products unless
+`rows_independent` has shown, on this CPU and for this shape, that one call for the whole batch gives
+every row the bits it gets alone. Whether a kernel has that property depends on the CPU (MKL's packed
+GEMM has it for these shapes on an Intel Xeon with AMX, not on an AMD EPYC), so it is checked, not assumed.
 """
 
 from __future__ import annotations
 
 import contextvars
+from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +43,17 @@ _MKL = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear
 MKL_LINEAR = _kernel(torch.ops.mkl._mkl_linear.default) if _MKL else None
 MKL_REORDER = torch.ops.mkl._mkl_reorder_linear_weight if _MKL else None
 MKL_PACKS_KEPT = 6  # packed copies of a weight kept, one per row count (beam x batch rounded up to 1, 2, 4, ... 32)
-PACK_ROWS: contextvars.ContextVar[int | None] = contextvars.ContextVar("lean_pack_rows", default=None)
+
+
+@dataclass(frozen=True)
+class Packing:
+    """The row counts a step's float products are packed for: one utterance's beam, and the whole batch's."""
+
+    rows: int
+    batch_rows: int
+
+
+PACKING: contextvars.ContextVar[Packing | None] = contextvars.ContextVar("lean_packing", default=None)
 QLINEAR = _kernel(torch.ops.quantized.linear.default)
 # Rows per utterance while several utterances are searched together (see `per_utterance`).
 ROW_GROUPS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("lean_row_groups", default=None)
@@ -46,16 +62,62 @@ ROW_GROUPS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("l
 def per_utterance(op: Callable[..., torch.Tensor], *arguments: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """`op(x, *arguments)`, called once per utterance's rows when several utterances share the step.
 
-    For dynamically quantized products, whose activation scale comes from the whole input: an
-    utterance's rows are then quantized exactly as they are when it is searched alone.
+    Each utterance's rows then go through the call they get when it is searched alone: for
+    dynamically quantized products, whose activation scale comes from the whole input, and for
+    any product whose kernel is not shown to be independent of the other rows.
     """
     def call(x: torch.Tensor) -> torch.Tensor:
         groups = ROW_GROUPS.get()
         if groups is None or x.dim() != 2 or x.size(0) != sum(groups):
             return op(x, *arguments)
-        return torch.cat([op(part, *arguments) for part in x.split(groups)])
+        # A part that starts off a 64-byte boundary is copied to one, as an utterance's own tensor is
+        # (MKL's results may depend on the alignment of its input).
+        return torch.cat([op(part if part.data_ptr() % 64 == 0 else part.clone(), *arguments)
+                          for part in x.split(groups)])
 
     return call
+
+
+# Verdicts of `rows_independent`, by (kernel, weight shape, row counts, threads): a kernel's reduction
+# order is a function of the call's shape and thread count, not of the numbers in it.
+_INDEPENDENT: dict[tuple[Any, ...], bool] = {}
+
+
+def rows_independent(alone: Callable[[torch.Tensor], torch.Tensor], batched: Callable[[torch.Tensor], torch.Tensor],
+                     in_features: int, rows: int, batch_rows: int, kernel: tuple[Any, ...] = ()) -> bool:
+    """Whether `batched` gives every row, at any of its `batch_rows` positions, the bits `alone` gives it.
+
+    `alone` takes `rows` rows (one utterance's beam), `batched` takes `batch_rows` (a multiple of
+    `rows`). One random probe goes through `batched` once, and through `alone` in chunks, shifted
+    `rows` times so that every row is seen at every position of the one-utterance call: equal bits
+    everywhere mean each output row is one function of its input row, wherever it sits. Differences
+    come from the kernel's reduction order, which random numbers reveal.
+
+    Args:
+        alone: the product as one utterance's search calls it.
+        batched: the product as one call for the whole batch.
+        in_features: the product's input width.
+        rows: rows of one utterance's call; batch_rows: rows of the batch's call.
+        kernel: when given, a key (kernel, shape) under which the verdict is remembered for this thread count.
+
+    Returns:
+        True when every row's bits agree, so the batch may share one call.
+    """
+    key = (*kernel, rows, batch_rows, torch.get_num_threads()) if kernel else None
+    if key is not None and key in _INDEPENDENT:
+        return _INDEPENDENT[key]
+    generator = torch.Generator().manual_seed(batch_rows)
+    probe = torch.randn(batch_rows, in_features, generator=generator)
+    with torch.no_grad():
+        together = batched(probe)
+        verdict = all(torch.equal(alone(chunk), expected)
+                      for shift in range(rows)
+                      for chunk, expected in zip(probe.roll(shift, 0).split(rows), together.roll(shift, 0).split(rows)))
+    if key is not None:
+        _INDEPENDENT[key] = verdict
+    return verdict
+
+
 QLINEAR_RELU = _kernel(torch.ops.quantized.linear_relu.default)
 
 
@@ -77,8 +139,8 @@ def direct(module: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
         return _float_linear(module, module.weight, module.bias)
     if type(module) is DynamicLinear:  # the quantized op its forward calls, without the module around it
         packed = module._packed_params._packed_params
-        if module._packed_params.dtype == torch.float16:
-            return lambda x: LINEAR_DYNAMIC_FP16(x, packed)
+        if module._packed_params.dtype == torch.float16:  # fbgemm's fp16 kernels are chosen by row count
+            return per_utterance(LINEAR_DYNAMIC_FP16, packed)
         if module._packed_params.dtype == torch.qint8:
             reduce_range = (module.version or 0) >= 4
             return per_utterance(LINEAR_DYNAMIC, packed, reduce_range)
@@ -156,7 +218,7 @@ def fused_projection(attention: Any) -> Callable[[torch.Tensor], torch.Tensor] |
         build = _dynamic_qkv
     else:
         return None
-    packing = (PACK_ROWS.get(), torch.is_autocast_enabled("cpu"))  # how a float weight is packed
+    packing = (PACKING.get(), torch.is_autocast_enabled("cpu"))  # how a float weight is packed
     fused = attention.__dict__.setdefault("runner_lean_qkv", {})
     cached = fused.get(packing)
     if cached is None or cached[0] != key:
@@ -179,15 +241,33 @@ def _float_linear(owner: torch.nn.Module | None, weight: torch.Tensor,
     """x W^T + b: with the weight prepacked for MKL's GEMM at the beam's row count where that is available.
 
     MKL's packed GEMM (what Inductor's freezing uses on CPU) is 1.3-1.6x faster than `F.linear` for
-    4-10 rows here, and a row's result does not depend on how many rows share the call (checked in
-    tests/test_batch.py), which keeps a batched utterance's numbers its own. Not under autocast (the bf16 plugin
-    lowers `F.linear` itself), not for other dtypes, not on a GPU (cuBLAS runs `F.linear` there).
+    4-10 rows here. Not under autocast (the bf16 plugin lowers `F.linear` itself), not for other
+    dtypes, not on a GPU (cuBLAS runs `F.linear` there). While several utterances share the step,
+    the batch shares one call only where `rows_independent` showed that call gives each row the
+    bits of the utterance's own call; otherwise each utterance's rows are its own call (on the CPU;
+    on a GPU the batch shares cuBLAS's call, whose last bits may depend on the batch).
     A weight packed for `owner` is kept on it until the weight changes.
     """
-    rows = PACK_ROWS.get()
-    if (rows is None or MKL_LINEAR is None or weight.dtype != torch.float32 or weight.device.type != "cpu"
+    packing = PACKING.get()
+    if (packing is None or MKL_LINEAR is None or weight.dtype != torch.float32 or weight.device.type != "cpu"
             or torch.is_autocast_enabled("cpu")):
-        return lambda x: F.linear(x, weight, bias)
+        def plain(x: torch.Tensor) -> torch.Tensor:
+            return F.linear(x, weight, bias)
+
+        return per_utterance(plain) if weight.device.type == "cpu" else plain
+    alone = _mkl_product(owner, weight, bias, packing.rows)
+    if packing.batch_rows == packing.rows:
+        return alone
+    together = _mkl_product(owner, weight, bias, packing.batch_rows)
+    if rows_independent(alone, together, weight.size(1), packing.rows, packing.batch_rows,
+                        kernel=("mkl", *weight.shape, bias is None)):
+        return together
+    return per_utterance(alone)
+
+
+def _mkl_product(owner: torch.nn.Module | None, weight: torch.Tensor, bias: torch.Tensor | None,
+                 rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x W^T + b through MKL's GEMM with the weight packed for `rows` rows; fewer rows are padded with zeros."""
     key = (weight.data_ptr(), weight._version) if owner is not None else None
     packs = owner.__dict__.setdefault("runner_lean_mkl", {}) if owner is not None else {}
     cached = packs.get(rows)
@@ -203,8 +283,8 @@ def _float_linear(owner: torch.nn.Module | None, weight: torch.Tensor,
         n = x.size(0)
         if n >= rows or x.dim() != 2:
             return MKL_LINEAR(x, packed, weight, bias, rows)
-        # Fewer rows than packed for (hypotheses ended): zero rows fill the packed shape, because MKL's
-        # packed GEMM gives a row the same bits at any packed row count, and its unpacked GEMM does not.
+        # Fewer rows than packed for (hypotheses ended): zero rows fill the packed shape, so every call
+        # of a search is the same kernel (MKL's unpacked GEMM, for other row counts, rounds differently).
         return MKL_LINEAR(torch.cat((x, x.new_zeros(rows - n, x.size(1)))), packed, weight, bias, rows)[:n]
 
     return linear
@@ -215,7 +295,7 @@ def _dynamic_qkv(linears: tuple[Any, ...]) -> Callable[[torch.Tensor], torch.Ten
     bias = None if any(b is None for b in biases) else torch.cat(biases)
     if linears[0]._packed_params.dtype == torch.float16:
         packed = torch.ops.quantized.linear_prepack_fp16(torch.cat(weights), bias)
-        return lambda x: LINEAR_DYNAMIC_FP16(x, packed)
+        return per_utterance(LINEAR_DYNAMIC_FP16, packed)
     rows = []
     for weight in weights:
         if weight.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):

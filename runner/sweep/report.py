@@ -66,7 +66,8 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], config: An
         f"N={env['n']} (audio hash {env['data_content_hash']}); device {device}; threads {env['threads']}, "
         f"warm-up {config.run.warmup}, {repeats} repeat(s)"
         f"{' interleaved' if env.get('executor', 'local') == 'local' else ' per Ray task'}; "
-        f"executor {env.get('executor', 'local')}; driver CPU {env['cpu']}; torch "
+        f"executor {env.get('executor', 'local')}; driver CPU {env['cpu']}"
+        f"{', cpu kind `' + env['cpu_kind'] + '`' if env.get('cpu_kind') else ''}; torch "
         f"{env['versions']['torch']}, espnet {env['versions']['espnet']}; st-runner {env.get('runner')} "
         f"at commit {env.get('runner_commit') or 'unknown'}.",
         "",

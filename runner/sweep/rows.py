@@ -81,7 +81,7 @@ def row_from_reports(plan: RunPlan, reports: list[Report]) -> dict[str, Any]:
         "gpu": c.get("gpu"), "gpu_peak_memory_bytes": m.gpu_peak_memory_bytes,
         "utterances_per_second": m.throughput.utterances_per_second if m.throughput else None,
         "audio_seconds_per_second": m.throughput.audio_seconds_per_second if m.throughput else None,
-        "cpu": c["cpu"], "hypotheses": middle.hypotheses(),
+        "cpu": c["cpu"], "cpu_kind": c.get("cpu_kind"), "hypotheses": middle.hypotheses(),
     }
 
 
