@@ -12,6 +12,8 @@ import functools
 import hashlib
 import logging
 import os
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import torch
 import yaml
 
-from runner import _espnet
+from runner.archive import unpack as archive_unpack
 from runner.errors import RunnerError, first_line
 from runner.yamlio import read_yaml
 
@@ -99,13 +101,37 @@ def locate(path: str | Path, model_file: str | Path | None = None) -> ModelFiles
                       weights if unwrapped else None, keys)
 
 
+def _safe_globals() -> list[Any]:
+    """What a trainer checkpoint may hold besides tensors and containers: numpy numbers and arrays of
+    numbers (ESPnet's reporter keeps its statistics as numpy scalars). Nothing that runs code."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [type(np.dtype(name)) for name in ("float16", "float32", "float64", "int32", "int64", "bool")]
+    return [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
 def read_weights(path: Path) -> Any:
-    """torch.load of a model file onto the CPU, memory-mapped when the format allows (cheap to inspect)."""
+    """torch.load of a model file onto the CPU, as data only, memory-mapped when the format allows.
+
+    A model file is a pickle, and a pickle can name any callable to run while it loads. Only tensors,
+    containers, numbers and numpy numbers (`_safe_globals`) are read; anything else is refused before
+    it runs, naming the type the file asked for.
+
+    Raises:
+        RunnerError: the file is not a PyTorch file, or it asks to unpickle something that is not data.
+    """
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
-            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_safe_globals()):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+                return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"(?:GLOBAL|global) ([\w.]+)", str(error))
+        what = f"'{found.group(1)}'" if found else "an object that is not tensors, numbers or containers"
+        raise RunnerError(f"{path}: refused: loading it would unpickle {what}, which can run code; "
+                          f"a model file holds only weights") from error
     except Exception as error:
         raise RunnerError(f"{path}: not a readable PyTorch model file ({first_line(error)})") from error
 
@@ -172,18 +198,14 @@ def file_hash(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def _unpack(archive: Path) -> tuple[Path, Path]:
-    with _espnet.quiet():
-        from espnet2.main_funcs.pack_funcs import unpack
-    target = cache_dir() / "packed" / file_hash(archive)
-    try:
-        files = unpack(archive, target)
-    except Exception as error:
-        raise RunnerError(f"{archive}: not an ESPnet packed model ({first_line(error)})") from error
+    """The config and weights of a packed model, unpacked safely into the cache (`runner.archive`)."""
+    entry, meta = archive_unpack(archive, cache_dir() / "packed")
+    files = {**meta["yaml_files"], **meta["files"]}
     config = files.get("st_train_config") or next((v for k, v in files.items() if k.endswith("train_config")), None)
     weights = files.get("st_model_file") or next((v for k, v in files.items() if k.endswith("model_file")), None)
     if not config or not weights:
         raise RunnerError(f"{archive}: meta.yaml names no st_train_config/st_model_file ({sorted(files)})")
-    return Path(config), Path(weights)
+    return entry / config, entry / weights
 
 
 def find_by_trailing_parts(value: str, roots: list[Path]) -> tuple[Path | None, list[Path]]:
