@@ -305,7 +305,7 @@ def preload(
         waveform, rate = read_audio(segment.audio_path, segment.start, segment.frames)
         if segment.frames >= 0 and len(waveform) != segment.frames:
             raise RunnerError(f"{segment.audio_path}: ends early, segment '{segment.id}' is cut short")
-        waveform = resample(waveform, rate, sample_rate)
+        waveform = resample(waveform, rate, sample_rate, segment.audio_path)
         utterances.append(Utterance(segment, waveform, sample_rate))
     memory = sum(u.waveform.nbytes for u in utterances)
     return PreloadedSet(test_set, utterances, indices, seed, memory, content_hash(utterances))

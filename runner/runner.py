@@ -209,7 +209,7 @@ class Runner:
 
         Raises:
             AudioTooShortError: audio too short for the frontend window or the encoder's subsampling.
-            RunnerError: empty or malformed audio.
+            RunnerError: empty or malformed audio, a rate outside 1-192 kHz, NaN/Inf or out-of-range samples.
         """
         audio = resample(to_mono_float(waveform), sample_rate, self.sample_rate)
         if audio.size == 0:
@@ -242,7 +242,8 @@ class Runner:
         rates = [sample_rate] * len(waveforms) if isinstance(sample_rate, int) else list(sample_rate)
         if len(rates) != len(waveforms):
             raise RunnerError(f"translate_batch: {len(waveforms)} waveforms but {len(rates)} sample rates")
-        audio = [resample(to_mono_float(w), rate, self.sample_rate) for w, rate in zip(waveforms, rates)]
+        audio = [resample(to_mono_float(w, f"waveform {i} of the batch"), rate, self.sample_rate,
+                          f"waveform {i} of the batch") for i, (w, rate) in enumerate(zip(waveforms, rates))]
         empty = [index for index, samples in enumerate(audio) if samples.size == 0]
         if empty:
             raise RunnerError(f"waveform {empty[0]} of the batch: empty audio")

@@ -11,6 +11,7 @@ request that finds it full gets 503 with a Retry-After estimate.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
@@ -26,6 +27,7 @@ from runner.serve.upload import ApiError, Audio, ServeLimits
 
 
 _decoder: ThreadPoolExecutor | None = None
+logger = logging.getLogger("runner.serve")
 
 
 def decoder_thread() -> ThreadPoolExecutor:
@@ -169,16 +171,17 @@ class Batcher:
 
 
 def decode_batch(runner: Runner, audios: list[Audio]) -> list[Translation | ApiError]:
-    """Each request's translation, or the ApiError that answers it.
+    """Each request's translation, or the ApiError that answers it; one request's failure is its own.
 
-    A batch the runner cannot decode together (one request's audio too short for the encoder, say)
-    is decoded one request at a time, so each request gets its own answer.
+    A batch that fails for any reason (one request's audio too short for the encoder, say, or a fault
+    in the decoder) is decoded again one request at a time, so each request gets its own answer and
+    its batch-mates theirs.
     """
     if len(audios) > 1:
         try:
             return runner.translate_batch([a.waveform for a in audios], [a.sample_rate for a in audios])
-        except RunnerError:
-            pass
+        except Exception:  # noqa: BLE001 - whatever it was, each request is retried alone
+            logger.debug("a batch of %d failed; decoding its requests one at a time", len(audios), exc_info=True)
     return [_translate_one(runner, audio) for audio in audios]
 
 
@@ -189,3 +192,6 @@ def _translate_one(runner: Runner, audio: Audio) -> Translation | ApiError:
         return ApiError(422, f"{error} ({audio.seconds:.3f} s of audio)")
     except RunnerError as error:
         return ApiError(422, str(error))
+    except Exception as error:  # noqa: BLE001 - a fault of the server, not of the request: logged, 500
+        logger.exception("decoding a request failed")
+        return ApiError(500, f"internal error while decoding ({type(error).__name__}); the server logged it")

@@ -14,7 +14,8 @@ import soundfile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
-from runner.errors import first_line
+from runner.audio import check_format, check_samples
+from runner.errors import RunnerError, first_line
 
 MULTIPART_SLACK = 64 * 1024  # room for multipart framing around the file
 DRAIN_SECONDS = 30.0  # how long an oversized upload is read and discarded so its client gets the 413
@@ -30,6 +31,9 @@ class ServeLimits:
         max_queue: requests that may wait for the decoder; more get 503 with Retry-After.
         max_batch: requests for one model decoded in one batched search (1: one at a time).
         max_wait_ms: how long the first request of a batch waits for others to join it.
+
+    The decoded audio is bounded too (`max_decoded_bytes`): the longest audio as 48 kHz stereo float32,
+    so no upload under the byte limit makes the server hold more than that in samples.
     """
 
     max_upload_bytes: int = 20_000_000
@@ -37,6 +41,10 @@ class ServeLimits:
     max_queue: int = 32
     max_batch: int = 1
     max_wait_ms: float = 0.0
+
+    @property
+    def max_decoded_bytes(self) -> int:
+        return int(self.max_audio_seconds * 48_000 * 2 * 4)
 
 
 class ApiError(Exception):
@@ -66,15 +74,27 @@ def read_upload(data: bytes, limits: ServeLimits) -> Audio:
     except Exception as error:  # libsndfile's own error types
         reason = re.sub(r"^Error opening <[^>]*>: ", "", first_line(error))  # libsndfile names the BytesIO
         raise ApiError(415, f"not a readable audio file (WAV or FLAC expected): {reason}") from error
-    seconds = info.frames / info.samplerate if info.samplerate else 0.0
+    try:  # what the header claims, before a sample is decoded
+        check_format("audio", int(info.samplerate), int(info.channels))
+    except RunnerError as error:
+        raise ApiError(422, str(error)) from error
+    seconds = info.frames / info.samplerate
     if seconds > limits.max_audio_seconds:
         raise ApiError(413, f"audio is {seconds:.1f} s long; the limit is {limits.max_audio_seconds:g} s")
+    decoded = info.frames * info.channels * 4
+    if decoded > limits.max_decoded_bytes:
+        raise ApiError(413, f"audio decodes to {decoded / 1e6:.1f} MB ({info.channels} channels at "
+                            f"{info.samplerate:,} Hz); the limit is {limits.max_decoded_bytes / 1e6:g} MB")
     try:
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as error:
         raise ApiError(415, f"audio could not be decoded: {first_line(error)}") from error
     if samples.shape[0] == 0:
         raise ApiError(400, "audio has no samples")
+    try:
+        check_samples("audio", samples)
+    except RunnerError as error:
+        raise ApiError(422, str(error)) from error
     return Audio(samples, int(rate), samples.shape[0] / rate, info.format)
 
 
