@@ -97,13 +97,13 @@ def resample(waveform: np.ndarray, rate: int, target_rate: int, source: object =
 def to_mono_float(waveform: np.ndarray | torch.Tensor, source: object = "waveform") -> np.ndarray:
     """Accept (samples,), (samples, channels) or (channels, samples) input from a demo (`source` names it in errors)."""
     array = waveform.detach().cpu().numpy() if isinstance(waveform, torch.Tensor) else np.asarray(waveform)
+    if np.issubdtype(array.dtype, np.integer):  # before any mean, which would make it float unscaled
+        array = array / float(np.iinfo(array.dtype).max + 1)
     if array.ndim == 2:
         channel_axis = 0 if array.shape[0] < array.shape[1] else 1
         array = array.mean(axis=channel_axis)
     if array.ndim != 1:
         raise RunnerError(f"{source}: expected 1 or 2 dimensions, got shape {array.shape}")
-    if np.issubdtype(array.dtype, np.integer):
-        array = array / float(np.iinfo(array.dtype).max + 1)
     check_samples(source, array)
     return array.astype(np.float32)
 
