@@ -88,9 +88,12 @@ def translate(
 ) -> None:
     """Translate a test set and report size, parameters, BLEU, chrF, source WER and latency."""
     from runner.config import RunConfig, compose_plugins, decode_options
+    from runner.outputs import check_writable
     from runner.runner import Runner
 
     try:
+        if out is not None:
+            check_writable(out)  # before the decode, which a results file that cannot be written would waste
         run = RunConfig.from_yaml(defaults.shipped_config(config)) if config else RunConfig()
         given = dict(model=model, data=data, split=split, text=text, limit=limit, sample=sample, seed=seed,
                      threads=threads, warmup=warmup, batch_size=batch_size, device=device)
@@ -115,7 +118,10 @@ def translate(
         fail(str(error) or "interrupted", 2 if isinstance(error, RunnerError) else 130, error)
     typer.echo(report.format())
     if out is not None:
-        report.save(out)
+        try:
+            report.save(out)
+        except RunnerError as error:
+            fail(str(error), 2, error)
         typer.echo(f"wrote {out}", err=True)
 
 

@@ -8,6 +8,7 @@ so that nothing but the model is timed.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +20,7 @@ import yaml
 
 from runner.audio import audio_info, read_audio, resample
 from runner.errors import RunnerError
-from runner.yamlio import read_yaml
+from runner.yamlio import read_utf8, read_yaml
 
 _YamlLoader = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
 _PAIR = re.compile(r"^([a-z]{2,3})-([a-z]{2,3})$")
@@ -139,8 +140,11 @@ def read_mustc(root: Path, split: str) -> TestSet:
     for line, (entry, source, target) in enumerate(zip(entries, sources, targets), start=1):
         try:
             wav_name, offset, duration = entry["wav"], float(entry["offset"]), float(entry["duration"])
+            if not (math.isfinite(offset) and math.isfinite(duration)):
+                raise ValueError
         except (KeyError, TypeError, ValueError):
-            raise RunnerError(f"{yaml_path}:{line}: entry needs wav, offset and duration, got {entry}") from None
+            raise RunnerError(f"{yaml_path}:{line}: entry needs wav, and finite offset and duration (seconds), "
+                              f"got {str(entry)[:200]}") from None
         wav_path = split_dir / "wav" / wav_name
         if wav_name not in infos:
             infos[wav_name] = audio_info(wav_path)
@@ -187,7 +191,7 @@ def _read_segment_yaml(path: Path) -> list[dict]:
 def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise RunnerError(f"{path}: text file not found")
-    return path.read_text(encoding="utf-8").rstrip("\n").split("\n") if path.stat().st_size else []
+    return read_utf8(path, "text file").rstrip("\n").split("\n") if path.stat().st_size else []
 
 
 def _read_table(path: Path) -> dict[str, str]:
@@ -211,6 +215,8 @@ def _read_segments(path: Path) -> dict[str, tuple[str, float, float]]:
             if len(fields) != 4:
                 raise ValueError
             utt, rec, start, end = fields[0], fields[1], float(fields[2]), float(fields[3])
+            if not (math.isfinite(start) and math.isfinite(end)):
+                raise ValueError
         except ValueError:
             raise RunnerError(f"{path}:{number}: expected 'utterance recording start end' (seconds), "
                               f"got {line.strip()!r}") from None

@@ -8,8 +8,6 @@ figures. Nothing is serialized until `save` or `to_dict`.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,14 +70,14 @@ class Report:
         return asdict(self)
 
     def save(self, path: str | Path) -> Path:
-        """Write JSON atomically: a crash mid-write never leaves a truncated results file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, ensure_ascii=False, indent=2)
-        os.replace(temporary, path)
-        return path
+        """Write JSON atomically (synced, renamed): a crash mid-write never leaves a truncated results file.
+
+        Raises:
+            RunnerError: the file cannot be written, naming it and why.
+        """
+        from runner.outputs import write_atomic
+
+        return write_atomic(Path(path), json.dumps(self.to_dict(), ensure_ascii=False, indent=2))
 
     @property
     def bleu(self) -> CorpusScore:

@@ -1,4 +1,4 @@
-"""Reading YAML files with one-line errors that name the file (and the line, when YAML knows it).
+"""Reading YAML and text files with one-line errors that name the file (and the line, when known).
 
 A YAML file is input a stranger may have written: a few hundred bytes of nested aliases (a "billion
 laughs") expand to billions of nodes in whatever walks the document afterwards. `read_yaml` counts
@@ -49,6 +49,15 @@ def _load(text: str, loader: type, path: Path) -> Any:
         instance.dispose()
 
 
+def read_utf8(path: Path, what: str) -> str:
+    """The text of `path`; RunnerError naming the file and line when it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[:error.start].count(b"\n") + 1
+        raise RunnerError(f"{path}:{line}: {what} is not UTF-8 text (byte 0x{error.object[error.start]:02x})") from error
+
+
 def read_yaml(path: str | Path, what: str, loader: type = yaml.SafeLoader) -> Any:
     """The YAML document at `path`, built by `loader`.
 
@@ -62,11 +71,7 @@ def read_yaml(path: str | Path, what: str, loader: type = yaml.SafeLoader) -> An
     path = Path(path)
     if not path.is_file():
         raise RunnerError(f"{path}: {what} not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        line = path.read_bytes()[:error.start].count(b"\n") + 1
-        raise RunnerError(f"{path}:{line}: {what} is not UTF-8 text (byte 0x{error.object[error.start]:02x})") from error
+    text = read_utf8(path, what)
     try:
         return _load(text, loader, path)
     except yaml.YAMLError as error:

@@ -10,6 +10,7 @@ other code (another runner commit or library version) are refused unless `allow_
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +20,13 @@ from runner import defaults
 from runner.config import decode_options
 from runner.data import PreloadedSet
 from runner.errors import RunnerError
+from runner.outputs import output_lock
 from runner.sweep.executors import create_executor
 from runner.sweep.plan import RunPlan, SweepConfig
-from runner.sweep.rows import LATENCY_KEYS, append_row, code_versions, latest_rows, read_rows, stable_hash
+from runner.sweep.rows import (LATENCY_KEYS, append_row, code_versions, latest_rows, read_rows, repair_cut_line,
+                               stable_hash)
+
+logger = logging.getLogger("runner")
 
 
 @dataclass
@@ -54,13 +59,19 @@ class Sweep:
 
     def run(self) -> list[dict[str, Any]]:
         """Measure every run not measured yet; write the outputs. Returns the rows in plan order."""
+        engine = create_executor(self.executor, self.address)
+        self.out.mkdir(parents=True, exist_ok=True)
+        with output_lock(self.out):
+            return self._run(engine)
+
+    def _run(self, engine: Any) -> list[dict[str, Any]]:
         from runner.runner import Runner
 
-        engine = create_executor(self.executor, self.address)
         run = self.config.run
-        self.out.mkdir(parents=True, exist_ok=True)
         if self.jsonl.exists() and self.jsonl.stat().st_size and not self.resume:
             raise RunnerError(f"{self.jsonl}: holds results already; pass --resume to continue or choose another --out")
+        if repair_cut_line(self.jsonl):
+            logger.info("%s: its last line was cut by a crash mid-write; that run is measured again", self.jsonl)
         decode = decode_options(run.decode)
         base = Runner(run.model or defaults.model_path(), decode, threads=engine.threads(run.threads),
                       device=engine.base_device(run.device))

@@ -48,6 +48,25 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
         os.close(fd)
 
 
+def repair_cut_line(path: Path) -> bool:
+    """Cut a last line that a crash left without its newline, so the next row starts on a line of its own.
+
+    Returns:
+        Whether a cut line was removed (its run has no row, so it is measured again).
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with path.open("rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return False
+        data = f.seek(0) or f.read()
+        f.truncate(data.rfind(b"\n") + 1)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
