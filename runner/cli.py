@@ -190,6 +190,7 @@ def serve(
     api_key: Optional[str] = typer.Option(None, envvar="ST_RUNNER_API_KEY", show_envvar=True,
                                           help="Require 'Authorization: Bearer KEY' (prefer the environment variable: a flag shows in process listings)"),
     cors_origin: list[str] = typer.Option([], help="Allow browser requests from this origin (scheme://host:port, or *); repeatable. Others get 403"),
+    allowed_host: list[str] = typer.Option([], help="Also answer requests whose Host header names this host; repeatable. Others get 421"),
     ray: bool = typer.Option(False, "--ray", help="Serve as a Ray Serve deployment (pip install 'st-runner[ray]')"),
     address: Optional[str] = typer.Option(None, help="With --ray: the Ray cluster (auto, host:port or ray://...) [default: start a local one]"),
     replicas: int = typer.Option(1, help="With --ray: replicas, each reserving --threads CPUs"),
@@ -225,7 +226,7 @@ def serve(
             return
         models = load_models(model, quant, hop, decode, threads, model_file, plugin, calibration_data, search, device)
         typer.echo(f"serving {', '.join(models)} on http://{host}:{port}/", err=True)
-        run_server(models, host, port, limits, api_key=api_key, cors_origins=cors_origin)
+        run_server(models, host, port, limits, api_key=api_key, cors_origins=cors_origin, host_names=allowed_host)
     except RunnerError as error:
         fail(str(error), error=error)
 

@@ -132,3 +132,54 @@ def test_hostile_uploads_get_4xx_and_their_batch_mates_their_own_answers(tiny_ex
             assert set(response.json()) == {"error", "status"}, name
         assert statuses[-1] == 200, responses[-1].text
         assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_dns_rebinding_is_refused_by_host_and_a_declared_oversize_upload_at_once(tiny_exp: Path,
+                                                                                tmp_path: Path) -> None:
+    import socket
+
+    from runner.serve.security import allowed_hosts
+
+    assert allowed_hosts("127.0.0.1", [], []) == ["127.0.0.1", "localhost", "127.0.0.1", "::1"]
+    assert allowed_hosts("0.0.0.0", [], []) is None  # every interface: any name, with a warning at start
+    assert "st.example" in allowed_hosts("0.0.0.0", ["st.example"], ["https://app.example:8443"])
+    assert "app.example" in allowed_hosts("10.0.0.5", [], ["https://app.example:8443"])
+    with live_server(tmp_path / "serve.log", "--model", str(tiny_exp), "--threads", "1",
+                     "--allowed-host", "st.example") as url:
+        port = url.rsplit(":", 1)[1]
+        rebound = httpx.get(f"{url}/info", headers={"Host": "evil.example", "Origin": "http://evil.example"})
+        assert rebound.status_code == 421 and "evil.example" in rebound.json()["error"]
+        posted = httpx.post(f"{url}/translate", content=wav(speech()), headers={"Host": f"evil.example:{port}"})
+        assert posted.status_code == 421
+        assert httpx.get(f"{url}/info", headers={"Host": f"localhost:{port}"}).status_code == 200
+        assert httpx.get(f"{url}/info", headers={"Host": "st.example"}).status_code == 200
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as raw:  # 1 GB declared, nothing sent
+            raw.sendall(f"POST /translate HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 1000000000\r\n\r\n"
+                        .encode())
+            started = time.perf_counter()
+            answer = raw.recv(4096).decode(errors="replace")
+            assert answer.startswith("HTTP/1.1 413") and time.perf_counter() - started < 5
+
+
+def test_requests_whose_client_has_gone_are_not_decoded(tiny_exp: Path, tmp_path: Path) -> None:
+    long_noise = wav(speech(20.0, seed=9))
+
+    async def vanish(url: str) -> None:
+        async with httpx.AsyncClient(timeout=0.6) as client:  # each gives up long before its turn
+            results = await asyncio.gather(*[client.post(f"{url}/translate", content=wav(speech(seed=i)))
+                                             for i in range(3)], return_exceptions=True)
+        assert all(isinstance(r, httpx.TimeoutException) for r in results)
+
+    with live_server(tmp_path / "serve.log", "--model", str(tiny_exp), "--threads", "1") as url:
+        before = httpx.get(f"{url}/health").json()["queue"]["batches"]
+        with httpx.Client(timeout=120) as client:
+            import threading
+
+            busy = threading.Thread(target=lambda: client.post(f"{url}/translate", content=long_noise))
+            busy.start()
+            time.sleep(0.3)
+            asyncio.run(vanish(url))
+            busy.join()
+        time.sleep(0.5)
+        queue = httpx.get(f"{url}/health").json()["queue"]
+        assert queue["dropped_disconnected"] == 3 and queue["batches"] == before + 1  # only the long one decoded

@@ -31,9 +31,11 @@ from runner.runner import Runner
 from runner.serve.batching import Batcher, decoder_thread
 from runner.serve.metrics import CONTENT_TYPE, ServeMetrics
 from runner.serve.security import Security
-from runner.serve.upload import ApiError, ServeLimits, read_body, read_upload
+from runner.serve.upload import ApiError, DeclaredSizeLimit, ServeLimits, read_body, read_upload
 
 logger = logging.getLogger("runner.serve")
+READ_TIMEOUT_S = 10  # an idle connection is closed after this
+SHUTDOWN_S = 30  # after SIGTERM, requests in flight get this long
 
 WARMUP_SECONDS = 2.0
 FP32 = "fp32"
@@ -85,7 +87,7 @@ def check_batching(models: dict[str, Runner], limits: ServeLimits) -> None:
 
 
 def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, api_key: str | None = None,
-               cors_origins: Sequence[str] = (), warm: bool = True) -> Any:
+               cors_origins: Sequence[str] = (), warm: bool = True, allowed_hosts: Sequence[str] | None = None) -> Any:
     """The server's ASGI app over `models` (name -> loaded Runner); the first is the default.
 
     Args:
@@ -94,6 +96,7 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
         api_key: the bearer key guarded routes need (None: open).
         cors_origins: origins allowed to call the API from a browser.
         warm: warm every model up at start-up (readiness waits for it); False: ready at once.
+        allowed_hosts: the Host header names requests may carry (others get 421); None: any.
 
     Returns:
         The ASGI app (FastAPI behind the security and metrics middleware); `app.state` of the FastAPI
@@ -135,7 +138,8 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
         """Liveness: the server answers (it may still be warming up)."""
         return {"status": "ok", "models": list(models),
                 "queue": {"pending": batcher.waiting + batcher.decoding, "waiting": batcher.waiting,
-                          "max_queue": limits.max_queue}}
+                          "max_queue": limits.max_queue, "batches": batcher.batches,
+                          "dropped_disconnected": batcher.dropped}}
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
@@ -173,7 +177,7 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
             raise ApiError(404, f"unknown model '{name}'; this server has {list(models)}")
         audio = read_upload(data, limits)
         queued = time.perf_counter()
-        decoded = await batcher.submit(name, audio)
+        decoded = await batcher.submit(name, audio, request.is_disconnected)
         translation = decoded.translation
         metrics.translated(name, translation.seconds, decoded.queue_seconds, time.perf_counter() - queued)
         return {
@@ -188,7 +192,7 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
             "config": configs[name],
         }
 
-    guarded = Security(app, api_key, cors_origins)
+    guarded = Security(DeclaredSizeLimit(app, limits.max_upload_bytes), api_key, cors_origins, allowed_hosts)
 
     async def counted(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -286,9 +290,23 @@ def _load_models(model: str | Path | None, quants: Sequence[str], hop: int | Non
 
 
 def serve(models: dict[str, Runner], host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits | None = None,
-          log_level: str = "info", *, api_key: str | None = None, cors_origins: Sequence[str] = ()) -> None:
-    """Serve until interrupted; models warm up as the server starts (GET /ready says when they are done)."""
+          log_level: str = "info", *, api_key: str | None = None, cors_origins: Sequence[str] = (),
+          host_names: Sequence[str] = ()) -> None:
+    """Serve until interrupted; models warm up as the server starts (GET /ready says when they are done).
+
+    Requests must name this server in their Host header (`security.allowed_hosts`: the bind address,
+    loopback names on loopback, `host_names`, the CORS origins' hosts). A connection that sends
+    nothing for `READ_TIMEOUT_S` is closed, and after SIGTERM requests still in flight get
+    `SHUTDOWN_S` before the server stops anyway.
+    """
     import uvicorn
 
-    uvicorn.run(create_app(models, limits, api_key=api_key, cors_origins=cors_origins), host=host, port=port,
-                log_level=log_level)
+    from runner.serve.security import WILDCARDS, allowed_hosts
+
+    if host in WILDCARDS and not api_key:
+        logger.warning("serving on every interface (%s) without an API key: anyone who can reach this port can "
+                       "use it; set ST_RUNNER_API_KEY", host or "*")
+    app = create_app(models, limits, api_key=api_key, cors_origins=cors_origins,
+                     allowed_hosts=allowed_hosts(host, host_names, cors_origins))
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=READ_TIMEOUT_S,
+                timeout_graceful_shutdown=SHUTDOWN_S, h11_max_incomplete_event_size=64 * 1024)

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +28,7 @@ from runner.serve.upload import ApiError, Audio, ServeLimits
 
 _decoder: ThreadPoolExecutor | None = None
 logger = logging.getLogger("runner.serve")
+GONE_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 
 
 def decoder_thread() -> ThreadPoolExecutor:
@@ -80,6 +81,7 @@ class Batcher:
         self._worker: asyncio.Task | None = None
         self.decoding = 0  # requests in the batch being decoded
         self.batches = 0
+        self.dropped = 0  # requests whose client went away before they were decoded
         self._seconds_per_request = 1.0  # recent decode time per request, for Retry-After
 
     @property
@@ -91,8 +93,15 @@ class Batcher:
         """Run `job` on the decoder thread (warm-up uses it, so it never overlaps a decode)."""
         return asyncio.get_running_loop().run_in_executor(decoder_thread(), job)
 
-    async def submit(self, model: str, audio: Audio) -> Decoded:
-        """Queue one request and wait for its result; ApiError 503 when the queue is full."""
+    async def submit(self, model: str, audio: Audio,
+                     gone: Callable[[], Awaitable[bool]] | None = None) -> Decoded:
+        """Queue one request and wait for its result; ApiError 503 when the queue is full.
+
+        Args:
+            model: the model's name; audio: the request's audio.
+            gone: says whether the client has disconnected (polled while the request waits); a request
+                whose client has gone is dropped from the queue before it is decoded.
+        """
         # Room for one batch being decoded (or gathered) and `max_queue` requests waiting behind it.
         if len(self._jobs) + self.decoding >= self.limits.max_queue + self.limits.max_batch:
             retry = max(1, math.ceil(self._seconds_per_request * (len(self._jobs) + self.decoding)
@@ -104,7 +113,16 @@ class Batcher:
         job = _Job(model, audio, time.perf_counter(), asyncio.get_running_loop().create_future())
         self._jobs.append(job)
         self._wake.set()
-        return await job.future
+        if gone is None:
+            return await job.future
+        while True:
+            done, _ = await asyncio.wait({job.future}, timeout=GONE_POLL_S)
+            if done:
+                return job.future.result()
+            if await gone():
+                job.future.cancel()
+                self.dropped += 1
+                raise ApiError(400, "client disconnected before its request was decoded")
 
     def _start(self) -> None:
         if self._worker is None or self._worker.done():
@@ -117,7 +135,9 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch = await self._gather()
+            batch = [job for job in await self._gather() if not job.future.done()]  # clients gone: dropped
+            if not batch:
+                continue
             self.batches += 1
             batch_id = self.batches
             self.decoding = len(batch)

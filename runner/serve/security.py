@@ -5,6 +5,9 @@ server's own nor one of `cors_origins` is refused with 403 before anything reads
 web page elsewhere cannot make a visitor's browser use the server); allowed origins get the CORS
 headers and their preflight answered. With an API key, every endpoint but the page, liveness and
 readiness needs `Authorization: Bearer <key>` (401 otherwise); keys are compared in constant time.
+With `allowed_hosts`, a request whose `Host` header names another host is refused with 421 first:
+a page on `evil.example` whose name a DNS rebinding points at 127.0.0.1 sends `Host: evil.example`
+(and its own, "same" origin), so the origin check alone would let it read the API.
 """
 
 from __future__ import annotations
@@ -34,16 +37,22 @@ class Security:
     """
 
     def __init__(self, app: Callable[..., Awaitable[None]], api_key: str | None = None,
-                 cors_origins: Sequence[str] = ()) -> None:
+                 cors_origins: Sequence[str] = (), allowed_hosts: Sequence[str] | None = None) -> None:
         self.app = app
         self.api_key = api_key.encode() if api_key else None
         self.cors_origins = {origin.rstrip("/") for origin in cors_origins}
+        self.allowed_hosts = None if allowed_hosts is None else {h.lower().strip("[]") for h in allowed_hosts}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        if self.allowed_hosts is not None and host_name(headers.get("host", "")) not in self.allowed_hosts:
+            await drain(receive)
+            await _json(send, 421, f"Host '{headers.get('host', '')[:100]}' is not this server's; start it with "
+                                   f"--allowed-host NAME to accept that name")
+            return
         origin = headers.get("origin")
         cross = origin is not None and not self._same_origin(origin, scope, headers)
         extra: list[tuple[bytes, bytes]] = []
@@ -86,6 +95,31 @@ class Security:
         host = headers.get("host")
         scheme = scope.get("scheme", "http")
         return host is not None and origin.rstrip("/") == f"{scheme}://{host}"
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header, without its port and IPv6 brackets, lower-cased."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def allowed_hosts(bind: str, names: Sequence[str], cors_origins: Sequence[str]) -> list[str] | None:
+    """The Host names a server bound to `bind` answers: the address, loopback names when it is loopback,
+    `names` (--allowed-host) and the CORS allow-list's hosts. None (any) for a wildcard bind without names."""
+    if bind in WILDCARDS and not names:
+        return None
+    hosts = [*names, *(host_name(o.split("://", 1)[-1].split("/", 1)[0]) for o in cors_origins if o != "*")]
+    if bind not in WILDCARDS:
+        hosts.append(bind)
+    if bind in WILDCARDS or bind.startswith("127.") or bind in LOOPBACK_NAMES:
+        hosts += LOOPBACK_NAMES
+    return hosts
 
 
 async def _json(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:

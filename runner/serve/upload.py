@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +21,7 @@ from runner.errors import RunnerError, first_line
 
 MULTIPART_SLACK = 64 * 1024  # room for multipart framing around the file
 DRAIN_SECONDS = 30.0  # how long an oversized upload is read and discarded so its client gets the 413
+BODY_SECONDS = 60.0  # the whole body must arrive within this (a trickling client is cut with 408)
 
 
 @dataclass
@@ -106,10 +109,10 @@ async def read_body(request: Request, limit: int) -> tuple[bytes, str | None]:
     discarded before the answer, so a client still sending gets the 413 instead of a reset connection.
     """
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + MULTIPART_SLACK:
-        await drain(request.receive)
-        raise ApiError(413, f"upload is {int(declared) / 1e6:.1f} MB; the limit is {limit / 1e6:g} MB")
-    receive = _Bounded(request.receive, limit + MULTIPART_SLACK)
+    if declared and declared.isdigit() and int(declared) > limit + MULTIPART_SLACK:  # answered before reading it
+        raise ApiError(413, f"upload is {int(declared) / 1e6:.1f} MB; the limit is {limit / 1e6:g} MB",
+                       {"Connection": "close"})
+    receive = _Bounded(request.receive, limit + MULTIPART_SLACK, time.monotonic() + BODY_SECONDS)
     bounded = Request(request.scope, receive)
     try:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -126,6 +129,8 @@ async def read_body(request: Request, limit: int) -> tuple[bytes, str | None]:
         if not receive.complete:
             await drain(request.receive)
         raise ApiError(413, f"upload exceeds the limit of {limit / 1e6:g} MB") from None
+    except _TooSlow:
+        raise ApiError(408, f"upload not complete within {BODY_SECONDS:g} s", {"Connection": "close"}) from None
     except ClientDisconnect:
         raise ApiError(400, "client disconnected during the upload") from None
     except HTTPException as error:  # starlette's multipart parser: no boundary, cut parts, ...
@@ -139,16 +144,24 @@ class _TooLarge(Exception):
     pass
 
 
-class _Bounded:
-    """An ASGI `receive` that raises _TooLarge past `limit` body bytes and knows whether the body ended."""
+class _TooSlow(Exception):
+    pass
 
-    def __init__(self, receive: Callable[[], Awaitable[dict]], limit: int) -> None:
-        self.receive, self.limit = receive, limit
+
+class _Bounded:
+    """An ASGI `receive` that raises _TooLarge past `limit` body bytes, _TooSlow past `deadline`
+    (time.monotonic), and knows whether the body ended."""
+
+    def __init__(self, receive: Callable[[], Awaitable[dict]], limit: int, deadline: float) -> None:
+        self.receive, self.limit, self.deadline = receive, limit, deadline
         self.received = 0
         self.complete = False
 
     async def __call__(self) -> dict:
-        message = await self.receive()
+        try:
+            message = await asyncio.wait_for(self.receive(), max(0.0, self.deadline - time.monotonic()))
+        except TimeoutError:
+            raise _TooSlow from None
         if message["type"] != "http.request" or not message.get("more_body", False):
             self.complete = True
         self.received += len(message.get("body", b""))
@@ -158,9 +171,39 @@ class _Bounded:
 
 
 async def drain(receive: Callable[[], Awaitable[Any]]) -> None:
-    """Read and discard what is left of a request's body (for at most DRAIN_SECONDS)."""
+    """Read and discard what is left of a request's body (for at most DRAIN_SECONDS, however it trickles)."""
     deadline = time.monotonic() + DRAIN_SECONDS
-    while time.monotonic() < deadline:
-        message = await receive()
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            message = await asyncio.wait_for(receive(), remaining)
+        except TimeoutError:
+            return
         if message["type"] != "http.request" or not message.get("more_body", False):
             return
+
+
+class DeclaredSizeLimit:
+    """ASGI middleware: a body whose Content-Length is over the limit gets its 413 at once, unread.
+
+    The answer (headers and JSON body) is sent before any of the body is read; what the client still
+    sends is then read and discarded for at most DRAIN_SECONDS before the response is closed, so a
+    client that is mid-upload reads the 413 instead of a reset connection, and one that stalls is cut.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        declared = next((v for k, v in scope.get("headers", []) if k.lower() == b"content-length"), b"") \
+            if scope["type"] == "http" else b""
+        if not (declared.isdigit() and int(declared) > self.limit + MULTIPART_SLACK):
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"error": f"upload is {int(declared) / 1e6:.1f} MB; the limit is {self.limit / 1e6:g} MB",
+                           "status": 413}).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        await drain(receive)
+        await send({"type": "http.response.body", "body": b""})
