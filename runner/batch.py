@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from runner.decode import StageTimer, Translation, check_length, stage_modules
+from runner.decode import StageTimer, StepCounter, Translation, check_length, stage_modules
 from runner.device import clock
 from runner.errors import AudioTooShortError, RunnerError
 
@@ -68,7 +68,9 @@ def translate_batch(speech2text: Any, waveforms: list[np.ndarray],
     device = torch.device(speech2text.device)
     timer = StageTimer({name: modules[name] for name in ("frontend", "encoder", "md_encoder")}, device)
     searched = {"asr_search": 0.0, "st_search": 0.0}
-    with timer, context or contextlib.nullcontext(), torch.no_grad():  # Speech2Text.__call__ is no_grad too
+    counter = StepCounter({"asr_search": speech2text.asr_beam_search if multidecoder else None,
+                           "st_search": speech2text.beam_search})  # here for the decoding deadline
+    with timer, counter, context or contextlib.nullcontext(), torch.no_grad():  # Speech2Text.__call__ is no_grad too
         started = clock(device)
         encoded = [_encode(speech2text, waveform) for waveform in waveforms]
         asr_results: list[list[Any]] = [[] for _ in waveforms]

@@ -187,6 +187,7 @@ def serve(
     max_wait_ms: float = typer.Option(5.0, help="How long the oldest waiting request waits for others to join its batch"),
     max_mb: float = typer.Option(20.0, help="Largest upload in MB"),
     max_seconds: float = typer.Option(60.0, help="Longest audio in seconds"),
+    max_decode_seconds: Optional[float] = typer.Option(None, help="Stop a request's decoding after this many seconds (503) [default: 10 s + 2x its audio]"),
     api_key: Optional[str] = typer.Option(None, envvar="ST_RUNNER_API_KEY", show_envvar=True,
                                           help="Require 'Authorization: Bearer KEY' (prefer the environment variable: a flag shows in process listings)"),
     cors_origin: list[str] = typer.Option([], help="Allow browser requests from this origin (scheme://host:port, or *); repeatable. Others get 403"),
@@ -209,7 +210,9 @@ def serve(
              "--replicas must be positive")
     if (address is not None or replicas != 1) and not ray:
         fail("--address and --replicas apply to --ray")
-    limits = ServeLimits(int(max_mb * 1e6), max_seconds, max_queue, max_batch, max_wait_ms)
+    if max_decode_seconds is not None and max_decode_seconds <= 0:
+        fail("--max-decode-seconds must be positive")
+    limits = ServeLimits(int(max_mb * 1e6), max_seconds, max_queue, max_batch, max_wait_ms, max_decode_seconds)
     try:
         decode = decode_options(parse_overrides(set_), decode_config)
         if ray:

@@ -8,7 +8,10 @@ its stages with forward hooks, so an fp32 translation is exactly what
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import time
 import typing
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 
 from runner.device import clock
-from runner.errors import AudioTooShortError, RunnerError
+from runner.errors import AudioTooShortError, DecodeTimeoutError, RunnerError
 from runner.options import coerce  # decoding options follow the plugin options' typing rules
 
 STAGES = ("frontend", "encoder", "asr_search", "md_encoder", "st_search")
@@ -120,11 +123,29 @@ class Translation:
 SEARCH_STAGES = ("asr_search", "st_search")
 
 
-class StepCounter:
-    """Counts each beam search's output steps (its `search` calls) during one translation.
+DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("runner_decode_deadline", default=None)
 
-    A per-instance `search` wraps ESPnet's for the duration of the block only, so a search's
-    time per step can be reported beside its stage time.
+
+@contextlib.contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Within the block, a beam search that is still running `seconds` from now stops at its next step.
+
+    The search raises DecodeTimeoutError (so a server can answer the request instead of decoding 59 s
+    of noise for minutes). None: no deadline.
+    """
+    token = DEADLINE.set(None if seconds is None else time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        DEADLINE.reset(token)
+
+
+class StepCounter:
+    """Counts each beam search's output steps (its `search` calls) during one translation, and stops a
+    search past the `deadline` of the block it runs in.
+
+    A per-instance `search` wraps ESPnet's (or the lean engine's) for the duration of the block only,
+    so a search's time per step can be reported beside its stage time.
     """
 
     def __init__(self, searches: dict[str, Any]) -> None:
@@ -132,11 +153,15 @@ class StepCounter:
         self.steps = {name: 0 for name in self.searches}
 
     def __enter__(self) -> StepCounter:
+        stop_at = DEADLINE.get()
         for name, search in self.searches.items():
             original = search.search
 
             def counted(*args: Any, name: str = name, original: Any = original, **kwargs: Any) -> Any:
                 self.steps[name] += 1
+                if stop_at is not None and time.monotonic() > stop_at:
+                    raise DecodeTimeoutError(f"{name} stopped after {self.steps[name]} steps: past the decoding "
+                                             f"deadline")
                 return original(*args, **kwargs)
 
             search.search = counted

@@ -9,6 +9,10 @@ class RunnerError(Exception):
     """A user-facing problem: the message names the file (or option) and what is wrong with it."""
 
 
+class DecodeTimeoutError(RunnerError):
+    """A search stopped at its decoding deadline (`runner.decode.deadline`; HTTP 503 from the server)."""
+
+
 class AudioTooShortError(RunnerError):
     """Audio too short for the model's frontend window or its encoder's subsampling (HTTP 422)."""
 

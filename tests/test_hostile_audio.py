@@ -183,3 +183,18 @@ def test_requests_whose_client_has_gone_are_not_decoded(tiny_exp: Path, tmp_path
         time.sleep(0.5)
         queue = httpx.get(f"{url}/health").json()["queue"]
         assert queue["dropped_disconnected"] == 3 and queue["batches"] == before + 1  # only the long one decoded
+
+
+def test_a_decode_past_its_deadline_is_stopped_with_503(tiny_exp: Path) -> None:
+    from runner.decode import deadline
+    from runner.errors import DecodeTimeoutError
+    from runner.serve.upload import ServeLimits
+
+    runner = Runner(tiny_exp, threads=1)
+    noise = speech(30.0, seed=3)
+    with deadline(0.0), pytest.raises(DecodeTimeoutError, match=r"^waveform: asr_search stopped after 1 steps"):
+        runner.translate(noise, 16000)
+    answer = decode_batch(runner, [Audio(noise[:, None], 16000, 30.0, "WAV")], ServeLimits(max_decode_seconds=0.01))
+    assert isinstance(answer[0], ApiError) and answer[0].status == 503 and "--max-decode-seconds" in answer[0].message
+    assert runner.translate(speech(), 16000).seconds > 0  # nothing left behind: the next decode runs whole
+    assert ServeLimits().decode_seconds(59.0) == 128.0

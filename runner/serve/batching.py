@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.decode import Translation
-from runner.errors import AudioTooShortError, RunnerError
+from runner.decode import Translation, deadline
+from runner.errors import AudioTooShortError, DecodeTimeoutError, RunnerError
 from runner.runner import Runner
 from runner.serve.upload import ApiError, Audio, ServeLimits
 
@@ -146,7 +146,7 @@ class Batcher:
             started = time.perf_counter()
             runner = self.models[batch[0].model]
             try:
-                results = await self.run_on_decoder(lambda: decode_batch(runner, [job.audio for job in batch]))
+                results = await self.run_on_decoder(lambda: decode_batch(runner, [job.audio for job in batch], self.limits))
             except Exception as error:  # the decoder itself failed: every request of the batch gets it
                 results = [error] * len(batch)
             finally:
@@ -190,26 +190,33 @@ class Batcher:
                 job.future.set_exception(ApiError(503, "server shutting down"))
 
 
-def decode_batch(runner: Runner, audios: list[Audio]) -> list[Translation | ApiError]:
+def decode_batch(runner: Runner, audios: list[Audio],
+                 limits: ServeLimits | None = None) -> list[Translation | ApiError]:
     """Each request's translation, or the ApiError that answers it; one request's failure is its own.
 
     A batch that fails for any reason (one request's audio too short for the encoder, say, or a fault
     in the decoder) is decoded again one request at a time, so each request gets its own answer and
-    its batch-mates theirs.
+    its batch-mates theirs. Each decode stops at its deadline (`ServeLimits.decode_seconds`): 503.
     """
+    limits = limits or ServeLimits()
     if len(audios) > 1:
         try:
-            return runner.translate_batch([a.waveform for a in audios], [a.sample_rate for a in audios])
+            with deadline(max(limits.decode_seconds(a.seconds) for a in audios)):
+                return runner.translate_batch([a.waveform for a in audios], [a.sample_rate for a in audios])
         except Exception:  # noqa: BLE001 - whatever it was, each request is retried alone
             logger.debug("a batch of %d failed; decoding its requests one at a time", len(audios), exc_info=True)
-    return [_translate_one(runner, audio) for audio in audios]
+    return [_translate_one(runner, audio, limits.decode_seconds(audio.seconds)) for audio in audios]
 
 
-def _translate_one(runner: Runner, audio: Audio) -> Translation | ApiError:
+def _translate_one(runner: Runner, audio: Audio, seconds: float) -> Translation | ApiError:
     try:
-        return runner.translate(audio.waveform, audio.sample_rate)
+        with deadline(seconds):
+            return runner.translate(audio.waveform, audio.sample_rate)
     except AudioTooShortError as error:  # shorter than the STFT window, or too few frames to subsample
         return ApiError(422, f"{error} ({audio.seconds:.3f} s of audio)")
+    except DecodeTimeoutError as error:
+        return ApiError(503, f"decoding took longer than {seconds:g} s for {audio.seconds:.1f} s of audio "
+                             f"(--max-decode-seconds) and was stopped: {error}")
     except RunnerError as error:
         return ApiError(422, str(error))
     except Exception as error:  # noqa: BLE001 - a fault of the server, not of the request: logged, 500

@@ -34,6 +34,8 @@ class ServeLimits:
         max_queue: requests that may wait for the decoder; more get 503 with Retry-After.
         max_batch: requests for one model decoded in one batched search (1: one at a time).
         max_wait_ms: how long the first request of a batch waits for others to join it.
+        max_decode_seconds: how long one decode may run before its search is stopped (503); None: 10 s
+            plus twice the audio's length.
 
     The decoded audio is bounded too (`max_decoded_bytes`): the longest audio as 48 kHz stereo float32,
     so no upload under the byte limit makes the server hold more than that in samples.
@@ -45,9 +47,15 @@ class ServeLimits:
     max_batch: int = 1
     max_wait_ms: float = 0.0
 
+    max_decode_seconds: float | None = None
+
     @property
     def max_decoded_bytes(self) -> int:
         return int(self.max_audio_seconds * 48_000 * 2 * 4)
+
+    def decode_seconds(self, audio_seconds: float) -> float:
+        """How long one request's decode may run: `max_decode_seconds`, or 10 s plus twice its audio's length."""
+        return self.max_decode_seconds if self.max_decode_seconds is not None else 10.0 + 2.0 * audio_seconds
 
 
 class ApiError(Exception):
