@@ -198,3 +198,14 @@ def test_a_decode_past_its_deadline_is_stopped_with_503(tiny_exp: Path) -> None:
     assert isinstance(answer[0], ApiError) and answer[0].status == 503 and "--max-decode-seconds" in answer[0].message
     assert runner.translate(speech(), 16000).seconds > 0  # nothing left behind: the next decode runs whole
     assert ServeLimits().decode_seconds(59.0) == 128.0
+
+
+def test_the_abuse_harness_reports_no_5xx_and_valid_answers_unchanged(tmp_path: Path) -> None:
+    from benchmarks import abuse
+
+    doc = tmp_path / "abuse.md"
+    assert abuse.main(["--soak", "8", "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert "5xx answers: 0." in text and "all 200 with the translation each gets alone" in text
+    assert "| header claims 100,000,001 Hz | 422 |" in text and "| 1 s at 16,001 Hz (valid) | 200 |" in text
+    assert "| nothing written outside, no payload ran | 0 |" in text and "cpu_kind: " in text
