@@ -127,7 +127,10 @@ def test_manifest_and_report_state_the_device(tiny_exp: Path, shared_corpus: Pat
     report = runner.evaluate(shared_corpus, limit=3)
     assert report.conditions["device"] == "cpu" and report.conditions["gpu"] is None
     assert report.metrics.gpu_peak_memory_bytes is None
-    assert "device cpu, threads 1" in report.format() and "GPU" not in report.format()
+    from runner.environment import cpu_kind
+
+    assert f"device cpu, cpu {cpu_kind()}, threads 1" in report.format() and "GPU" not in report.format()
+    assert report.conditions["cpu_kind"] == cpu_kind() and f"(cpu kind {cpu_kind()})" in report.format()
     assert report.to_dict()["conditions"]["device"] == "cpu"
 
 
