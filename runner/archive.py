@@ -128,11 +128,13 @@ def _check_sizes(archive: Path, members: list[Member]) -> list[Member]:
     total = sum(m.size for m in members)
     if total > MAX_TOTAL_BYTES:
         raise RunnerError(f"{archive}: {total / 1e9:.1f} GB unpacked, over the {MAX_TOTAL_BYTES / 1e9:.1f} GB limit")
-    names = [m.name for m in members]
-    clash = next((n for n in names if any(o.startswith(n + "/") for o in names)), None)
-    if clash or len(set(names)) != len(names):
-        raise RunnerError(f"{archive}: member '{clash or names[0]}' is named twice or is both a file and a "
-                          f"directory; refused")
+    seen: set[str] = set()
+    directories = {str(parent) for m in members for parent in PurePosixPath(m.name).parents}  # linear, not pairwise
+    for member in members:
+        if member.name in seen or member.name in directories:
+            raise RunnerError(f"{archive}: member '{member.name}' is named twice or is both a file and a "
+                              f"directory; refused")
+        seen.add(member.name)
     return members
 
 

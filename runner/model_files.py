@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import yaml
 
+from runner.archive import sha256
 from runner.archive import unpack as archive_unpack
 from runner.errors import RunnerError, first_line
 from runner.yamlio import read_yaml
@@ -189,12 +190,9 @@ def _pick_model_file(directory: Path) -> Path:
     raise RunnerError(f"{directory}: several model files ({names}); name one with --model-file")
 
 
-def file_hash(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+def file_hash(path: Path) -> str:
+    """The first 16 hex digits of the file's sha256 (what reports print)."""
+    return sha256(path)[:16]
 
 
 def _unpack(archive: Path) -> tuple[Path, Path]:

@@ -197,3 +197,14 @@ def test_non_utf8_yaml_names_the_file_and_line(tmp_path: Path) -> None:
     path.write_bytes(b"threads: 1\nsplit: tst-\xff\n")
     with pytest.raises(RunnerError, match=r"run\.yaml:2: run config is not UTF-8 text \(byte 0xff\)$"):
         read_yaml(path, "run config")
+
+
+def test_a_member_named_twice_or_both_file_and_directory_is_refused_by_name(tmp_path: Path) -> None:
+    both = _tar(tmp_path / "both.tar.gz", [_info("meta.yaml"), _info("exp"), _info("exp/model.pth")],
+                {"meta.yaml": META, "exp": b"x", "exp/model.pth": b"w"})
+    with pytest.raises(RunnerError, match=r"member 'exp' is named twice or is both a file and a directory"):
+        archive.unpack(both, tmp_path / "cache")
+    twice = _tar(tmp_path / "twice.tar.gz", [_info("meta.yaml"), _info("exp/a"), _info("exp/a")],
+                 {"meta.yaml": META, "exp/a": b"x"})
+    with pytest.raises(RunnerError, match=r"member 'exp/a' is named twice"):
+        archive.unpack(twice, tmp_path / "cache")
