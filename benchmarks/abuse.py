@@ -5,10 +5,11 @@
 
 The server part starts `runner serve --search lean --max-batch 4` on the embedded demo model (or
 `--model`), sends every crafted upload concurrently with valid ones (so they share batches), then
-a soak of valid requests. It reports each input's status code and time, the 5xx count, whether
+slow and vanishing clients (`abuse_clients`), then a soak of valid requests. It reports each input's status code and time, the 5xx count, whether
 every valid request got 200 with the translation it gets alone, and the server's resident memory:
 idle, peak (sampled every 50 ms) and over the soak. The CLI part runs `runner translate`/`info` on
-crafted model files, archives, YAML and results files and records each one's exit code and last line.
+crafted model files, archives, YAML, data and results files (`abuse_files`) and records each one's
+exit code and last line.
 """
 
 from __future__ import annotations
@@ -16,27 +17,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import shutil
 import struct
 import sys
 import tempfile
 import threading
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import soundfile
-import torch
 
+from benchmarks.abuse_clients import client_pass
+from benchmarks.abuse_files import cli_pass
 from benchmarks.live_server import live_server
 from benchmarks.serve_load import rss
 from runner import defaults
 from runner.environment import manifest
 
 DOC = defaults.REPO_ROOT / "docs" / "abuse.md"
+SERVER_ARGS = ["--search", "lean", "--max-batch", "4", "--max-wait-ms", "200", "--threads", "2", "--max-queue", "64",
+               "--header-seconds", "2", "--body-seconds", "4"]
 
 
 def _wav(samples: np.ndarray, rate: int = 16000, subtype: str = "PCM_16", claim: int | None = None,
@@ -116,7 +118,7 @@ def server_pass(model: Path | None, soak: int, work: Path) -> dict[str, Any]:
     valid = [_wav(u.waveform) for u in test.utterances]  # demo utterances, cut from their talks
     crafted = crafted_uploads()
     processes: list[Any] = []
-    args = ["--search", "lean", "--max-batch", "4", "--max-wait-ms", "200", "--threads", "2", "--max-queue", "64"]
+    args = SERVER_ARGS
     with live_server(work / "serve.log", *args, *(["--model", str(model)] if model else []),
                      processes=processes) as url:
         pid = processes[0].pid
@@ -126,70 +128,33 @@ def server_pass(model: Path | None, soak: int, work: Path) -> dict[str, Any]:
             mixed = _post_all(url, [*valid, *crafted.values(), *valid])
         crafted_results = dict(zip(crafted, mixed[len(valid):len(valid) + len(crafted)]))
         valid_results = mixed[:len(valid)] + mixed[len(valid) + len(crafted):]
+        long_noise = _wav(np.random.default_rng(1).normal(scale=0.1, size=16000 * 55).astype(np.float32))
+        with PeakMemory(pid) as client_peak:
+            clients = client_pass(url, long_noise, valid[0])
         soak_before = rss(pid)
         with PeakMemory(pid) as soak_peak:
             soaked = [r for start in range(0, soak, 16)
                       for r in _post_all(url, [valid[i % len(valid)] for i in range(start, min(soak, start + 16))])]
         soak_after = rss(pid)
-    return {"idle": idle, "peak": max(peak.peak, soak_peak.peak), "crafted": crafted_results,
+    return {"idle": idle, "peak": max(peak.peak, client_peak.peak, soak_peak.peak), "crafted": crafted_results,
+            "clients": clients,
             "valid_ok": all(s == 200 and p.get("translation") == alone[i % len(valid)]
                             for i, (s, _, p) in enumerate(valid_results)),
             "valid": len(valid_results), "soak": soaked, "soak_before": soak_before, "soak_after": soak_after}
 
 
-def cli_pass(work: Path) -> list[tuple[str, int, str]]:
-    """Crafted files for the CLI: (what, exit code, last line of output)."""
-    from typer.testing import CliRunner
-
-    from runner.cli import app
-
-    cases: list[tuple[str, list[str]]] = []
-    bomb = "".join(f"{k}: &{k} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['x'] * 9)}]\n"
-                   for p, k in zip([None, *"abcdefgh"], "abcdefghi"))
-    (work / "bomb.yaml").write_text(bomb)
-    cases.append(("run config: YAML alias bomb (9^9 nodes)", ["translate", "--config", str(work / "bomb.yaml")]))
-    slip = work / "slip.zip"
-    with zipfile.ZipFile(slip, "w") as z:
-        z.writestr("meta.yaml", "yaml_files: {}\nfiles: {}\n")
-        z.writestr("../../escaped.txt", "x")
-    cases.append(("packed model: member '../../escaped.txt'", ["info", str(slip)]))
-    exp = shutil.copytree(defaults.model_path(), work / "evil")
-    payload = exp / "payload.pth"
-    torch.save({"w": _Payload(work / "payload-ran")}, payload)
-    cases.append(("model file: pickle payload (os.system)",
-                  ["translate", "--model", str(exp), "--model-file", str(payload), "--limit", "1"]))
-    cases.append(("--out under a file", ["translate", "--limit", "1", "--out", str(slip / "x.json")]))
-    results = []
-    for what, args in cases:
-        result = CliRunner().invoke(app, [*args, *(["--no-progress"] if args[0] == "translate" else [])])
-        lines = result.output.strip().splitlines() or [""]
-        results.append((what, result.exit_code, lines[-1][:160]))
-    escaped = (work.parent / "escaped.txt").exists() or (work / "payload-ran").exists()
-    results.append(("nothing written outside, no payload ran", 0 if not escaped else 1, "checked"))
-    return results
-
-
-class _Payload:
-    """Unpickling this runs `os.system`, as a crafted model file would."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        import os
-
-        return os.system, (f"touch {self.marker}",)
-
-
 def render(server: dict[str, Any], cli: list[tuple[str, int, str]], command: str) -> str:
-    statuses = [s for s, _, _ in server["crafted"].values()] + [s for s, _, _ in server["soak"]]
+    statuses = [s for s, _, _ in server["crafted"].values()] + [s for s, _, _ in server["soak"]] + [
+        int(s) for _, status, _, _ in server["clients"] for s in status.split() if s.isdigit()]
     fives = sum(1 for s in statuses if s >= 500)
     soak_times = sorted(t for _, t, _ in server["soak"])
-    lines = ["# Abuse and soak", "", f"Generated by `{command}`. The server: `runner serve --search lean "
-             "--max-batch 4 --max-wait-ms 200 --threads 2` on the embedded demo model, on loopback.", "",
+    lines = ["# Abuse and soak", "", f"Generated by `{command}`. The server: `runner serve {' '.join(SERVER_ARGS)}` "
+             "on the embedded demo model, on loopback.", "",
              "| crafted upload | status | seconds | answer |", "|---|---|---|---|"]
     for name, (status, seconds, payload) in server["crafted"].items():
         lines.append(f"| {name} | {status} | {seconds:.2f} | {str(payload.get('error', payload.get('translation')))[:90]} |")
+    lines += ["", "| slow or vanishing client | status | seconds | outcome |", "|---|---|---|---|"]
+    lines += [f"| {what} | {status} | {seconds:.2f} | {outcome} |" for what, status, seconds, outcome in server["clients"]]
     growth = (server["soak_after"] - server["soak_before"]) / server["soak_before"]
     lines += ["", f"5xx answers: {fives}. Valid requests mixed among them ({server['valid']}): "
               f"{'all 200 with the translation each gets alone' if server['valid_ok'] else 'NOT all answered alike'}.",

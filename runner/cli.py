@@ -8,7 +8,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 
@@ -33,11 +33,24 @@ def main(debug: bool = typer.Option(False, "--debug", envvar=DEBUG_VARIABLE,
     _show_notes()
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever `sys.stderr` is when a note is logged (an app invoked twice in one
+    process, as by typer's CliRunner, gets its notes in the second invocation's stderr too)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _show_notes() -> None:
     """The runner's logger prints its notes (where calibration data came from, ...) on stderr."""
     logger = logging.getLogger("runner")
     if not any(getattr(h, "runner_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("note: %(message)s"))
         handler.runner_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
@@ -188,6 +201,9 @@ def serve(
     max_mb: float = typer.Option(20.0, help="Largest upload in MB"),
     max_seconds: float = typer.Option(60.0, help="Longest audio in seconds"),
     max_decode_seconds: Optional[float] = typer.Option(None, help="Stop a request's decoding after this many seconds (503) [default: 10 s + 2x its audio]"),
+    header_seconds: float = typer.Option(10.0, help="A request's headers must arrive within this many seconds (else 408, connection closed)"),
+    body_seconds: float = typer.Option(60.0, help="A request's body must arrive within this many seconds of its headers (else 408)"),
+    shutdown_seconds: float = typer.Option(30.0, help="After SIGTERM, requests in flight get this long before the server stops anyway"),
     api_key: Optional[str] = typer.Option(None, envvar="ST_RUNNER_API_KEY", show_envvar=True,
                                           help="Require 'Authorization: Bearer KEY' (prefer the environment variable: a flag shows in process listings)"),
     cors_origin: list[str] = typer.Option([], help="Allow browser requests from this origin (scheme://host:port, or *); repeatable. Others get 403"),
@@ -210,9 +226,11 @@ def serve(
              "--replicas must be positive")
     if (address is not None or replicas != 1) and not ray:
         fail("--address and --replicas apply to --ray")
-    if max_decode_seconds is not None and max_decode_seconds <= 0:
-        fail("--max-decode-seconds must be positive")
-    limits = ServeLimits(int(max_mb * 1e6), max_seconds, max_queue, max_batch, max_wait_ms, max_decode_seconds)
+    if (max_decode_seconds is not None and max_decode_seconds <= 0) or min(header_seconds, body_seconds) <= 0 \
+            or shutdown_seconds < 0:
+        fail("--max-decode-seconds, --header-seconds and --body-seconds must be positive, --shutdown-seconds 0 or more")
+    limits = ServeLimits(int(max_mb * 1e6), max_seconds, max_queue, max_batch, max_wait_ms, max_decode_seconds,
+                         header_seconds, body_seconds, shutdown_seconds)
     try:
         decode = decode_options(parse_overrides(set_), decode_config)
         if ray:
@@ -225,7 +243,7 @@ def serve(
                         plugins=plugin, calibration_data=calibration_data, search=search, device=device)
             typer.echo(f"serving on Ray ({replicas} replica(s)) at http://{host}:{port}/", err=True)
             serve_on_ray(load, limits, host=host, port=port, replicas=replicas, threads=threads or 1,
-                         address=address, api_key=api_key, cors_origins=cors_origin)
+                         address=address, api_key=api_key, cors_origins=cors_origin, host_names=allowed_host)
             return
         models = load_models(model, quant, hop, decode, threads, model_file, plugin, calibration_data, search, device)
         typer.echo(f"serving {', '.join(models)} on http://{host}:{port}/", err=True)

@@ -23,7 +23,9 @@ The runner calls the hooks in this order:
 1. `apply(bundle)`, once per plugin, in the order the constraints give (ties broken by name, so
    the order a user lists plugins in never changes a result);
 2. `calibrate(bundle, utterances)`, for plugins whose `Config` subclasses `CalibrationConfig`,
-   after every plugin is applied, so calibration sees the model exactly as it will run;
+   after every plugin is applied, so calibration sees the model exactly as it will run; a plugin
+   with `calibrate_before_next = True` is calibrated right after its own `apply`, before the
+   plugins after it apply (SmoothQuant measures the float activations int8 will then see);
 3. `translation_context(bundle)`, entered around every translation (e.g. an autocast region);
 4. `describe()`, for reports: the config plus what `apply`/`calibrate` recorded in `details`.
 
@@ -106,6 +108,8 @@ class Plugin:
     # that gives `device_note` as the reason.
     devices: ClassVar[tuple[str, ...]] = DEVICE_TYPES
     device_note: ClassVar[str] = ""
+    # A calibrating plugin whose calibration must finish before the plugins after it apply.
+    calibrate_before_next: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config

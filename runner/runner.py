@@ -109,16 +109,10 @@ class Runner:
                 self.bundle = load(model if model is not None else defaults.model_path(), self.decode, model_file,
                                    self.device)
             self._calibration_keys: set[tuple[str, int, int]] = set()
-            for plugin in self.plugins:
-                started = time.perf_counter()
-                plugin.apply(self.bundle)
-                self.bundle.rewire_searches()
-                plugin.details["apply_seconds"] = time.perf_counter() - started
-            # Calibration comes after every plugin, so it sees the model as it will run; it waits
-            # for the first evaluation when no plugin knows its calibration data yet.
-            self._uncalibrated = [p for p in self.plugins if p.calibrates()]
-            if all(p.config.calibration_data or calibration_data for p in self._uncalibrated):
-                self._calibrate(calibration_data, "given")
+            self._to_apply, self._applied = list(self.plugins), []
+            self._uncalibrated: list[Plugin] = []  # applied, calibrated once every plugin is applied
+            self._blocking: Plugin | None = None  # applied, to be calibrated before the next plugin applies
+            self._advance(calibration_data, "given")
 
     @property
     def engine(self) -> str | None:
@@ -142,16 +136,46 @@ class Runner:
             logger.warning("this Runner was loaded on another thread: PyTorch then runs two OpenMP thread teams "
                            "and decoding slows down (about 3x on 2 cores); load and call a Runner from one thread")
 
-    def _calibrate(self, data: str | Path | None, source: str) -> None:
-        """Run every calibrating plugin's `calibrate` on its own data, else on `data`."""
-        plugins, self._uncalibrated = self._uncalibrated, []
+    def _advance(self, data: str | Path | None, source: str) -> None:
+        """Apply and calibrate the plugins still pending, in order, as far as calibration data is known.
+
+        A plugin that calibrates is calibrated after every plugin is applied, so it sees the model as
+        it will run; one with `calibrate_before_next` (SmoothQuant's scales, which int8 must see) is
+        calibrated before the next plugin applies. Without data (`data` None and no plugin option)
+        the rest waits for the first evaluation (`_finish_plugins`).
+        """
+        if self._blocking is not None:
+            if not _knows_data(self._blocking, data):
+                return
+            self._calibrate([self._blocking], data, source)
+            self._blocking = None
+        while self._to_apply:
+            plugin = self._to_apply.pop(0)
+            started = time.perf_counter()
+            plugin.apply(self.bundle)
+            self.bundle.rewire_searches()
+            self._applied.append(plugin)
+            plugin.details["apply_seconds"] = time.perf_counter() - started
+            if plugin.calibrates() and plugin.calibrate_before_next:
+                if not _knows_data(plugin, data):
+                    self._blocking = plugin
+                    return
+                self._calibrate([plugin], data, source)
+            elif plugin.calibrates():
+                self._uncalibrated.append(plugin)
+        if self._uncalibrated and all(_knows_data(p, data) for p in self._uncalibrated):
+            self._calibrate(self._uncalibrated, data, source)
+            self._uncalibrated = []
+
+    def _calibrate(self, plugins: list[Plugin], data: str | Path | None, source: str) -> None:
+        """Run `plugins`' `calibrate`, each on its own data, else on `data`."""
         for plugin in plugins:
             config = plugin.config
             where = config.calibration_data or data
             test_set = load_test_set(where, config.calibration_split)
             calibration = preload(test_set, self.sample_rate, limit=config.calibration_size,
                                   seed=config.calibration_seed)
-            with translation_contexts(self.plugins, self.bundle):  # calibrate the model as it will run
+            with translation_contexts(self._applied, self.bundle):  # calibrate the model as it will run
                 plugin.calibrate(self.bundle, calibration.utterances)
             self.bundle.rewire_searches()
             plugin.details.update(calibration_data=str(where), calibration_split=config.calibration_split,
@@ -159,11 +183,12 @@ class Runner:
             self._calibration_keys |= {_segment_key(u.segment) for u in calibration.utterances}
 
     def _finish_plugins(self, evaluated: TestSet | None) -> None:
-        """Calibrate what still waits on `evaluated`'s calibration split, or else on the demo corpus."""
-        if not self._uncalibrated:
+        """Calibrate (and apply) what still waits on `evaluated`'s calibration split, or else on the demo corpus."""
+        waiting = [p for p in [self._blocking, *self._uncalibrated, *self._to_apply] if p is not None and p.calibrates()]
+        if not waiting:
             return
-        names = ", ".join(p.name for p in self._uncalibrated)
-        split = self._uncalibrated[0].config.calibration_split
+        names = ", ".join(p.name for p in waiting)
+        split = waiting[0].config.calibration_split
         data, source = _calibration_source(evaluated, split)
         if source == "embedded demo corpus":
             reason = (f"{evaluated.path} has no '{split}' split" if evaluated is not None
@@ -173,7 +198,7 @@ class Runner:
         else:
             logger.info("%s calibrates on split %s of the evaluated data %s", names, split, data)
         with self._scope():
-            self._calibrate(data, source)
+            self._advance(data, source)
 
     @functools.cached_property
     def summary(self) -> dict[str, Any]:
@@ -382,6 +407,10 @@ def _calibration_source(evaluated: TestSet | None, split: str) -> tuple[Path, st
         except RunnerError:
             pass
     return defaults.data_path(), "embedded demo corpus"
+
+
+def _knows_data(plugin: Plugin, data: str | Path | None) -> bool:
+    return bool(plugin.config.calibration_data or data)
 
 
 def _segment_key(segment: Segment) -> tuple[str, int, int]:

@@ -17,7 +17,7 @@ pytest.importorskip("ray.serve")
 
 
 def test_ray_serve_answers_like_the_server(tmp_path: Path, served_utterances: dict[str, list[Utterance]]) -> None:
-    """Two replicas of the demo model (one CPU each) behind Ray's proxy: translations, bad input, key, metrics."""
+    """Two replicas of the demo model (one CPU each) behind Ray's proxy: translations, bad input, key, Host, metrics."""
     utterances = served_utterances["fp32"]
     short = io.BytesIO()
     soundfile.write(short, np.zeros(300, dtype=np.float32), 16000, format="WAV", subtype="PCM_16")
@@ -40,5 +40,7 @@ def test_ray_serve_answers_like_the_server(tmp_path: Path, served_utterances: di
         assert bad.status_code == 415 and "not a readable audio file" in bad.json()["error"]
         too_short = httpx.post(f"{url}/translate", content=short.getvalue(), headers=key, timeout=120)
         assert too_short.status_code == 422 and "too short" in too_short.json()["error"]
+        rebound = httpx.get(f"{url}/info", headers={**key, "Host": "evil.example", "Origin": "http://evil.example"})
+        assert rebound.status_code == 421 and "evil.example" in rebound.json()["error"]  # DNS rebinding
         assert httpx.get(f"{url}/metrics", headers=key).text.startswith("# HELP st_runner_requests_total")
         assert (tmp_path / "serve.log").read_text().count("serving on Ray (2 replica(s))") == 1

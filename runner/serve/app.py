@@ -34,8 +34,7 @@ from runner.serve.security import Security
 from runner.serve.upload import ApiError, DeclaredSizeLimit, ServeLimits, read_body, read_upload
 
 logger = logging.getLogger("runner.serve")
-READ_TIMEOUT_S = 10  # an idle connection is closed after this
-SHUTDOWN_S = 30  # after SIGTERM, requests in flight get this long
+KEEP_ALIVE_S = 10  # an idle kept-alive connection is closed after this
 
 WARMUP_SECONDS = 2.0
 FP32 = "fp32"
@@ -171,7 +170,7 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
     @app.post("/translate")
     async def translate(request: Request, model: str | None = None) -> dict[str, Any]:
         """Body: the audio file itself, or multipart form data with a `file` field (and optional `model`)."""
-        data, form_model = await read_body(request, limits.max_upload_bytes)
+        data, form_model = await read_body(request, limits.max_upload_bytes, limits.body_seconds)
         name = model or form_model or next(iter(models))
         if name not in models:
             raise ApiError(404, f"unknown model '{name}'; this server has {list(models)}")
@@ -295,18 +294,23 @@ def serve(models: dict[str, Runner], host: str = "127.0.0.1", port: int = 8000, 
     """Serve until interrupted; models warm up as the server starts (GET /ready says when they are done).
 
     Requests must name this server in their Host header (`security.allowed_hosts`: the bind address,
-    loopback names on loopback, `host_names`, the CORS origins' hosts). A connection that sends
-    nothing for `READ_TIMEOUT_S` is closed, and after SIGTERM requests still in flight get
-    `SHUTDOWN_S` before the server stops anyway.
+    loopback names on loopback, `host_names`, the CORS origins' hosts). A request's headers must
+    arrive within `limits.header_seconds` (`connection.HeaderDeadline`) and its body within
+    `limits.body_seconds`; after SIGTERM, requests still in flight get `limits.shutdown_seconds`
+    before the server stops anyway.
     """
     import uvicorn
 
+    from runner.serve.connection import MAX_HEAD_BYTES, protocol
     from runner.serve.security import WILDCARDS, allowed_hosts
+
+    limits = limits or ServeLimits()
 
     if host in WILDCARDS and not api_key:
         logger.warning("serving on every interface (%s) without an API key: anyone who can reach this port can "
                        "use it; set ST_RUNNER_API_KEY", host or "*")
     app = create_app(models, limits, api_key=api_key, cors_origins=cors_origins,
                      allowed_hosts=allowed_hosts(host, host_names, cors_origins))
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=READ_TIMEOUT_S,
-                timeout_graceful_shutdown=SHUTDOWN_S, h11_max_incomplete_event_size=64 * 1024)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, http=protocol(limits.header_seconds),
+                timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=limits.shutdown_seconds,
+                h11_max_incomplete_event_size=MAX_HEAD_BYTES)

@@ -27,18 +27,20 @@ class Replica:
     """One Ray Serve replica: the models loaded once, and the server's ASGI app over them."""
 
     def __init__(self, load: dict[str, Any], limits: dict[str, Any], api_key: str | None,
-                 cors_origins: Sequence[str]) -> None:
+                 cors_origins: Sequence[str], hosts: Sequence[str] | None = None) -> None:
         from runner.serve.app import create_app, load_models
 
         # Not `self.app`: Ray's ingress wrapper owns that name.
-        self.asgi = create_app(load_models(**load), ServeLimits(**limits), api_key=api_key, cors_origins=cors_origins)
+        self.asgi = create_app(load_models(**load), ServeLimits(**limits), api_key=api_key, cors_origins=cors_origins,
+                               allowed_hosts=hosts)
 
     def __serve_build_asgi_app__(self) -> Any:  # Ray Serve asks for the app once the replica is built
         return self.asgi
 
 
 def deployment(load: dict[str, Any], limits: ServeLimits, *, replicas: int = 1, threads: int = 1,
-               api_key: str | None = None, cors_origins: Sequence[str] = ()) -> Any:
+               api_key: str | None = None, cors_origins: Sequence[str] = (),
+               hosts: Sequence[str] | None = None) -> Any:
     """The bound Ray Serve application: `replicas` copies of `Replica`, `threads` CPUs each.
 
     Args:
@@ -48,6 +50,10 @@ def deployment(load: dict[str, Any], limits: ServeLimits, *, replicas: int = 1, 
         threads: CPUs each replica reserves (its intra-op threads); with `load["device"]` cuda, one GPU too.
         api_key: the bearer key, as for `create_app`.
         cors_origins: allowed browser origins, as for `create_app`.
+        hosts: the Host header names replicas answer (None: any), as for `create_app`'s `allowed_hosts`.
+
+    Returns:
+        The application `serve.run` takes.
     """
     from ray import serve
 
@@ -61,13 +67,16 @@ def deployment(load: dict[str, Any], limits: ServeLimits, *, replicas: int = 1, 
                    max_ongoing_requests=limits.max_queue + max(1, limits.max_batch),
                    health_check_period_s=10)
     return serve.deployment(name="st-runner", **options)(ingress).bind(load, asdict(limits), api_key,
-                                                                        list(cors_origins))
+                                                                        list(cors_origins), hosts)
 
 
 def serve_on_ray(load: dict[str, Any], limits: ServeLimits, *, host: str = "127.0.0.1", port: int = 8000,
                  replicas: int = 1, threads: int = 1, address: str | None = None, api_key: str | None = None,
-                 cors_origins: Sequence[str] = (), blocking: bool = True) -> None:
+                 cors_origins: Sequence[str] = (), host_names: Sequence[str] = (), blocking: bool = True) -> None:
     """Run the deployment on the cluster at `address` (None: start a local one) until interrupted.
+
+    Requests must name the server in their Host header, as for `runner serve` (`security.allowed_hosts`
+    of `host`, `host_names` and `cors_origins`): Ray's proxy passes the client's Host to the replica.
 
     Raises:
         RunnerError: Ray Serve is not installed, the cluster is unreachable, or it lacks the CPUs.
@@ -77,6 +86,7 @@ def serve_on_ray(load: dict[str, Any], limits: ServeLimits, *, host: str = "127.
         from ray import serve
     except ImportError as error:
         raise RunnerError(f"--ray needs Ray Serve: pip install 'st-runner[ray]' ({error})") from error
+    from runner.serve.security import allowed_hosts
     from runner.sweep.ray_executor import connect_cluster
 
     started = connect_cluster(address)
@@ -90,8 +100,9 @@ def serve_on_ray(load: dict[str, Any], limits: ServeLimits, *, host: str = "127.
                           f"the Ray cluster has {gpus:g}")
     try:
         serve.start(http_options={"host": host, "port": port})
+        hosts = allowed_hosts(host, host_names, cors_origins)
         serve.run(deployment(load, limits, replicas=replicas, threads=threads, api_key=api_key,
-                             cors_origins=cors_origins), name=APP_NAME, route_prefix="/", blocking=blocking)
+                             cors_origins=cors_origins, hosts=hosts), name=APP_NAME, route_prefix="/", blocking=blocking)
     except KeyboardInterrupt:
         pass
     except RuntimeError as error:  # a replica failed to start: its reason is in Ray's serve logs

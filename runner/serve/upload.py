@@ -21,7 +21,6 @@ from runner.errors import RunnerError, first_line
 
 MULTIPART_SLACK = 64 * 1024  # room for multipart framing around the file
 DRAIN_SECONDS = 30.0  # how long an oversized upload is read and discarded so its client gets the 413
-BODY_SECONDS = 60.0  # the whole body must arrive within this (a trickling client is cut with 408)
 
 
 @dataclass
@@ -36,6 +35,10 @@ class ServeLimits:
         max_wait_ms: how long the first request of a batch waits for others to join it.
         max_decode_seconds: how long one decode may run before its search is stopped (503); None: 10 s
             plus twice the audio's length.
+        header_seconds: a request's headers must arrive within this of the connection opening or the
+            previous answer (else 408 and the connection is closed).
+        body_seconds: a request's whole body must arrive within this of its headers (else 408).
+        shutdown_seconds: after SIGTERM, requests in flight (stalled uploads too) get this long.
 
     The decoded audio is bounded too (`max_decoded_bytes`): the longest audio as 48 kHz stereo float32,
     so no upload under the byte limit makes the server hold more than that in samples.
@@ -48,6 +51,9 @@ class ServeLimits:
     max_wait_ms: float = 0.0
 
     max_decode_seconds: float | None = None
+    header_seconds: float = 10.0
+    body_seconds: float = 60.0
+    shutdown_seconds: float = 30.0
 
     @property
     def max_decoded_bytes(self) -> int:
@@ -109,18 +115,19 @@ def read_upload(data: bytes, limits: ServeLimits) -> Audio:
     return Audio(samples, int(rate), samples.shape[0] / rate, info.format)
 
 
-async def read_body(request: Request, limit: int) -> tuple[bytes, str | None]:
+async def read_body(request: Request, limit: int, seconds: float = 60.0) -> tuple[bytes, str | None]:
     """The uploaded file's bytes (raw body or multipart `file`) and the form's `model`, if any.
 
     More than `limit` bytes is refused with 413 as soon as the declared length or the streamed
     bytes pass it, so an oversized body is never held in memory; the rest of it is read and
     discarded before the answer, so a client still sending gets the 413 instead of a reset connection.
+    A body not complete within `seconds` is refused with 408.
     """
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + MULTIPART_SLACK:  # answered before reading it
         raise ApiError(413, f"upload is {int(declared) / 1e6:.1f} MB; the limit is {limit / 1e6:g} MB",
                        {"Connection": "close"})
-    receive = _Bounded(request.receive, limit + MULTIPART_SLACK, time.monotonic() + BODY_SECONDS)
+    receive = _Bounded(request.receive, limit + MULTIPART_SLACK, time.monotonic() + seconds)
     bounded = Request(request.scope, receive)
     try:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -138,7 +145,7 @@ async def read_body(request: Request, limit: int) -> tuple[bytes, str | None]:
             await drain(request.receive)
         raise ApiError(413, f"upload exceeds the limit of {limit / 1e6:g} MB") from None
     except _TooSlow:
-        raise ApiError(408, f"upload not complete within {BODY_SECONDS:g} s", {"Connection": "close"}) from None
+        raise ApiError(408, f"upload not complete within {seconds:g} s", {"Connection": "close"}) from None
     except ClientDisconnect:
         raise ApiError(400, "client disconnected during the upload") from None
     except HTTPException as error:  # starlette's multipart parser: no boundary, cut parts, ...
