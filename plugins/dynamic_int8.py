@@ -8,7 +8,7 @@ import torch
 
 from runner.model import ModelBundle
 from runner.plugin import MODEL_PARTS, Effects, Plugin
-from runner.quantize import MODULE_TYPES, check_parts, named_targets, select_engine
+from runner.quantize import MODULE_TYPES, check_globs, check_parts, named_targets, select_engine
 
 
 @dataclass
@@ -17,6 +17,7 @@ class DynamicConfig:
     module_types: list[str] = field(default_factory=lambda: ["Linear", "LSTM", "GRU"])
     engine: str = "auto"  # x86, fbgemm, onednn, qnnpack or auto (the best this CPU supports)
     skip: list[str] = field(default_factory=list)  # module-name globs left in float, e.g. decoder.output_layer
+    only: list[str] = field(default_factory=list)  # module-name globs: quantize only these (empty: every one)
     per_channel: bool = False  # int8 only: a scale per output channel (more accurate, larger: float64+int64 per channel)
 
     def validate(self) -> None:
@@ -38,7 +39,9 @@ class DynamicInt8(Plugin):
     def apply(self, bundle: ModelBundle) -> None:
         engine = select_engine(self.config.engine)
         types = tuple(MODULE_TYPES[t] for t in self.config.module_types)
-        names = [name for name, _ in named_targets(bundle.model, self.config.parts, types, self.config.skip)]
+        check_globs(bundle.model, self.name, skip=self.config.skip, only=self.config.only)
+        names = [name for name, _ in named_targets(bundle.model, self.config.parts, types, self.config.skip,
+                                                   self.config.only)]
         if self.dtype == torch.float16:
             qconfig = torch.ao.quantization.float16_dynamic_qconfig
         elif self.config.per_channel:

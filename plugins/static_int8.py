@@ -27,21 +27,26 @@ from torch.ao.quantization import (
 from runner.data import Utterance
 from runner.decode import translate
 from runner.model import ModelBundle
+from runner.observers import EntropyObserver, PercentileObserver
 from runner.plugin import CalibrationConfig, Effects, Plugin
-from runner.quantize import check_parts, count_types, named_targets, select_engine, set_submodule
+from runner.quantize import check_globs, check_parts, count_types, named_targets, select_engine, set_submodule
 
 
 @dataclass
 class StaticConfig(CalibrationConfig):
     parts: list[str] = field(default_factory=lambda: ["decoder"])
     granularity: Literal["linear", "block"] = "linear"
-    observer: Literal["minmax", "histogram"] = "histogram"
+    observer: Literal["minmax", "histogram", "percentile", "entropy"] = "histogram"
+    percentile: float = 99.99  # observer percentile: the share of activation values kept inside the range
     per_channel: bool = True
     engine: str = "auto"
-    skip: list[str] = field(default_factory=list)
+    skip: list[str] = field(default_factory=list)  # module-name globs left in float
+    only: list[str] = field(default_factory=list)  # module-name globs: quantize only these (empty: every one)
 
     def validate(self) -> None:
         check_parts(self.parts)
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be within 50..100, got {self.percentile}")
         super().validate()
 
 
@@ -60,8 +65,10 @@ class StaticInt8(Plugin):
 
     def qconfig(self) -> QConfig:
         reduce_range = torch.backends.quantized.engine in ("x86", "fbgemm")
-        activation = (HistogramObserver if self.config.observer == "histogram" else MinMaxObserver).with_args(
-            dtype=torch.quint8, reduce_range=reduce_range)
+        observer, extra = {"minmax": (MinMaxObserver, {}), "histogram": (HistogramObserver, {}),
+                           "percentile": (PercentileObserver, {"percentile": self.config.percentile}),
+                           "entropy": (EntropyObserver, {})}[self.config.observer]
+        activation = observer.with_args(dtype=torch.quint8, reduce_range=reduce_range, **extra)
         weight = (PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
                   if self.config.per_channel else
                   MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric))
@@ -70,9 +77,11 @@ class StaticInt8(Plugin):
     def apply(self, bundle: ModelBundle) -> None:
         engine = select_engine(self.config.engine)
         model, qconfig = bundle.model, self.qconfig()
+        check_globs(model, self.name, skip=self.config.skip, only=self.config.only)
         blocks: list[str] = []
         if self.config.granularity == "block":
-            for name, module in list(named_targets(model, self.config.parts, (torch.nn.Module,), self.config.skip)):
+            for name, module in list(named_targets(model, self.config.parts, (torch.nn.Module,), self.config.skip,
+                                                       self.config.only)):
                 if _is_relu_feed_forward(module) and not any(name.startswith(b + ".") for b in blocks):
                     torch.ao.quantization.fuse_modules(module, [["w_1", "activation"]], inplace=True)
                     blocks.append(name)
@@ -82,7 +91,8 @@ class StaticInt8(Plugin):
             wrapper.qconfig = qconfig  # on the wrapper only: the decoder's Embedding refuses it
             set_submodule(model, name, wrapper)
             wrapped += 1
-        linears = [name for name, _ in named_targets(model, self.config.parts, (torch.nn.Linear,), self.config.skip)
+        linears = [name for name, _ in named_targets(model, self.config.parts, (torch.nn.Linear,), self.config.skip,
+                                                     self.config.only)
                    if not any(name.startswith(b + ".") for b in blocks)]
         for name in linears:
             wrapper = QuantWrapper(model.get_submodule(name))

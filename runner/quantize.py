@@ -49,16 +49,43 @@ def part_prefixes(model: torch.nn.Module, parts: list[str]) -> list[str]:
     return prefixes
 
 
+def matches(name: str, pattern: str) -> bool:
+    """Whether a module name matches a `skip`/`only` glob (the glob may leave out leading names)."""
+    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, f"*.{pattern}")
+
+
 def named_targets(model: torch.nn.Module, parts: list[str], types: tuple[type, ...],
-                  skip: list[str]) -> Iterator[tuple[str, torch.nn.Module]]:
-    """Modules of `types` inside `parts`, by full name, minus names matching a `skip` glob."""
+                  skip: list[str], only: list[str] = ()) -> Iterator[tuple[str, torch.nn.Module]]:
+    """Modules of `types` inside `parts`, by full name, minus names matching a `skip` glob
+    (and, when `only` is given, just those matching one of its globs)."""
     prefixes = part_prefixes(model, parts)
     for name, module in model.named_modules():
         if not isinstance(module, types) or not any(name == p or name.startswith(p + ".") for p in prefixes):
             continue
-        if any(fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, f"*.{pattern}") for pattern in skip):
+        if any(matches(name, pattern) for pattern in skip) or (only and not any(matches(name, p) for p in only)):
             continue
         yield name, module
+
+
+def check_globs(model: torch.nn.Module, plugin: str, **globs: list[str]) -> None:
+    """Refuse `skip`/`only` globs that match no module of `model` (a plan written for another model).
+
+    Args:
+        model: the model the plugin changes.
+        plugin: the plugin's name, for the message.
+        globs: option name -> its globs (skip=..., only=...).
+
+    Raises:
+        RunnerError: naming the plugin, the option and the first few globs that match nothing.
+    """
+    names = [name for name, _ in model.named_modules()]
+    for option, patterns in globs.items():
+        unmatched = [p for p in patterns if not any(matches(name, p) for name in names)]
+        if not unmatched:
+            continue
+        listed = ", ".join(unmatched[:3]) + (f" and {len(unmatched) - 3} more" if len(unmatched) > 3 else "")
+        raise RunnerError(f"plugin '{plugin}': {option} names no module of this model: {listed} "
+                          f"(a plan written for another model?)")
 
 
 def set_submodule(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
