@@ -12,7 +12,7 @@ from typing import Any, NoReturn, Optional
 
 import typer
 
-from runner import defaults
+from runner import cli_quant, defaults
 from runner.errors import RunnerError
 
 DEBUG_VARIABLE = "ST_RUNNER_DEBUG"
@@ -365,6 +365,8 @@ def demo_export(
     except RunnerError as error:
         fail(str(error), error=error)
 
+
+cli_quant.register(app, fail)
 
 if __name__ == "__main__":  # pragma: no cover - `python -m runner.cli`
     app()

@@ -149,7 +149,7 @@ def test_plugins_compose_in_a_defined_order(tiny_exp: Path) -> None:
         ([PluginSpec("hop", {"hop_length": 0})], "hop_length must be positive"),
         ([PluginSpec("hop", {"hop_lenght": 200})], "unknown option(s) ['hop_lenght']; allowed: ['hop_length']"),
         ([PluginSpec("dynamic-int8", {"parts": ["decoders"]})], "unknown part(s) ['decoders']"),
-        ([PluginSpec("static-int8", {"observer": "mse"})], "must be one of ['minmax', 'histogram']"),
+        ([PluginSpec("static-int8", {"observer": "mse"})], "must be one of ['minmax', 'histogram', 'percentile', 'entropy']"),
         ([PluginSpec("dynamic-int8"), PluginSpec("static-int8")], "both change the number format of the decoder"),
         ([PluginSpec("hop"), PluginSpec("hop")], "given more than once"),
     ],

@@ -1,0 +1,148 @@
+"""`runner sensitivity` and `runner tune`: thin commands over `runner.sensitivity` and `runner.tuning`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import typer
+
+from runner import defaults
+from runner.errors import RunnerError
+
+SCHEMES = ("dynamic-int8", "static-int8")
+
+
+def _check(quant: str, split: str, fail: Callable[..., NoReturn]) -> None:
+    if quant not in SCHEMES:
+        fail(f"--quant must be one of {', '.join(SCHEMES)}, got {quant!r}")
+    if split.startswith("tst"):
+        typer.echo(f"note: tuning/scoring on test split {split}, as asked by name; report on another split", err=True)
+
+
+def _dev_sets(model: Optional[Path], data: Optional[Path], split: str, limit: Optional[int], calibration: int):
+    """The float model, the calibration utterances (first `calibration` of `split`) and the rest (up to `limit`)."""
+    from runner.data import load_test_set, preload
+    from runner.model import load
+
+    data_root = data or defaults.data_path()
+    bundle = load(model or defaults.model_path())
+    test_set = load_test_set(data_root, split)  # a data set without the split: one line naming it
+    calibrating = preload(test_set, bundle.sample_rate, limit=calibration)
+    rest = preload(test_set, bundle.sample_rate, limit=limit, exclude_ids=[u.segment.id for u in calibrating.utterances])
+    if len(rest.utterances) < 2:
+        raise RunnerError(f"{data_root}: --split {split} has {len(rest.utterances)} utterance(s) beyond the "
+                          f"{calibration} calibration ones; at least 2 are needed")
+    return bundle, calibrating, rest, data_root
+
+
+def register(app: typer.Typer, fail: Callable[..., NoReturn]) -> None:
+    """Add the two commands to `app` (the CLI's `fail` prints one line and exits)."""
+
+    @app.command()
+    def sensitivity(
+        model: Optional[Path] = typer.Option(None, help="Experiment dir, config, .pth or packed archive [default: the demo model]"),
+        data: Optional[Path] = typer.Option(None, help="Data root whose --split is scored [default: the demo corpus]"),
+        quant: str = typer.Option("dynamic-int8", help="dynamic-int8 or static-int8"),
+        split: str = typer.Option("dev", help="Split scored (never a test split unless named here)"),
+        limit: Optional[int] = typer.Option(None, help="Utterances for the BLEU effects [default: all of the split]"),
+        calibration: int = typer.Option(8, help="Utterances of the split whose beam searches give the module inputs"),
+        bleu_groups: int = typer.Option(3, help="Worst layers whose BLEU effect is decoded (0: none)"),
+        observer: str = typer.Option("histogram", help="static-int8's activation observer"),
+        threads: int = typer.Option(2, help="Intra-op threads"),
+        out: Path = typer.Option(Path("sensitivity"), help="Directory for sensitivity.json, .csv and .png"),
+        progress: bool = typer.Option(True, help="Show progress bars"),
+    ) -> None:
+        """Quantize each Linear alone and score it (SQNR over real beam-search steps), by layer and part."""
+        from runner.environment import cpu_kind, torch_settings
+        from runner.quant_report import Sensitivity, sensitivity_table, write_sensitivity
+        from runner.quantize import select_engine
+        from runner.sensitivity import module_sensitivity, rollup
+        from runner.tuning import bleu_effects
+
+        _check(quant, split, fail)
+        try:
+            bundle, calibrating, rest, root = _dev_sets(model, data, split, limit, calibration)
+            observe = _observer(quant, observer)
+            with torch_settings(threads):
+                select_engine("auto")
+                scores = module_sensitivity(bundle.copy(), calibrating.utterances, quant, observe,
+                                            progress=_bar() if progress else None)
+            if not scores:
+                raise RunnerError(f"{model or defaults.model_path()}: no quantizable Linear is reached by a search")
+            groups = rollup(scores)
+            worst = [g for g in groups if g.kind == "layer"][:bleu_groups]
+            static = {"observer": observer, "calibration_data": str(root), "calibration_split": split,
+                      "calibration_size": calibration}
+            fp32, trials = (bleu_effects(bundle, rest, [g.modules for g in worst], quant, threads, root,
+                                         static if quant == "static-int8" else None)
+                            if worst else (None, []))
+            conditions = {"model": str(model or defaults.model_path()), "data": str(root), "split": split,
+                          "calibration_utterances": len(calibrating.utterances), "bleu_utterances": len(rest.utterances),
+                          "threads": threads, "cpu": cpu_kind(), **({"observer": observer} if quant == "static-int8" else {})}
+            result = Sensitivity(quant, conditions, scores, groups, fp32, {g.name: t for g, t in zip(worst, trials)})
+            typer.echo(sensitivity_table(result))
+            written = write_sensitivity(result, out)
+        except RunnerError as error:
+            fail(str(error), error=error)
+        typer.echo(f"wrote {', '.join(str(p) for p in written)}", err=True)
+
+    @app.command()
+    def tune(
+        model: Optional[Path] = typer.Option(None, help="Experiment dir, config, .pth or packed archive [default: the demo model]"),
+        data: Optional[Path] = typer.Option(None, help="Data root whose --split tunes the plan [default: the demo corpus]"),
+        quant: str = typer.Option("dynamic-int8", help="dynamic-int8 or static-int8"),
+        smoothquant: bool = typer.Option(False, "--smoothquant", help="Put the smoothquant plugin before the int8 one"),
+        max_bleu_drop: float = typer.Option(1.0, help="The largest dev BLEU loss from fp32 the plan may have"),
+        split: str = typer.Option("dev", help="Split the plan is tuned on (never a test split unless named here)"),
+        limit: Optional[int] = typer.Option(None, help="Tuning utterances [default: all but the calibration ones]"),
+        calibration: int = typer.Option(32, help="Leading utterances of the split that calibrate (and rank); not scored"),
+        observer: str = typer.Option("histogram", help="static-int8's activation observer"),
+        threads: int = typer.Option(2, help="Intra-op threads"),
+        out: Path = typer.Option(Path("plan.yaml"), help="The plan (a run config); trials.jsonl goes beside it"),
+    ) -> None:
+        """Keep the fewest, most sensitive Linears in float so dev BLEU stays within --max-bleu-drop of fp32."""
+        from runner.environment import cpu_kind
+        from runner.outputs import check_writable
+        from runner.quant_report import plan_summary, write_plan
+        from runner.tuning import TuneOptions, check_budget
+        from runner.tuning import tune as run_tune
+
+        _check(quant, split, fail)
+        trials = out.parent / (out.stem + ".trials")
+        try:
+            check_budget(max_bleu_drop)
+            check_writable(out)
+            bundle, calibrating, rest, root = _dev_sets(model, data, split, limit, calibration)
+            calibrating_options = {"calibration_data": str(root), "calibration_split": split,
+                                   "calibration_size": calibration}
+            options = TuneOptions(quant, max_bleu_drop, smoothquant, threads, calibration=calibrating_options,
+                                  plugin_options={"observer": observer} if quant == "static-int8" else {})
+            plan = run_tune(bundle, rest, calibrating, options, trials, root,
+                            progress=lambda line: typer.echo(f"note: {line}", err=True))
+            conditions = {"data": str(root), "utterances": len(rest.utterances), "threads": threads, "cpu": cpu_kind(),
+                          "warmup": 1}
+            write_plan(plan, out, str(model) if model else None, conditions)
+        except KeyboardInterrupt:
+            fail(f"interrupted; the trials measured so far are in {trials / 'trials.jsonl'}", 130)
+        except RunnerError as error:
+            fail(str(error), error=error)
+        typer.echo(plan_summary(plan))
+        typer.echo(f"wrote {out} (trials in {trials / 'trials.jsonl'}); report it on test: "
+                   f"runner translate --config {out} --split tst-COMMON", err=True)
+
+
+def _observer(quant: str, observer: str) -> Any:
+    """static-int8's activation observer factory for `observer`, as the plugin builds it (None: dynamic)."""
+    if quant != "static-int8":
+        return None
+    from runner.plugin import PluginSpec, build
+
+    return build(PluginSpec("static-int8", {"observer": observer})).qconfig().activation
+
+
+def _bar() -> Callable[[Any], Any]:
+    from tqdm import tqdm
+
+    return lambda items: tqdm(items, file=__import__("sys").stderr, leave=False, dynamic_ncols=True)

@@ -1,0 +1,229 @@
+"""From sensitivity to a plan: the BLEU of quantizing groups alone, and a tuner with a BLEU budget.
+
+`tune` measures fp32 and all-int8 on the tuning split (dev); if int8 costs more than the budget it
+keeps the most sensitive Linears (`runner.sensitivity` ranking) in float, finding by bisection the
+fewest that bring dev BLEU within the budget, as Neural Compressor's accuracy-aware fallback does.
+Every trial is appended to `trials.jsonl` as it finishes, so an interrupted tune keeps what it
+measured. The result is a run config (`plugins:` with the int8 plugin's `skip` list) that
+`runner translate --config`, `runner sweep` and `runner serve` accept. It never reads a test split
+unless that is the split it is given: tune on dev, report on test.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.data import PreloadedSet
+from runner.errors import RunnerError
+from runner.model import ModelBundle
+from runner.runner import EvaluateOptions, Runner
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One measured configuration on the tuning split."""
+
+    float_modules: tuple[str, ...]  # Linears kept in float
+    bleu: float
+    changed: float  # share of translations that differ from fp32's
+    size_mb: float
+    latency_mean: float  # seconds per utterance after warm-up
+    seconds: float  # wall time of the trial (load, calibration, decode)
+
+
+@dataclass
+class TunePlan:
+    """What `tune` found: the plugins to run, and the figures on the tuning split that chose them."""
+
+    scheme: str
+    smoothquant: bool
+    budget: float
+    split: str
+    fp32: Trial
+    all_int8: Trial
+    plan: Trial
+    plugins: list[dict[str, Any]]
+    trials: list[Trial] = field(default_factory=list)
+
+    @property
+    def translations(self) -> int:
+        """Utterances decoded over every trial (the search's cost)."""
+        return len(self.trials) * self._utterances
+
+    _utterances: int = 0
+
+    def run_config(self, model: str | None) -> dict[str, Any]:
+        """The plan as a run config mapping (`runner.config.RunConfig`)."""
+        return {"model": model, "plugins": self.plugins}
+
+
+def quant_plugins(scheme: str, float_modules: Sequence[str], smoothquant: bool,
+                  calibration: dict[str, Any] | None = None,
+                  options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The plugin entries of a plan: optional smoothquant, then `scheme` with `float_modules` skipped.
+
+    Args:
+        scheme: the int8 plugin's name.
+        float_modules: Linears it leaves in float (its `skip`).
+        smoothquant: put smoothquant first.
+        calibration: calibration_data/_split/_size, for every plugin that calibrates.
+        options: more options of the int8 plugin (e.g. observer).
+    """
+    calibration = calibration or {}
+    entry = {"name": scheme, **(calibration if scheme == "static-int8" else {}), **(options or {})}
+    if float_modules:
+        entry["skip"] = list(float_modules)
+    return ([{"name": "smoothquant", **calibration}] if smoothquant else []) + [entry]
+
+
+def measure(bundle: ModelBundle, preloaded: PreloadedSet, options: EvaluateOptions, plugins: list[dict[str, Any]],
+            threads: int, reference: list[str] | None, calibration_data: str | Path | None,
+            float_modules: Sequence[str] = ()) -> tuple[Trial, list[str]]:
+    """Decode `preloaded` with `plugins` over a copy of `bundle`; the trial and its translations."""
+    started = time.perf_counter()
+    runner = Runner.from_bundle(bundle, threads=threads, plugins=plugins, calibration_data=calibration_data)
+    report = runner.evaluate_preloaded(preloaded, options)
+    texts = [u["hypothesis"] for u in report.utterances]
+    changed = (sum(a != b for a, b in zip(texts, reference)) / len(texts)) if reference else 0.0
+    return Trial(tuple(float_modules), report.bleu.score, changed, report.metrics.size_mb, report.metrics.latency.mean,
+                 time.perf_counter() - started), texts
+
+
+def bisect_fallback(ranking: Sequence[str], within: Callable[[int], bool]) -> int:
+    """The fewest leading modules of `ranking` to keep in float so that `within(k)` holds.
+
+    `within(len(ranking))` is assumed (everything in float); `within(0)` is known to fail.
+    """
+    low, high = 0, len(ranking)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if within(middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+class TrialLog:
+    """`trials.jsonl` in the output directory: one line per trial, flushed as it finishes."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / "trials.jsonl"
+        self.path.write_text("")
+
+    def add(self, label: str, trial: Trial) -> None:
+        with self.path.open("a", encoding="utf-8") as stream:
+            stream.write(json.dumps({"label": label, **asdict(trial)}) + "\n")
+            stream.flush()
+
+
+def check_budget(budget: float) -> None:
+    """Refuse a negative or non-finite BLEU budget in one line."""
+    if not budget >= 0 or budget == float("inf"):
+        raise RunnerError(f"--max-bleu-drop must be 0 or more BLEU points, got {budget:g}")
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """How `tune` searches.
+
+    Attributes:
+        scheme: "dynamic-int8" or "static-int8".
+        budget: the largest dev BLEU drop from fp32 the plan may have (BLEU points).
+        smoothquant: put the smoothquant plugin before the int8 plugin.
+        threads: intra-op threads for every trial.
+        ranking_utterances: calibration utterances the sensitivity ranking decodes.
+        calibration: calibration_data/_split/_size of the plugins that calibrate.
+        plugin_options: extra options of the int8 plugin (e.g. observer).
+    """
+
+    scheme: str
+    budget: float = 1.0
+    smoothquant: bool = False
+    threads: int = 1
+    ranking_utterances: int = 8
+    calibration: dict[str, Any] = field(default_factory=dict)
+    plugin_options: dict[str, Any] = field(default_factory=dict)
+
+
+def tune(bundle: ModelBundle, preloaded: PreloadedSet, calibration: PreloadedSet, options: TuneOptions,
+         out: Path, calibration_data: str | Path, progress: Callable[[str], None] = lambda _: None) -> TunePlan:
+    """Find the plan: `options.scheme` everywhere but the fewest most sensitive Linears, within the budget.
+
+    Args:
+        bundle: the float model (every trial runs on a copy).
+        preloaded: the tuning utterances (dev, without the calibration ones).
+        calibration: the calibration utterances (dev), for the sensitivity ranking.
+        options: scheme, budget and search options.
+        out: directory for `trials.jsonl`.
+        calibration_data: the data root calibrating plugins read (its dev split).
+        progress: called with a line after each trial.
+
+    Returns:
+        The plan with its figures and every trial.
+    """
+    from runner.environment import torch_settings
+    from runner.quantize import select_engine
+    from runner.sensitivity import module_sensitivity
+
+    check_budget(options.budget)
+    log = TrialLog(out)
+    evaluate = EvaluateOptions(data=str(preloaded.test_set.path), split=preloaded.test_set.split, warmup=1)
+    trials: list[Trial] = []
+
+    def run(label: str, float_modules: Sequence[str], reference: list[str] | None) -> tuple[Trial, list[str]]:
+        plugins = ([] if label == "fp32" else
+                   quant_plugins(options.scheme, float_modules, options.smoothquant, options.calibration,
+                                 options.plugin_options))
+        trial, texts = measure(bundle, preloaded, evaluate, plugins, options.threads, reference, calibration_data,
+                               float_modules)
+        trials.append(trial)
+        log.add(label, trial)
+        progress(f"{label}: dev BLEU {trial.bleu:.2f}, {len(float_modules)} Linear(s) in float, "
+                 f"{trial.changed:.0%} of translations differ from fp32")
+        return trial, texts
+
+    fp32, reference = run("fp32", [], None)
+    all_int8, _ = run("all-int8", [], reference)
+    plan_trial, float_modules = all_int8, []
+    if fp32.bleu - all_int8.bleu > options.budget:
+        with torch_settings(options.threads):  # restores the caller's threads and quantized engine
+            select_engine("auto")
+            ranking = [s.name for s in module_sensitivity(bundle.copy(), calibration.utterances[:options.ranking_utterances],
+                                                          options.scheme)]
+        measured: dict[int, Trial] = {}
+
+        def within(count: int) -> bool:
+            measured[count], _ = run(f"float-top-{count}", ranking[:count], reference)
+            return fp32.bleu - measured[count].bleu <= options.budget
+
+        count = bisect_fallback(ranking, within)
+        float_modules = ranking[:count]
+        plan_trial = measured.get(count) or run(f"float-top-{count}", float_modules, reference)[0]
+    plan = TunePlan(options.scheme, options.smoothquant, options.budget, preloaded.test_set.split, fp32, all_int8,
+                    plan_trial, quant_plugins(options.scheme, float_modules, options.smoothquant,
+                                              options.calibration, options.plugin_options), trials)
+    plan._utterances = len(preloaded.utterances)
+    return plan
+
+
+def bleu_effects(bundle: ModelBundle, preloaded: PreloadedSet, modules: Sequence[Sequence[str]], scheme: str,
+                 threads: int, calibration_data: str | Path,
+                 plugin_options: dict[str, Any] | None = None) -> tuple[Trial, list[Trial]]:
+    """fp32 on `preloaded`, then `scheme` applied to each module group alone (the int8 plugin's `only`).
+
+    Returns:
+        The fp32 trial and one trial per group (its BLEU, and the share of translations that changed).
+    """
+    options = EvaluateOptions(data=str(preloaded.test_set.path), split=preloaded.test_set.split, warmup=1)
+    fp32, reference = measure(bundle, preloaded, options, [], threads, None, calibration_data)
+    trials = [measure(bundle, preloaded, options, quant_plugins(scheme, (), False, None,
+                                                                {"only": list(group), **(plugin_options or {})}),
+                      threads, reference, calibration_data)[0] for group in modules]
+    return fp32, trials
