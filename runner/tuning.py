@@ -169,6 +169,7 @@ def tune(bundle: ModelBundle, preloaded: PreloadedSet, calibration: PreloadedSet
         The plan with its figures and every trial.
     """
     from runner.environment import torch_settings
+    from runner.plugin import PluginSpec, build
     from runner.quantize import select_engine
     from runner.sensitivity import module_sensitivity
 
@@ -193,10 +194,11 @@ def tune(bundle: ModelBundle, preloaded: PreloadedSet, calibration: PreloadedSet
     all_int8, _ = run("all-int8", [], reference)
     plan_trial, float_modules = all_int8, []
     if fp32.bleu - all_int8.bleu > options.budget:
+        parts = build(PluginSpec(options.scheme, options.plugin_options)).config.parts  # what the plugin quantizes
         with torch_settings(options.threads):  # restores the caller's threads and quantized engine
             select_engine("auto")
             ranking = [s.name for s in module_sensitivity(bundle.copy(), calibration.utterances[:options.ranking_utterances],
-                                                          options.scheme)]
+                                                          options.scheme, parts=parts)]
         measured: dict[int, Trial] = {}
 
         def within(count: int) -> bool:
