@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterable
 
 import httpx
 
@@ -45,44 +46,37 @@ def idle_connections(url: str, count: int = 20) -> Row:
             f"all closed after {max(t for _, t in results):.1f} s")
 
 
-def trickled_headers(url: str) -> Row:
-    """A request head sent a byte every 0.2 s, never finishing in time."""
+def _trickle(url: str, head: bytes, pieces: Iterable[bytes]) -> tuple[str, float]:
+    """Send `head`, then `pieces` 0.2 s apart until the server answers; its status and the seconds it took."""
     with _connect(url) as raw:
+        raw.sendall(head)
         started = time.perf_counter()
         try:
-            for byte in b"POST /translate HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 1000:
-                raw.sendall(bytes([byte]))
+            for piece in pieces:
+                raw.sendall(piece)
                 raw.settimeout(0.2)
                 try:
                     if raw.recv(1, socket.MSG_PEEK):
                         break
                 except (TimeoutError, socket.timeout):
                     continue
-        except OSError:
+        except OSError:  # the server closed the connection: its answer is still readable
             pass
         raw.settimeout(30)
-        status, seconds = _until_closed(raw, started)
+        return _until_closed(raw, started)
+
+
+def trickled_headers(url: str) -> Row:
+    """A request head sent a byte every 0.2 s, never finishing in time."""
+    head = b"POST /translate HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 1000
+    status, seconds = _trickle(url, b"", (bytes([byte]) for byte in head))
     return "headers trickled, a byte per 0.2 s", status, seconds, "cut by the header deadline"
 
 
 def trickled_body(url: str) -> Row:
     """A complete head, then a 100 KB body at 16 bytes per 0.2 s."""
-    with _connect(url) as raw:
-        raw.sendall(b"POST /translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n")
-        started = time.perf_counter()
-        try:
-            for _ in range(100000 // 16):
-                raw.sendall(b"\0" * 16)
-                raw.settimeout(0.2)
-                try:
-                    if raw.recv(1, socket.MSG_PEEK):
-                        break
-                except (TimeoutError, socket.timeout):
-                    continue
-        except OSError:
-            pass
-        raw.settimeout(30)
-        status, seconds = _until_closed(raw, started)
+    head = b"POST /translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n"
+    status, seconds = _trickle(url, head, (b"\0" * 16 for _ in range(100000 // 16)))
     return "body trickled, 16 bytes per 0.2 s", status, seconds, "cut by the body deadline"
 
 

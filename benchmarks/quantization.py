@@ -5,8 +5,8 @@
 
 For the embedded demo model and its copy with planted outlier channels (`benchmarks.outliers`,
 defaults x100 on 4 channels per LayerNorm): fp32, dynamic int8, static int8 with each observer,
-smoothquant before each, and the plans `runner tune` finds on dev (budget 1 BLEU) for dynamic
-and static int8, each decoded on tst-COMMON and tst-HE: BLEU, size, parameters and latency as a
+smoothquant before each, and the plans `runner tune [--smoothquant]` finds on dev (budget 1 BLEU)
+for dynamic and static int8, each decoded on tst-COMMON and tst-HE: BLEU, size, parameters and latency as a
 ratio to the same model's fp32 in the same run (one process, schemes one after another, the
 same utterances). Calibration and tuning read the dev split only. The page also carries the
 outlier model's sensitivity chart (dynamic int8, 8 dev utterances) and the environment.
@@ -39,17 +39,19 @@ def schemes() -> list[tuple[str, list[Any]]]:
     return rows
 
 
-def tuned(model: str | Path, work: Path, quant: str, limit: int | None, threads: int) -> tuple[list[Any], str]:
-    """The plugins of the plan `runner tune` writes for `model` (dev, budget 1 BLEU), and its summary line."""
+def tuned(model: str | Path, work: Path, quant: str, limit: int | None, threads: int,
+          smoothquant: bool = False) -> tuple[list[Any], str]:
+    """The plugins of the plan `runner tune [--smoothquant]` writes for `model` (dev, budget 1 BLEU), and its
+    summary line."""
     from typer.testing import CliRunner
 
     from runner.cli import app
     from runner.config import RunConfig
 
     work.mkdir(parents=True, exist_ok=True)
-    plan = work / f"plan-{quant}.yaml"
+    plan = work / f"plan-{quant}{'-smoothquant' if smoothquant else ''}.yaml"
     args = ["tune", "--model", str(model), "--quant", quant, "--max-bleu-drop", "1.0", "--threads", str(threads),
-            "--out", str(plan), *(["--limit", str(limit)] if limit else [])]
+            "--out", str(plan), *(["--limit", str(limit)] if limit else []), *(["--smoothquant"] if smoothquant else [])]
     result = CliRunner().invoke(app, args)
     if result.exit_code != 0:
         raise SystemExit(f"runner tune failed: {result.output}")
@@ -76,9 +78,11 @@ def measure(model: str | Path, plugins: list[Any], limit: int | None, threads: i
 def model_rows(name: str, model: str | Path, work: Path, limit: int | None, tune_limit: int | None,
                threads: int) -> list[tuple[str, str, dict[str, Any]]]:
     rows = [(name, label, measure(model, plugins, limit, threads)) for label, plugins in schemes()]
-    for quant in ("dynamic-int8", "static-int8"):
-        plugins, note = tuned(model, work / name, quant, tune_limit, threads)
-        rows.append((name, f"tuned {quant} plan ({note})", measure(model, plugins, limit, threads)))
+    for quant, smoothquant in (("dynamic-int8", False), ("static-int8", False), ("dynamic-int8", True),
+                               ("static-int8", True)):
+        plugins, note = tuned(model, work / name, quant, tune_limit, threads, smoothquant)
+        label = f"tuned {'smoothquant + ' if smoothquant else ''}{quant} plan ({note})"
+        rows.append((name, label, measure(model, plugins, limit, threads)))
         print(f"{name}: {rows[-1][1]}", file=sys.stderr)
     return rows
 

@@ -26,9 +26,20 @@ def _dev_sets(model: Optional[Path], data: Optional[Path], split: str, limit: Op
     from runner.data import load_test_set, preload
     from runner.model import load
 
+    from runner.sensitivity import left_in_float, quantizable
+
     data_root = data or defaults.data_path()
     bundle = load(model or defaults.model_path())
-    test_set = load_test_set(data_root, split)  # a data set without the split: one line naming it
+    if not quantizable(bundle):
+        raise RunnerError(f"{model or defaults.model_path()}: no Linear the int8 plugins quantize; nothing to score or tune")
+    try:
+        test_set = load_test_set(data_root, split)
+    except RunnerError as error:  # a data set without the tuning split: say which option chose it
+        raise RunnerError(f"--split {split}: {error}") from error
+    others = left_in_float(bundle)
+    if others:
+        typer.echo("note: not quantized by the int8 plugins, left in float: "
+                   + ", ".join(f"{name} x{count}" for name, count in sorted(others.items())), err=True)
     calibrating = preload(test_set, bundle.sample_rate, limit=calibration)
     rest = preload(test_set, bundle.sample_rate, limit=limit, exclude_ids=[u.segment.id for u in calibrating.utterances])
     if len(rest.utterances) < 2:

@@ -118,6 +118,18 @@ def quantizable(bundle: ModelBundle, parts: Sequence[str] = MODEL_PARTS) -> dict
             if type(module) is torch.nn.Linear}
 
 
+def left_in_float(bundle: ModelBundle, parts: Sequence[str] = MODEL_PARTS) -> dict[str, int]:
+    """Module types with weight matrices in `parts` that the int8 plugins do not quantize (Conv1d, Embedding, ...),
+    counted (normalization layers are not counted: no int8 scheme here would change them)."""
+    counts: dict[str, int] = {}
+    for _, module in named_targets(bundle.model, list(parts), (torch.nn.Module,), []):
+        norm = isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._NormBase))
+        if isinstance(getattr(module, "weight", None), torch.nn.Parameter) and type(module) is not torch.nn.Linear \
+                and not norm:
+            counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
+    return counts
+
+
 def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
     """10 log10 of signal power over error power (inf when they are equal)."""
     noise = float((reference - approximation).double().pow(2).sum())

@@ -80,7 +80,7 @@ def test_tune_and_sensitivity_bad_input_is_one_line(tiny_exp: Path, shared_corpu
         "error: --max-bleu-drop must be 0 or more BLEU points, got -1"]
     no_dev = CLI.invoke(app, ["sensitivity", "--model", str(tiny_exp), "--data", str(shared_corpus),
                               "--out", str(tmp_path / "s")])
-    assert no_dev.exit_code == 2 and "dev" in no_dev.output.strip().splitlines()[-1]
+    assert no_dev.exit_code == 2 and no_dev.output.startswith(f"error: --split dev: {shared_corpus}: no MuST-C split 'dev'")
     assert len(no_dev.output.strip().splitlines()) == 1
     foreign = tmp_path / "foreign.yaml"
     foreign.write_text(yaml.safe_dump({"model": str(tiny_exp), "plugins": [
@@ -126,3 +126,38 @@ def test_static_int8_takes_the_percentile_and_entropy_observers(observer: str) -
     modules = runner.plugins[0].details["quantized_modules"]
     assert modules and all(count > 0 for count in modules.values())
     assert torch.backends.quantized.engine  # the runner restored the caller's engine
+
+
+@pytest.mark.parametrize("kind", ["plain-st", "bpe-recipe", "packed-zip", "transformer-encoder"])
+def test_sensitivity_and_smoothquant_on_models_of_other_shapes(kind: str, tiny_zip: Path, recipe_exp: Path,
+                                                               shared_corpus: Path, tmp_path: Path) -> None:
+    """Plain (non-MD) ST, BPE units from a recipe directory, a packed zip, a Transformer encoder of other depth."""
+    from runner.demo.build import char_token_list, md_config, write_experiment
+    from runner.runner import Runner
+
+    tokens = char_token_list()
+    if kind == "plain-st":
+        config = md_config(tokens, tokens, "tiny")
+        config.update(extra_asr_decoder=None, md_encoder=None, decoder="transformer",
+                      decoder_conf={k: v for k, v in config["decoder_conf"].items() if k != "use_speech_attn"},
+                      model_conf={**config["model_conf"], "asr_weight": 0.0})
+        model = write_experiment(tmp_path / "plain", config)
+    elif kind == "transformer-encoder":
+        config = md_config(tokens, tokens, "tiny")
+        config.update(encoder="transformer", encoder_conf={"output_size": 32, "attention_heads": 2, "linear_units": 96,
+                                                           "num_blocks": 3, "input_layer": "conv2d"})
+        model = write_experiment(tmp_path / "transformer", config)
+    else:
+        model = {"bpe-recipe": recipe_exp, "packed-zip": tiny_zip}[kind]
+    bundle = load(model)
+    utterances = preload(load_test_set(shared_corpus, "tst-COMMON"), 16000, limit=1).utterances
+    with torch_settings(1):
+        select_engine("auto")
+        scores = module_sensitivity(bundle.copy(), utterances, "dynamic-int8")
+    assert scores and {s.part for s in scores} >= {"encoder", "decoder"}
+    plain = Runner(model, threads=1)
+    smoothed = Runner(model, threads=1, plugins=[{"name": "smoothquant", "calibration_data": str(shared_corpus),
+                                                  "calibration_split": "tst-COMMON", "calibration_size": 1}])
+    assert smoothed.plugins[0].details["layer_norms_smoothed"] > 0
+    waveform = preload(load_test_set(shared_corpus, "tst-COMMON"), 16000, limit=2).utterances[1].waveform
+    assert smoothed.translate(waveform, 16000).text == plain.translate(waveform, 16000).text
