@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import typer
 
 from runner import defaults
 from runner.errors import RunnerError
+
+if TYPE_CHECKING:
+    from runner.data import PreloadedSet
+    from runner.model import ModelBundle
 
 SCHEMES = ("dynamic-int8", "static-int8")
 
@@ -21,11 +25,12 @@ def _check(quant: str, split: str, fail: Callable[..., NoReturn]) -> None:
         typer.echo(f"note: tuning/scoring on test split {split}, as asked by name; report on another split", err=True)
 
 
-def _dev_sets(model: Optional[Path], data: Optional[Path], split: str, limit: Optional[int], calibration: int):
-    """The float model, the calibration utterances (first `calibration` of `split`) and the rest (up to `limit`)."""
+def _dev_sets(model: Optional[Path], data: Optional[Path], split: str, limit: Optional[int],
+              calibration: int) -> tuple[ModelBundle, PreloadedSet, PreloadedSet, Path]:
+    """The float model, the calibration utterances (first `calibration` of `split`), the rest (up to `limit`)
+    and the data root."""
     from runner.data import load_test_set, preload
     from runner.model import load
-
     from runner.sensitivity import left_in_float, quantizable
 
     data_root = data or defaults.data_path()
@@ -154,6 +159,8 @@ def _observer(quant: str, observer: str) -> Any:
 
 
 def _bar() -> Callable[[Any], Any]:
+    import sys
+
     from tqdm import tqdm
 
-    return lambda items: tqdm(items, file=__import__("sys").stderr, leave=False, dynamic_ncols=True)
+    return lambda items: tqdm(items, file=sys.stderr, leave=False, dynamic_ncols=True)

@@ -7,7 +7,6 @@ import functools
 import logging
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 
 from runner import defaults
 from runner.audio import resample, to_mono_float
-from runner.data import PreloadedSet, Segment, TestSet, load_test_set, preload
+from runner.data import PreloadedSet, TestSet, load_test_set, preload
 from runner.batch import batch_ranges, batch_ready, translate_batch
 from runner.decode import DecodeOptions, Translation, translate
 from runner.device import PeakMemory, check_plugins, spec_type
@@ -30,6 +29,7 @@ from runner.reporting import build_report
 from runner.plugin import Plugin, PluginSpec, translation_contexts
 from runner.plugin import resolve as resolve_plugins
 from runner.report import Report
+from runner.staging import PluginStages, segment_key
 
 logger = logging.getLogger("runner")
 
@@ -108,11 +108,8 @@ class Runner:
                 self.decode = decode or DecodeOptions()
                 self.bundle = load(model if model is not None else defaults.model_path(), self.decode, model_file,
                                    self.device)
-            self._calibration_keys: set[tuple[str, int, int]] = set()
-            self._to_apply, self._applied = list(self.plugins), []
-            self._uncalibrated: list[Plugin] = []  # applied, calibrated once every plugin is applied
-            self._blocking: Plugin | None = None  # applied, to be calibrated before the next plugin applies
-            self._advance(calibration_data, "given")
+            self._stages = PluginStages(self.plugins, self.bundle)
+            self._stages.advance(calibration_data, "given")
 
     @property
     def engine(self) -> str | None:
@@ -136,55 +133,9 @@ class Runner:
             logger.warning("this Runner was loaded on another thread: PyTorch then runs two OpenMP thread teams "
                            "and decoding slows down (about 3x on 2 cores); load and call a Runner from one thread")
 
-    def _advance(self, data: str | Path | None, source: str) -> None:
-        """Apply and calibrate the plugins still pending, in order, as far as calibration data is known.
-
-        A plugin that calibrates is calibrated after every plugin is applied, so it sees the model as
-        it will run; one with `calibrate_before_next` (SmoothQuant's scales, which int8 must see) is
-        calibrated before the next plugin applies. Without data (`data` None and no plugin option)
-        the rest waits for the first evaluation (`_finish_plugins`).
-        """
-        if self._blocking is not None:
-            if not _knows_data(self._blocking, data):
-                return
-            self._calibrate([self._blocking], data, source)
-            self._blocking = None
-        while self._to_apply:
-            plugin = self._to_apply.pop(0)
-            started = time.perf_counter()
-            plugin.apply(self.bundle)
-            self.bundle.rewire_searches()
-            self._applied.append(plugin)
-            plugin.details["apply_seconds"] = time.perf_counter() - started
-            if plugin.calibrates() and plugin.calibrate_before_next:
-                if not _knows_data(plugin, data):
-                    self._blocking = plugin
-                    return
-                self._calibrate([plugin], data, source)
-            elif plugin.calibrates():
-                self._uncalibrated.append(plugin)
-        if self._uncalibrated and all(_knows_data(p, data) for p in self._uncalibrated):
-            self._calibrate(self._uncalibrated, data, source)
-            self._uncalibrated = []
-
-    def _calibrate(self, plugins: list[Plugin], data: str | Path | None, source: str) -> None:
-        """Run `plugins`' `calibrate`, each on its own data, else on `data`."""
-        for plugin in plugins:
-            config = plugin.config
-            where = config.calibration_data or data
-            test_set = load_test_set(where, config.calibration_split)
-            calibration = preload(test_set, self.sample_rate, limit=config.calibration_size,
-                                  seed=config.calibration_seed)
-            with translation_contexts(self._applied, self.bundle):  # calibrate the model as it will run
-                plugin.calibrate(self.bundle, calibration.utterances)
-            self.bundle.rewire_searches()
-            plugin.details.update(calibration_data=str(where), calibration_split=config.calibration_split,
-                                  calibration_source="plugin option" if config.calibration_data else source)
-            self._calibration_keys |= {_segment_key(u.segment) for u in calibration.utterances}
-
     def _finish_plugins(self, evaluated: TestSet | None) -> None:
         """Calibrate (and apply) what still waits on `evaluated`'s calibration split, or else on the demo corpus."""
-        waiting = [p for p in [self._blocking, *self._uncalibrated, *self._to_apply] if p is not None and p.calibrates()]
+        waiting = self._stages.waiting()
         if not waiting:
             return
         names = ", ".join(p.name for p in waiting)
@@ -198,7 +149,7 @@ class Runner:
         else:
             logger.info("%s calibrates on split %s of the evaluated data %s", names, split, data)
         with self._scope():
-            self._advance(data, source)
+            self._stages.advance(data, source)
 
     @functools.cached_property
     def summary(self) -> dict[str, Any]:
@@ -331,7 +282,7 @@ class Runner:
 
     def _evaluate(self, preloaded: PreloadedSet, options: EvaluateOptions) -> Report:
         utterances = preloaded.utterances
-        overlap = [u.segment.id for u in utterances if _segment_key(u.segment) in self._calibration_keys]
+        overlap = [u.segment.id for u in utterances if segment_key(u.segment) in self._stages.calibration_keys]
         if overlap:
             raise RunnerError(
                 f"{preloaded.test_set.path}: refusing to evaluate on {len(overlap)} utterance(s) the model was "
@@ -407,14 +358,6 @@ def _calibration_source(evaluated: TestSet | None, split: str) -> tuple[Path, st
         except RunnerError:
             pass
     return defaults.data_path(), "embedded demo corpus"
-
-
-def _knows_data(plugin: Plugin, data: str | Path | None) -> bool:
-    return bool(plugin.config.calibration_data or data)
-
-
-def _segment_key(segment: Segment) -> tuple[str, int, int]:
-    return (str(segment.audio_path.resolve()), segment.start, segment.frames)
 
 
 def _bar(description: str, unit: str = "utt") -> Callable[[Iterable], Iterable]:

@@ -49,13 +49,12 @@ class TunePlan:
     plan: Trial
     plugins: list[dict[str, Any]]
     trials: list[Trial] = field(default_factory=list)
+    utterances: int = 0  # tuning utterances each trial decodes
 
     @property
     def translations(self) -> int:
         """Utterances decoded over every trial (the search's cost)."""
-        return len(self.trials) * self._utterances
-
-    _utterances: int = 0
+        return len(self.trials) * self.utterances
 
     def run_config(self, model: str | None) -> dict[str, Any]:
         """The plan as a run config mapping (`runner.config.RunConfig`)."""
@@ -210,8 +209,8 @@ def tune(bundle: ModelBundle, preloaded: PreloadedSet, calibration: PreloadedSet
         plan_trial = measured.get(count) or run(f"float-top-{count}", float_modules, reference)[0]
     plan = TunePlan(options.scheme, options.smoothquant, options.budget, preloaded.test_set.split, fp32, all_int8,
                     plan_trial, quant_plugins(options.scheme, float_modules, options.smoothquant,
-                                              options.calibration, options.plugin_options), trials)
-    plan._utterances = len(preloaded.utterances)
+                                              options.calibration, options.plugin_options), trials,
+                    len(preloaded.utterances))
     return plan
 
 
