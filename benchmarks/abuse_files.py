@@ -45,7 +45,8 @@ def _tar(path: Path, members: list[tuple[str, bytes, int, str]]) -> Path:
     return path
 
 
-def _zip(path: Path, members: dict[str, bytes]) -> Path:
+def write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    """A .zip of name -> bytes members, names as given (`..` and absolute ones too)."""
     with zipfile.ZipFile(path, "w") as z:
         for name, data in members.items():
             z.writestr(name, data)
@@ -57,7 +58,7 @@ def archive_cases(work: Path, outside: Path) -> list[tuple[str, list[str]]]:
     meta = ("meta.yaml", META, tarfile.REGTYPE, "")
     return [
         ("packed model: zip member '../../escaped.txt'",
-         ["info", str(_zip(work / "slip.zip", {"meta.yaml": META, "../../escaped.txt": b"x"}))]),
+         ["info", str(write_zip(work / "slip.zip", {"meta.yaml": META, "../../escaped.txt": b"x"}))]),
         ("packed model: tar symlink out, then a file through it",
          ["info", str(_tar(work / "link.tar.gz", [meta, ("exp/link", b"", tarfile.SYMTYPE, str(outside)),
                                                   ("exp/link/planted.txt", b"x", tarfile.REGTYPE, "")]))]),
@@ -66,7 +67,7 @@ def archive_cases(work: Path, outside: Path) -> list[tuple[str, list[str]]]:
         ("packed model: tar character device",
          ["info", str(_tar(work / "dev.tar.gz", [meta, ("exp/dev", b"", tarfile.CHRTYPE, "")]))]),
         ("packed model: zip of 10,001 empty members",
-         ["info", str(_zip(work / "many.zip", {"meta.yaml": META, **{f"f{i}": b"" for i in range(10_001)}}))]),
+         ["info", str(write_zip(work / "many.zip", {"meta.yaml": META, **{f"f{i}": b"" for i in range(10_001)}}))]),
     ]
 
 

@@ -74,16 +74,16 @@ def register(app: typer.Typer, fail: Callable[..., NoReturn]) -> None:
         from runner.environment import cpu_kind, torch_settings
         from runner.quant_report import Sensitivity, sensitivity_table, write_sensitivity
         from runner.quantize import select_engine
-        from runner.sensitivity import module_sensitivity, rollup
+        from runner.sensitivity import module_sensitivity, rollup, static_observer
         from runner.tuning import bleu_effects
 
         _check(quant, split, fail)
         try:
             bundle, calibrating, rest, root = _dev_sets(model, data, split, limit, calibration)
-            observe = _observer(quant, observer)
             with torch_settings(threads):
-                select_engine("auto")
-                scores = module_sensitivity(bundle.copy(), calibrating.utterances, quant, observe,
+                select_engine("auto")  # before the observer: its reduce_range follows the engine, as in the plugin
+                observe = static_observer({"observer": observer}) if quant == "static-int8" else None
+                scores = module_sensitivity(bundle, calibrating.utterances, quant, observe,
                                             progress=_bar() if progress else None)
             if not scores:
                 raise RunnerError(f"{model or defaults.model_path()}: no quantizable Linear is reached by a search")
@@ -147,15 +147,6 @@ def register(app: typer.Typer, fail: Callable[..., NoReturn]) -> None:
         typer.echo(plan_summary(plan))
         typer.echo(f"wrote {out} (trials in {trials / 'trials.jsonl'}); report it on test: "
                    f"runner translate --config {out} --split tst-COMMON", err=True)
-
-
-def _observer(quant: str, observer: str) -> Any:
-    """static-int8's activation observer factory for `observer`, as the plugin builds it (None: dynamic)."""
-    if quant != "static-int8":
-        return None
-    from runner.plugin import PluginSpec, build
-
-    return build(PluginSpec("static-int8", {"observer": observer})).qconfig().activation
 
 
 def _bar() -> Callable[[Any], Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,7 +65,7 @@ def write_sensitivity(result: Sensitivity, directory: Path) -> list[Path]:
                "modules": [asdict(m) for m in result.modules], "groups": [asdict(g) for g in result.groups],
                "fp32": asdict(result.fp32) if result.fp32 else None,
                "effects": {name: asdict(trial) for name, trial in result.effects.items()}}
-    written = [write_atomic(directory / "sensitivity.json", json.dumps(payload, indent=1, default=_finite))]
+    written = [write_atomic(directory / "sensitivity.json", json.dumps(_strict(payload), indent=1, allow_nan=False))]
     buffer = io.StringIO()
     table = csv.writer(buffer)
     table.writerow(["module", "part", "layer", "sqnr_db", "calls", "rows"])
@@ -74,8 +75,15 @@ def write_sensitivity(result: Sensitivity, directory: Path) -> list[Path]:
     return written
 
 
-def _finite(value: Any) -> Any:
-    return str(value)
+def _strict(value: Any) -> Any:
+    """`value` with every non-finite float as a string ("inf": an SQNR of an exact module), so the JSON is strict."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    return value
 
 
 def chart(modules: Sequence[ModuleScore], path: Path, scheme: str) -> Path:

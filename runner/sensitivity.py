@@ -17,8 +17,10 @@ by model part; the BLEU effect of the worst groups is measured separately by dec
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -136,7 +138,7 @@ def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
     signal = float(reference.double().pow(2).sum())
     if noise == 0:
         return float("inf")
-    return 10.0 * torch.log10(torch.tensor(max(signal, 1e-300) / noise)).item()
+    return 10.0 * math.log10(max(signal, 1e-300) / noise)
 
 
 def _dynamic(module: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -162,6 +164,17 @@ def _static(module: torch.nn.Linear, calls: list[torch.Tensor],
         xq = torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero), low, high)
         return torch.nn.functional.linear(xq, weight, module.bias)
     return run
+
+
+def static_observer(options: dict[str, Any] | None = None) -> Callable[[], torch.ao.quantization.ObserverBase]:
+    """The activation observer factory the static-int8 plugin builds from `options` (observer, percentile, ...).
+
+    Raises:
+        RunnerError: an option the plugin refuses, in its own one-line words.
+    """
+    from runner.plugin import PluginSpec, build
+
+    return build(PluginSpec("static-int8", dict(options or {}))).qconfig().activation
 
 
 def module_sensitivity(bundle: ModelBundle, utterances: Iterable[Utterance], scheme: str,

@@ -170,7 +170,7 @@ def tune(bundle: ModelBundle, preloaded: PreloadedSet, calibration: PreloadedSet
     from runner.environment import torch_settings
     from runner.plugin import PluginSpec, build
     from runner.quantize import select_engine
-    from runner.sensitivity import module_sensitivity
+    from runner.sensitivity import module_sensitivity, static_observer
 
     check_budget(options.budget)
     log = TrialLog(out)
@@ -196,8 +196,10 @@ def tune(bundle: ModelBundle, preloaded: PreloadedSet, calibration: PreloadedSet
         parts = build(PluginSpec(options.scheme, options.plugin_options)).config.parts  # what the plugin quantizes
         with torch_settings(options.threads):  # restores the caller's threads and quantized engine
             select_engine("auto")
-            ranking = [s.name for s in module_sensitivity(bundle.copy(), calibration.utterances[:options.ranking_utterances],
-                                                          options.scheme, parts=parts)]
+            # ranked with the plugin's own observer (static), so the ranking scores what the trials will run
+            observer = static_observer(options.plugin_options) if options.scheme == "static-int8" else None
+            ranking = [s.name for s in module_sensitivity(bundle, calibration.utterances[:options.ranking_utterances],
+                                                          options.scheme, observer, parts=parts)]
         measured: dict[int, Trial] = {}
 
         def within(count: int) -> bool:

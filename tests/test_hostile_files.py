@@ -3,37 +3,26 @@
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import tarfile
-import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from benchmarks.abuse_files import Payload, write_zip
 from runner import archive
 from runner.cli import app
 from runner.errors import RunnerError
 from runner.model_files import locate, read_weights
 
 
-class _Payload:
-    """Unpickling this runs `os.system`, as a crafted model file would."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return os.system, (f"touch {self.marker}",)
-
-
 def _evil_exp(tiny_exp: Path, tmp_path: Path) -> tuple[Path, Path]:
     exp = shutil.copytree(tiny_exp, tmp_path / "evil")
     marker = tmp_path / "payload-ran"
     state = torch.load(exp / "valid.acc.ave.pth")
-    state["extra"] = _Payload(marker)
+    state["extra"] = Payload(marker)
     torch.save(state, exp / "valid.acc.ave.pth")
     return exp, marker
 
@@ -64,13 +53,6 @@ def test_a_trainer_checkpoint_with_numpy_statistics_is_data(tmp_path: Path) -> N
 
 
 # --- archives ---------------------------------------------------------------------------------
-
-def _zip(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w") as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return path
-
 
 def _tar(path: Path, members: list[tarfile.TarInfo], data: dict[str, bytes]) -> Path:
     with tarfile.open(path, "w:gz") as t:
@@ -105,7 +87,7 @@ def test_an_archive_that_climbs_out_of_the_cache_is_refused_before_any_write(
     monkeypatch.setenv("ST_RUNNER_CACHE", str(cache))
     absolute = str(outside / "abs.txt")  # a hard link's target
     path = {
-        "zip-dotdot": lambda: _zip(tmp_path / "a.zip", {"meta.yaml": META, "exp/config.yaml": b"a: 1\n",
+        "zip-dotdot": lambda: write_zip(tmp_path / "a.zip", {"meta.yaml": META, "exp/config.yaml": b"a: 1\n",
                                                        "../outside.txt": b"x"}),
         "tar-symlink": lambda: _tar(tmp_path / "a.tar.gz", [_info("meta.yaml"), _info("exp/link", tarfile.SYMTYPE,
                                                                                       str(outside)),
@@ -129,7 +111,7 @@ def test_absolute_member_names_land_under_the_entry(tmp_path: Path) -> None:
     """`espnet2.bin.pack` writes absolute names for files outside its working directory: kept inside the cache."""
     outside = tmp_path / "outside"
     meta = (f"yaml_files:\n  st_train_config: {outside}/config.yaml\nfiles:\n  st_model_file: {outside}/m.pth\n")
-    path = _zip(tmp_path / "abs.zip", {"meta.yaml": meta.encode(), f"{outside}/config.yaml":
+    path = write_zip(tmp_path / "abs.zip", {"meta.yaml": meta.encode(), f"{outside}/config.yaml":
                                        f"token_list: {outside}/tokens.txt\nother: {outside}/none\n".encode(),
                                        f"{outside}/m.pth": b"w", f"{outside}/tokens.txt": b"a\n"})
     entry, meta_read = archive.unpack(path, tmp_path / "cache")
@@ -142,7 +124,7 @@ def test_absolute_member_names_land_under_the_entry(tmp_path: Path) -> None:
 
 def test_too_many_members_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(archive, "MAX_MEMBERS", 5)
-    path = _zip(tmp_path / "many.zip", {"meta.yaml": META, **{f"f{i}": b"" for i in range(10)}})
+    path = write_zip(tmp_path / "many.zip", {"meta.yaml": META, **{f"f{i}": b"" for i in range(10)}})
     with pytest.raises(RunnerError, match="more than 5 members"):
         archive.unpack(path, tmp_path / "cache")
 

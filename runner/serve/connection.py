@@ -15,7 +15,8 @@ import json
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-HEADER_SECONDS = 10.0
+from runner.serve.upload import HEADER_SECONDS
+
 MAX_HEAD_BYTES = 64 * 1024  # h11's limit on a request line and headers not yet complete
 
 

@@ -21,6 +21,9 @@ from runner.errors import RunnerError, first_line
 
 MULTIPART_SLACK = 64 * 1024  # room for multipart framing around the file
 DRAIN_SECONDS = 30.0  # how long an oversized upload is read and discarded so its client gets the 413
+HEADER_SECONDS = 10.0  # default: a request's headers must arrive within this (`connection.HeaderDeadline`)
+BODY_SECONDS = 60.0  # default: a request's body must arrive within this of its headers
+SHUTDOWN_SECONDS = 30.0  # default: after SIGTERM, requests in flight get this long
 
 
 @dataclass
@@ -51,9 +54,9 @@ class ServeLimits:
     max_wait_ms: float = 0.0
 
     max_decode_seconds: float | None = None
-    header_seconds: float = 10.0
-    body_seconds: float = 60.0
-    shutdown_seconds: float = 30.0
+    header_seconds: float = HEADER_SECONDS
+    body_seconds: float = BODY_SECONDS
+    shutdown_seconds: float = SHUTDOWN_SECONDS
 
     @property
     def max_decoded_bytes(self) -> int:
@@ -115,7 +118,7 @@ def read_upload(data: bytes, limits: ServeLimits) -> Audio:
     return Audio(samples, int(rate), samples.shape[0] / rate, info.format)
 
 
-async def read_body(request: Request, limit: int, seconds: float = 60.0) -> tuple[bytes, str | None]:
+async def read_body(request: Request, limit: int, seconds: float = BODY_SECONDS) -> tuple[bytes, str | None]:
     """The uploaded file's bytes (raw body or multipart `file`) and the form's `model`, if any.
 
     More than `limit` bytes is refused with 413 as soon as the declared length or the streamed
