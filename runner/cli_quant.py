@@ -72,6 +72,7 @@ def register(app: typer.Typer, fail: Callable[..., NoReturn]) -> None:
     ) -> None:
         """Quantize each Linear alone and score it (SQNR over real beam-search steps), by layer and part."""
         from runner.environment import cpu_kind, torch_settings
+        from runner.outputs import check_writable
         from runner.quant_report import Sensitivity, sensitivity_table, write_sensitivity
         from runner.quantize import select_engine
         from runner.sensitivity import module_sensitivity, rollup, static_observer
@@ -79,6 +80,7 @@ def register(app: typer.Typer, fail: Callable[..., NoReturn]) -> None:
 
         _check(quant, split, fail)
         try:
+            check_writable(out / "sensitivity.json")  # before the decoding, which an unwritable --out would waste
             bundle, calibrating, rest, root = _dev_sets(model, data, split, limit, calibration)
             with torch_settings(threads):
                 select_engine("auto")  # before the observer: its reduce_range follows the engine, as in the plugin
@@ -130,6 +132,7 @@ def register(app: typer.Typer, fail: Callable[..., NoReturn]) -> None:
         try:
             check_budget(max_bleu_drop)
             check_writable(out)
+            check_writable(trials / "trials.jsonl")
             bundle, calibrating, rest, root = _dev_sets(model, data, split, limit, calibration)
             calibrating_options = {"calibration_data": str(root), "calibration_split": split,
                                    "calibration_size": calibration}

@@ -60,7 +60,6 @@ def sensitivity_table(result: Sensitivity, rows: int = 15) -> str:
 
 def write_sensitivity(result: Sensitivity, directory: Path) -> list[Path]:
     """sensitivity.json, sensitivity.csv (modules) and sensitivity.png (the worst 30 modules) in `directory`."""
-    directory.mkdir(parents=True, exist_ok=True)
     payload = {"scheme": result.scheme, "conditions": result.conditions,
                "modules": [asdict(m) for m in result.modules], "groups": [asdict(g) for g in result.groups],
                "fp32": asdict(result.fp32) if result.fp32 else None,

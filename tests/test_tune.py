@@ -90,6 +90,10 @@ def test_tune_and_sensitivity_bad_input_is_one_line(tiny_exp: Path, shared_corpu
     assert result.output.strip().splitlines()[-1] == (
         "error: plugin 'dynamic-int8': skip names no module of this model: encoder.encoders.9.self_attn.linear_q, "
         "decoder.decoders.7.w_9 (a plan written for another model?)")
+    (tmp_path / "a-file").write_text("x")
+    unwritable = CLI.invoke(app, ["sensitivity", "--out", str(tmp_path / "a-file")])
+    assert unwritable.exit_code == 2 and unwritable.output.strip().splitlines() == [
+        f"error: {tmp_path / 'a-file' / 'sensitivity.json'}: --out lies under {tmp_path / 'a-file'}, which is a file"]
     wrong = CLI.invoke(app, ["tune", "--quant", "bf16", "--out", str(tmp_path / "p.yaml")])
     assert wrong.exit_code == 2 and "--quant must be one of dynamic-int8, static-int8" in wrong.output
 
