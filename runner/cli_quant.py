@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from runner.model import ModelBundle
 
 SCHEMES = ("dynamic-int8", "static-int8")
+PARTS_HELP = "Model parts quantized, repeated or comma-separated [default: every part]"
 
 
 def _check(quant: str, split: str, fail: Callable[..., NoReturn]) -> None:
@@ -25,8 +26,21 @@ def _check(quant: str, split: str, fail: Callable[..., NoReturn]) -> None:
         typer.echo(f"note: tuning/scoring on test split {split}, as asked by name; report on another split", err=True)
 
 
+def _parts(parts: Optional[list[str]]) -> list[str]:
+    """--parts as the plugins' parts (default: every part), refused in one line when unknown."""
+    from runner.plugin import MODEL_PARTS
+    from runner.quantize import check_parts
+
+    chosen = [p for item in parts or MODEL_PARTS for p in item.split(",") if p]
+    try:
+        check_parts(chosen)
+    except ValueError as error:
+        raise RunnerError(f"--parts: {error}") from error
+    return chosen
+
+
 def _dev_sets(model: Optional[Path], data: Optional[Path], split: str, limit: Optional[int],
-              calibration: int) -> tuple[ModelBundle, PreloadedSet, PreloadedSet, Path]:
+              calibration: int, parts: list[str]) -> tuple[ModelBundle, PreloadedSet, PreloadedSet, Path]:
     """The float model, the calibration utterances (first `calibration` of `split`), the rest (up to `limit`)
     and the data root."""
     from runner.data import load_test_set, preload
@@ -35,13 +49,14 @@ def _dev_sets(model: Optional[Path], data: Optional[Path], split: str, limit: Op
 
     data_root = data or defaults.data_path()
     bundle = load(model or defaults.model_path())
-    if not quantizable(bundle):
-        raise RunnerError(f"{model or defaults.model_path()}: no Linear the int8 plugins quantize; nothing to score or tune")
+    if not quantizable(bundle, parts):
+        raise RunnerError(f"{model or defaults.model_path()}: no Linear the int8 plugins quantize in "
+                          f"{', '.join(parts)}; nothing to score or tune")
     try:
         test_set = load_test_set(data_root, split)
     except RunnerError as error:  # a data set without the tuning split: say which option chose it
         raise RunnerError(f"--split {split}: {error}") from error
-    others = left_in_float(bundle)
+    others = left_in_float(bundle, parts)
     if others:
         typer.echo("note: not quantized by the int8 plugins, left in float: "
                    + ", ".join(f"{name} x{count}" for name, count in sorted(others.items())), err=True)
@@ -66,6 +81,7 @@ def register(app: typer.Typer, fail: Callable[..., NoReturn]) -> None:
         calibration: int = typer.Option(8, help="Utterances of the split whose beam searches give the module inputs"),
         bleu_groups: int = typer.Option(3, help="Worst layers whose BLEU effect is decoded (0: none)"),
         observer: str = typer.Option("histogram", help="static-int8's activation observer"),
+        parts: Optional[list[str]] = typer.Option(None, help=PARTS_HELP),
         threads: int = typer.Option(2, help="Intra-op threads"),
         out: Path = typer.Option(Path("sensitivity"), help="Directory for sensitivity.json, .csv and .png"),
         progress: bool = typer.Option(True, help="Show progress bars"),
@@ -81,11 +97,12 @@ def register(app: typer.Typer, fail: Callable[..., NoReturn]) -> None:
         _check(quant, split, fail)
         try:
             check_writable(out / "sensitivity.json")  # before the decoding, which an unwritable --out would waste
-            bundle, calibrating, rest, root = _dev_sets(model, data, split, limit, calibration)
+            chosen = _parts(parts)
+            bundle, calibrating, rest, root = _dev_sets(model, data, split, limit, calibration, chosen)
             with torch_settings(threads):
                 select_engine("auto")  # before the observer: its reduce_range follows the engine, as in the plugin
                 observe = static_observer({"observer": observer}) if quant == "static-int8" else None
-                scores = module_sensitivity(bundle, calibrating.utterances, quant, observe,
+                scores = module_sensitivity(bundle, calibrating.utterances, quant, observe, chosen,
                                             progress=_bar() if progress else None)
             if not scores:
                 raise RunnerError(f"{model or defaults.model_path()}: no quantizable Linear is reached by a search")
@@ -94,11 +111,12 @@ def register(app: typer.Typer, fail: Callable[..., NoReturn]) -> None:
             static = {"observer": observer, "calibration_data": str(root), "calibration_split": split,
                       "calibration_size": calibration}
             fp32, trials = (bleu_effects(bundle, rest, [g.modules for g in worst], quant, threads, root,
-                                         static if quant == "static-int8" else None)
+                                         {**static, "parts": chosen} if quant == "static-int8" else None)
                             if worst else (None, []))
             conditions = {"model": str(model or defaults.model_path()), "data": str(root), "split": split,
                           "calibration_utterances": len(calibrating.utterances), "bleu_utterances": len(rest.utterances),
-                          "threads": threads, "cpu": cpu_kind(), **({"observer": observer} if quant == "static-int8" else {})}
+                          "threads": threads, "cpu": cpu_kind(), "parts": ",".join(chosen),
+                          **({"observer": observer} if quant == "static-int8" else {})}
             result = Sensitivity(quant, conditions, scores, groups, fp32, {g.name: t for g, t in zip(worst, trials)})
             typer.echo(sensitivity_table(result))
             written = write_sensitivity(result, out)
@@ -111,18 +129,23 @@ def register(app: typer.Typer, fail: Callable[..., NoReturn]) -> None:
         model: Optional[Path] = typer.Option(None, help="Experiment dir, config, .pth or packed archive [default: the demo model]"),
         data: Optional[Path] = typer.Option(None, help="Data root whose --split tunes the plan [default: the demo corpus]"),
         quant: str = typer.Option("dynamic-int8", help="dynamic-int8 or static-int8"),
-        smoothquant: bool = typer.Option(False, "--smoothquant", help="Put the smoothquant plugin before the int8 one"),
+        smoothquant: Optional[bool] = typer.Option(
+            None, "--smoothquant/--no-smoothquant",
+            help="Always/never put the smoothquant plugin before the int8 one [default: tried when all-int8 misses "
+                 "the budget, kept when it measures better]"),
         max_bleu_drop: float = typer.Option(1.0, help="The largest dev BLEU loss from fp32 the plan may have"),
         split: str = typer.Option("dev", help="Split the plan is tuned on (never a test split unless named here)"),
         limit: Optional[int] = typer.Option(None, help="Tuning utterances [default: all but the calibration ones]"),
         calibration: int = typer.Option(32, help="Leading utterances of the split that calibrate (and rank); not scored"),
         observer: str = typer.Option("histogram", help="static-int8's activation observer"),
+        parts: Optional[list[str]] = typer.Option(None, help=PARTS_HELP),
         threads: int = typer.Option(2, help="Intra-op threads"),
         out: Path = typer.Option(Path("plan.yaml"), help="The plan (a run config); trials.jsonl goes beside it"),
     ) -> None:
         """Keep the fewest, most sensitive Linears in float so dev BLEU stays within --max-bleu-drop of fp32."""
         from runner.environment import cpu_kind
         from runner.outputs import check_writable
+        from runner.plugin import MODEL_PARTS
         from runner.quant_report import plan_summary, write_plan
         from runner.tuning import TuneOptions, check_budget
         from runner.tuning import tune as run_tune
@@ -133,11 +156,15 @@ def register(app: typer.Typer, fail: Callable[..., NoReturn]) -> None:
             check_budget(max_bleu_drop)
             check_writable(out)
             check_writable(trials / "trials.jsonl")
-            bundle, calibrating, rest, root = _dev_sets(model, data, split, limit, calibration)
+            chosen = _parts(parts)
+            bundle, calibrating, rest, root = _dev_sets(model, data, split, limit, calibration, chosen)
             calibrating_options = {"calibration_data": str(root), "calibration_split": split,
                                    "calibration_size": calibration}
+            # "everything in int8": every chosen part, for static int8 too (its own default is the decoder)
+            plugin_options = ({"observer": observer, "parts": chosen} if quant == "static-int8" else
+                              {} if set(chosen) == set(MODEL_PARTS) else {"parts": chosen})
             options = TuneOptions(quant, max_bleu_drop, smoothquant, threads, calibration=calibrating_options,
-                                  plugin_options={"observer": observer} if quant == "static-int8" else {})
+                                  plugin_options=plugin_options)
             plan = run_tune(bundle, rest, calibrating, options, trials, root,
                             progress=lambda line: typer.echo(f"note: {line}", err=True))
             conditions = {"data": str(root), "utterances": len(rest.utterances), "threads": threads, "cpu": cpu_kind(),

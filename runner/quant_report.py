@@ -107,26 +107,34 @@ def chart(modules: Sequence[ModuleScore], path: Path, scheme: str) -> Path:
 def plan_summary(plan: TunePlan) -> str:
     """The terminal view of a tuned plan."""
     kept = plan.plan.float_modules
+
+    def row(label: str, trial: Trial) -> str:
+        return (f"  {label:22} BLEU {trial.bleu:6.2f}  size {trial.size_mb:7.2f} MB  latency "
+                f"{trial.latency_mean / plan.fp32.latency_mean:.2f}x")
+
     lines = [f"tuned {plan.scheme}{' with smoothquant' if plan.smoothquant else ''} on {plan.split}, budget "
              f"{plan.budget:g} BLEU: {plan.translations} translations over {len(plan.trials)} trials",
-             f"  fp32      BLEU {plan.fp32.bleu:6.2f}  size {plan.fp32.size_mb:7.2f} MB  latency 1.00x",
-             f"  all int8  BLEU {plan.all_int8.bleu:6.2f}  size {plan.all_int8.size_mb:7.2f} MB  latency "
-             f"{plan.all_int8.latency_mean / plan.fp32.latency_mean:.2f}x",
-             f"  plan      BLEU {plan.plan.bleu:6.2f}  size {plan.plan.size_mb:7.2f} MB  latency "
-             f"{plan.plan.latency_mean / plan.fp32.latency_mean:.2f}x (one run each; ratios to fp32's)"]
+             row("fp32", plan.fp32), row("all int8", plan.all_int8)]
+    if plan.smoothed_all_int8 is not None:
+        lines.append(row("smoothquant + all int8", plan.smoothed_all_int8))
+    lines.append(row("plan", plan.plan) + " (one run each; ratios to fp32's)")
+    smoothing = " after smoothquant" if plan.smoothquant else ""
     if kept:
-        lines.append(f"  kept in float ({len(kept)}): " + ", ".join(kept[:6]) + (" ..." if len(kept) > 6 else ""))
+        lines.append(f"  kept in float{smoothing} ({len(kept)}): " + ", ".join(kept[:6])
+                     + (" ..." if len(kept) > 6 else ""))
     else:
-        lines.append("  every module stays in int8: it costs "
-                     f"{plan.fp32.bleu - plan.all_int8.bleu:.2f} BLEU, within the budget")
+        lines.append(f"  every module stays in int8{smoothing}: it costs "
+                     f"{plan.fp32.bleu - plan.plan.bleu:.2f} BLEU, within the budget")
     return "\n".join(lines)
 
 
 def write_plan(plan: TunePlan, path: Path, model: str | None, conditions: dict[str, Any]) -> Path:
     """The plan as a run config YAML, its figures in a comment header."""
+    smoothed = plan.smoothed_all_int8
     header = [f"# runner tune: {plan.scheme}{' + smoothquant' if plan.smoothquant else ''}, budget {plan.budget:g} BLEU "
               f"on {plan.split}", f"# dev BLEU: fp32 {plan.fp32.bleu:.2f}, all int8 {plan.all_int8.bleu:.2f}, "
-              f"this plan {plan.plan.bleu:.2f}; size {plan.plan.size_mb:.2f} MB (fp32 {plan.fp32.size_mb:.2f})",
+              + (f"smoothquant + all int8 {smoothed.bleu:.2f}, " if smoothed else "")
+              + f"this plan {plan.plan.bleu:.2f}; size {plan.plan.size_mb:.2f} MB (fp32 {plan.fp32.size_mb:.2f})",
               "# " + ", ".join(f"{k} {v}" for k, v in conditions.items()),
               "# Report it on a test split: runner translate --config THIS_FILE --split tst-COMMON"]
     body = yaml.safe_dump(plan.run_config(model), sort_keys=False, allow_unicode=True)

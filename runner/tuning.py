@@ -1,8 +1,10 @@
 """From sensitivity to a plan: the BLEU of quantizing groups alone, and a tuner with a BLEU budget.
 
 `tune` measures fp32 and all-int8 on the tuning split (dev); if int8 costs more than the budget it
-keeps the most sensitive Linears (`runner.sensitivity` ranking) in float, finding by bisection the
-fewest that bring dev BLEU within the budget, as Neural Compressor's accuracy-aware fallback does.
+tries SmoothQuant's scales first (the usual cause is activation outliers, which smoothing removes
+at no cost in size or speed), then keeps the most sensitive Linears (`runner.sensitivity` ranking)
+in float, finding by bisection the fewest that bring dev BLEU within the budget, as Neural
+Compressor's accuracy-aware fallback does.
 Every trial is appended to `trials.jsonl` as it finishes, so an interrupted tune keeps what it
 measured. The result is a run config (`plugins:` with the int8 plugin's `skip` list) that
 `runner translate --config`, `runner sweep` and `runner serve` accept. It never reads a test split
@@ -41,15 +43,16 @@ class TunePlan:
     """What `tune` found: the plugins to run, and the figures on the tuning split that chose them."""
 
     scheme: str
-    smoothquant: bool
+    smoothquant: bool  # the plan smooths first
     budget: float
     split: str
     fp32: Trial
-    all_int8: Trial
+    all_int8: Trial  # everything in int8: plain, or smoothed when smoothquant was asked for
     plan: Trial
     plugins: list[dict[str, Any]]
     trials: list[Trial] = field(default_factory=list)
     utterances: int = 0  # tuning utterances each trial decodes
+    smoothed_all_int8: Trial | None = None  # smoothquant + everything in int8, tried after plain missed the budget
 
     @property
     def translations(self) -> int:
@@ -135,25 +138,80 @@ class TuneOptions:
     Attributes:
         scheme: "dynamic-int8" or "static-int8".
         budget: the largest dev BLEU drop from fp32 the plan may have (BLEU points).
-        smoothquant: put the smoothquant plugin before the int8 plugin.
+        smoothquant: put the smoothquant plugin before the int8 plugin (True), never (False), or only when
+            plain all-int8 misses the budget and smoothing measures better (None, the default).
         threads: intra-op threads for every trial.
         ranking_utterances: calibration utterances the sensitivity ranking decodes.
         calibration: calibration_data/_split/_size of the plugins that calibrate.
-        plugin_options: extra options of the int8 plugin (e.g. observer).
+        plugin_options: extra options of the int8 plugin (e.g. observer, parts).
     """
 
     scheme: str
     budget: float = 1.0
-    smoothquant: bool = False
+    smoothquant: bool | None = None
     threads: int = 1
     ranking_utterances: int = 8
     calibration: dict[str, Any] = field(default_factory=dict)
     plugin_options: dict[str, Any] = field(default_factory=dict)
 
+    def plugins(self, float_modules: Sequence[str], smoothquant: bool) -> list[dict[str, Any]]:
+        """The plan's plugin entries with `float_modules` left in float."""
+        return quant_plugins(self.scheme, float_modules, smoothquant, self.calibration, self.plugin_options)
+
+
+class _Trials:
+    """The trials of one tune: measured on the tuning split, logged as they finish, reported as they go."""
+
+    def __init__(self, bundle: ModelBundle, preloaded: PreloadedSet, options: TuneOptions, out: Path,
+                 calibration_data: str | Path, progress: Callable[[str], None]) -> None:
+        self.bundle, self.preloaded, self.options = bundle, preloaded, options
+        self.calibration_data, self.progress = calibration_data, progress
+        self.evaluate = EvaluateOptions(data=str(preloaded.test_set.path), split=preloaded.test_set.split, warmup=1)
+        self.log = TrialLog(out)
+        self.done: list[Trial] = []
+        self.reference: list[str] | None = None  # fp32's translations
+
+    def run(self, label: str, plugins: list[dict[str, Any]], float_modules: Sequence[str] = ()) -> Trial:
+        trial, texts = measure(self.bundle, self.preloaded, self.evaluate, plugins, self.options.threads,
+                               self.reference, self.calibration_data, float_modules)
+        if self.reference is None:
+            self.reference = texts
+        self.done.append(trial)
+        self.log.add(label, trial)
+        self.progress(f"{label}: dev BLEU {trial.bleu:.2f}, {len(float_modules)} Linear(s) in float, "
+                      f"{trial.changed:.0%} of translations differ from fp32")
+        return trial
+
+
+def _ranking(bundle: ModelBundle, calibration: PreloadedSet, options: TuneOptions, smoothquant: bool,
+             calibration_data: str | Path) -> list[str]:
+    """The int8 plugin's Linears, most sensitive first, scored on the model as the plan's trials run it
+    (smoothed first when the plan smooths; static int8 with the plugin's own observer)."""
+    from runner.environment import torch_settings
+    from runner.plugin import PluginSpec, build
+    from runner.quantize import select_engine
+    from runner.sensitivity import module_sensitivity, static_observer
+
+    parts = build(PluginSpec(options.scheme, options.plugin_options)).config.parts  # what the plugin quantizes
+    if smoothquant:  # smoothing moves range between activations and weights: rank what int8 will then see
+        bundle = Runner.from_bundle(bundle, threads=options.threads, plugins=options.plugins((), True)[:1],
+                                    calibration_data=calibration_data).bundle
+    with torch_settings(options.threads):  # restores the caller's threads and quantized engine
+        select_engine("auto")
+        observer = static_observer(options.plugin_options) if options.scheme == "static-int8" else None
+        scores = module_sensitivity(bundle, calibration.utterances[:options.ranking_utterances], options.scheme,
+                                    observer, parts=parts)
+    return [s.name for s in scores]
+
 
 def tune(bundle: ModelBundle, preloaded: PreloadedSet, calibration: PreloadedSet, options: TuneOptions,
          out: Path, calibration_data: str | Path, progress: Callable[[str], None] = lambda _: None) -> TunePlan:
     """Find the plan: `options.scheme` everywhere but the fewest most sensitive Linears, within the budget.
+
+    The ladder, as Neural Compressor's accuracy-aware tuning climbs it: fp32, then all-int8; if that
+    misses the budget and smoothquant is not ruled out, smoothquant + all-int8; if the better of the
+    two still misses it, the fewest most sensitive Linears (ranked on that model) kept in float, by
+    bisection.
 
     Args:
         bundle: the float model (every trial runs on a copy).
@@ -167,53 +225,38 @@ def tune(bundle: ModelBundle, preloaded: PreloadedSet, calibration: PreloadedSet
     Returns:
         The plan with its figures and every trial.
     """
-    from runner.environment import torch_settings
-    from runner.plugin import PluginSpec, build
-    from runner.quantize import select_engine
-    from runner.sensitivity import module_sensitivity, static_observer
-
     check_budget(options.budget)
-    log = TrialLog(out)
-    evaluate = EvaluateOptions(data=str(preloaded.test_set.path), split=preloaded.test_set.split, warmup=1)
-    trials: list[Trial] = []
+    trials = _Trials(bundle, preloaded, options, out, calibration_data, progress)
+    fp32 = trials.run("fp32", [])
 
-    def run(label: str, float_modules: Sequence[str], reference: list[str] | None) -> tuple[Trial, list[str]]:
-        plugins = ([] if label == "fp32" else
-                   quant_plugins(options.scheme, float_modules, options.smoothquant, options.calibration,
-                                 options.plugin_options))
-        trial, texts = measure(bundle, preloaded, evaluate, plugins, options.threads, reference, calibration_data,
-                               float_modules)
-        trials.append(trial)
-        log.add(label, trial)
-        progress(f"{label}: dev BLEU {trial.bleu:.2f}, {len(float_modules)} Linear(s) in float, "
-                 f"{trial.changed:.0%} of translations differ from fp32")
-        return trial, texts
+    def within(trial: Trial) -> bool:
+        return fp32.bleu - trial.bleu <= options.budget
 
-    fp32, reference = run("fp32", [], None)
-    all_int8, _ = run("all-int8", [], reference)
-    plan_trial, float_modules = all_int8, []
-    if fp32.bleu - all_int8.bleu > options.budget:
-        parts = build(PluginSpec(options.scheme, options.plugin_options)).config.parts  # what the plugin quantizes
-        with torch_settings(options.threads):  # restores the caller's threads and quantized engine
-            select_engine("auto")
-            # ranked with the plugin's own observer (static), so the ranking scores what the trials will run
-            observer = static_observer(options.plugin_options) if options.scheme == "static-int8" else None
-            ranking = [s.name for s in module_sensitivity(bundle, calibration.utterances[:options.ranking_utterances],
-                                                          options.scheme, observer, parts=parts)]
+    starts: dict[bool, Trial] = {}
+    for smooth in ([options.smoothquant] if options.smoothquant is not None else [False, True]):
+        starts[smooth] = trials.run("smoothquant + all-int8" if smooth else "all-int8", options.plugins((), smooth))
+        if within(starts[smooth]):
+            break
+    smoothquant = max(starts, key=lambda s: (within(starts[s]), starts[s].bleu, not s))  # plain on a tie
+    plan_trial, float_modules = starts[smoothquant], []
+    if not within(plan_trial):
+        ranking = _ranking(bundle, calibration, options, smoothquant, calibration_data)
         measured: dict[int, Trial] = {}
+        prefix = "smoothquant + " if smoothquant else ""
 
-        def within(count: int) -> bool:
-            measured[count], _ = run(f"float-top-{count}", ranking[:count], reference)
-            return fp32.bleu - measured[count].bleu <= options.budget
+        def enough(count: int) -> bool:
+            measured[count] = trials.run(f"{prefix}float-top-{count}", options.plugins(ranking[:count], smoothquant),
+                                         ranking[:count])
+            return within(measured[count])
 
-        count = bisect_fallback(ranking, within)
+        count = bisect_fallback(ranking, enough)
         float_modules = ranking[:count]
-        plan_trial = measured.get(count) or run(f"float-top-{count}", float_modules, reference)[0]
-    plan = TunePlan(options.scheme, options.smoothquant, options.budget, preloaded.test_set.split, fp32, all_int8,
-                    plan_trial, quant_plugins(options.scheme, float_modules, options.smoothquant,
-                                              options.calibration, options.plugin_options), trials,
-                    len(preloaded.utterances))
-    return plan
+        plan_trial = measured.get(count) or trials.run(f"{prefix}float-top-{count}",
+                                                       options.plugins(float_modules, smoothquant), float_modules)
+    first, *then = starts.values()
+    return TunePlan(options.scheme, smoothquant, options.budget, preloaded.test_set.split, fp32, first, plan_trial,
+                    options.plugins(float_modules, smoothquant), trials.done, len(preloaded.utterances),
+                    then[0] if then else None)
 
 
 def bleu_effects(bundle: ModelBundle, preloaded: PreloadedSet, modules: Sequence[Sequence[str]], scheme: str,

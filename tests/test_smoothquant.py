@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from runner.model import load
 from runner.plugin import MODEL_PARTS
 from runner.runner import EvaluateOptions, Runner
 from runner.smoothing import norm_groups, plant_outliers
+
+QUANTIZATION_PAGE = defaults.REPO_ROOT / "docs" / "quantization.md"
 
 
 def _nbest(runner: Runner, waveform: np.ndarray) -> list[tuple[str, float]]:
@@ -54,34 +57,85 @@ def test_smoothquant_leaves_the_float_model_unchanged(tiny_exp: Path, corpus: Pa
                 assert text_a == text_b and abs(score_a - score_b) < 1e-4
 
 
-def test_the_quantization_page_holds_and_its_targets_are_met(tmp_path: Path) -> None:
-    """docs/quantization.md's outlier rows against a fresh decode of tst-COMMON (exact on the CPU kind it names,
-    quantized rows within the cross-kind tolerance elsewhere): fp32 unchanged by the outliers, int8 collapses,
-    smoothquant + dynamic int8 within 2 BLEU of fp32."""
+@pytest.fixture(scope="module")
+def outlier_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from benchmarks.outliers import write_outlier_model
-    from benchmarks.readme_tables import measured_kind, stale_cell, tables
+
+    planted = tmp_path_factory.mktemp("page") / "outliers"
+    write_outlier_model(defaults.model_path(), planted)
+    return planted
+
+
+def _page() -> tuple[dict[tuple[str, str], list[str]], bool]:
+    """docs/quantization.md's table rows by (model, scheme), and whether it was measured on this CPU kind."""
+    from benchmarks.readme_tables import measured_kind, tables
     from runner.environment import cpu_kind
 
-    page = defaults.REPO_ROOT / "docs" / "quantization.md"
-    table = next(t for t in tables(page) if t.header[:2] == ["model", "scheme"])
-    exact = measured_kind(table) == cpu_kind()
-    published = {(row[0], row[1]): row[2] for row in table.rows}
-    planted = tmp_path / "outliers"
-    write_outlier_model(defaults.model_path(), planted)
-    schemes = {"fp32": [], "dynamic-int8": ["dynamic-int8"], "static-int8 (histogram)": ["static-int8"],
+    table = next(t for t in tables(QUANTIZATION_PAGE) if t.header[:2] == ["model", "scheme"])
+    return {(row[0], row[1]): row for row in table.rows}, measured_kind(table) == cpu_kind()
+
+
+def test_the_quantization_page_holds_and_its_targets_are_met(outlier_copy: Path) -> None:
+    """docs/quantization.md's outlier rows and its tuned plans (docs/plans/) against a fresh decode of tst-COMMON
+    (exact on the CPU kind it names, quantized rows within the cross-kind tolerance elsewhere): fp32 unchanged by
+    the outliers, int8 collapses, smoothquant + dynamic int8 within 2 BLEU of fp32, the tuned plans within 1 BLEU
+    of fp32 at most 0.45x its size."""
+    import yaml
+
+    from benchmarks.quantization import ALL_PARTS, TUNES, plan_label, plan_path
+    from benchmarks.readme_tables import stale_cell
+
+    published, exact = _page()
+    schemes = {"fp32": [], "dynamic-int8": ["dynamic-int8"],
+               "static-int8 (histogram)": [{"name": "static-int8", "parts": ALL_PARTS}],
                "smoothquant + dynamic-int8": ["smoothquant", "dynamic-int8"]}
-    fresh, stale = {}, []
+    for quant, smoothquant in TUNES:
+        plugins = yaml.safe_load(plan_path("outliers", quant, smoothquant).read_text())["plugins"]
+        schemes[plan_label(quant, smoothquant, plugins)] = plugins
+    fresh, sizes, stale = {}, {}, []
     for label, plugins in schemes.items():
-        runner = Runner(planted, threads=2, plugins=plugins, calibration_data=defaults.data_path())
-        fresh[label] = runner.evaluate().bleu.score
-        why = stale_cell("BLEU", published[("outliers", label)], f"{fresh[label]:.2f}", exact or not plugins)
+        runner = Runner(outlier_copy, threads=2, plugins=plugins, calibration_data=defaults.data_path())
+        report = runner.evaluate()
+        fresh[label], sizes[label] = report.bleu.score, report.metrics.size_mb
+        row = published.get(("outliers", label))
+        why = ("no such row" if row is None else
+               stale_cell("BLEU", row[2], f"{fresh[label]:.2f}", exact or not plugins)
+               or stale_cell("size MB", row[4], f"{sizes[label]:.2f}", True))
         if why:
             stale.append(f"{label}: {why}")
     assert not stale, "docs/quantization.md is stale (python -m benchmarks.quantization):\n" + "\n".join(stale)
-    original = float(published[("embedded", "fp32")])
+    original = float(published[("embedded", "fp32")][2])
     assert abs(fresh["fp32"] - original) <= 0.1  # the outliers leave the float model's translations alone
     assert fresh["dynamic-int8"] < original - 20 and fresh["static-int8 (histogram)"] < original - 20
     assert fresh["smoothquant + dynamic-int8"] >= original - 2
+    for quant, smoothquant in TUNES[:2]:  # the plans `runner tune` gives by default
+        label = next(k for k in schemes if k.startswith(f"tuned {quant} plan ("))
+        assert fresh[label] >= fresh["fp32"] - 1.0 and sizes[label] <= 0.45 * sizes["fp32"], label
+
+
+def test_runner_tune_writes_the_published_plans(outlier_copy: Path, tmp_path: Path) -> None:
+    """`runner tune`, run as the page ran it, writes docs/plans/'s default-ladder plans again (on the CPU kind the
+    page names; elsewhere int8 may rank or round differently, and the plan is only checked to hold the budget)."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from benchmarks.quantization import TUNES, plan_path, tune_args
+    from runner.cli import app
+
+    _, exact = _page()
+    for quant, smoothquant in TUNES[:2]:
+        published = plan_path("outliers", quant, smoothquant).read_text()
+        out = tmp_path / f"{quant}.yaml"
+        result = CliRunner().invoke(app, tune_args(outlier_copy, quant, smoothquant, None, 2, out))
+        assert result.exit_code == 0, result.output
+        plugins = [{k: v for k, v in p.items() if k != "calibration_data"}
+                   for p in yaml.safe_load(out.read_text())["plugins"]]
+        dev = next(line for line in out.read_text().splitlines() if line.startswith("# dev BLEU"))
+        if exact:
+            assert plugins == yaml.safe_load(published)["plugins"] and dev in published.splitlines()
+        else:
+            fp32, plan = (float(x) for x in re.findall(r"fp32 ([\d.]+).*this plan ([\d.]+)", dev)[0])
+            assert fp32 - plan <= 1.0
 
 
 def test_norm_groups_skip_post_norm_layers(tiny_exp: Path) -> None:

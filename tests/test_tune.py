@@ -16,6 +16,7 @@ from runner.cli import app
 from runner.data import load_test_set, preload
 from runner.environment import torch_settings
 from runner.model import load
+from runner.plugin import MODEL_PARTS
 from runner.quantize import select_engine
 from runner.sensitivity import module_sensitivity, rollup
 from runner.smoothing import plant_outliers
@@ -51,7 +52,7 @@ def test_sensitivity_ranks_the_planted_layers_first(tiny_exp: Path, shared_corpu
 def test_tune_keeps_the_fewest_sensitive_linears_in_float(outlier_model: Path, tmp_path: Path) -> None:
     plan = tmp_path / "plan.yaml"
     result = CLI.invoke(app, ["tune", "--model", str(outlier_model), "--limit", "12", "--calibration", "4",
-                              "--threads", "2", "--out", str(plan)])
+                              "--threads", "2", "--no-smoothquant", "--out", str(plan)])
     assert result.exit_code == 0, result.output
     trials = [json.loads(line) for line in (tmp_path / "plan.trials" / "trials.jsonl").read_text().splitlines()]
     fp32, all_int8, final = trials[0], trials[1], max(trials[2:], key=lambda t: (t["bleu"] >= trials[0]["bleu"] - 1,
@@ -62,6 +63,29 @@ def test_tune_keeps_the_fewest_sensitive_linears_in_float(outlier_model: Path, t
     assert config["plugins"][0]["name"] == "dynamic-int8" and 0 < len(skip) < 100
     assert skip == final["float_modules"] and final["bleu"] >= fp32["bleu"] - 1.0
     assert "kept in float" in result.output and "dev BLEU" in plan.read_text()
+    report = CLI.invoke(app, ["translate", "--config", str(plan), "--limit", "3", "--no-progress"])  # report on test
+    assert report.exit_code == 0, report.output
+
+
+@pytest.mark.parametrize("scheme", ["dynamic-int8", "static-int8"])
+def test_tune_smooths_before_it_falls_back_to_float(outlier_model: Path, tmp_path: Path, scheme: str) -> None:
+    """All-int8 collapses on the outlier model; the tuner's next rung (smoothquant, free in size and speed)
+    brings every Linear of every part back within the budget, so nothing is kept in float."""
+    plan = tmp_path / "plan.yaml"
+    result = CLI.invoke(app, ["tune", "--model", str(outlier_model), "--quant", scheme, "--limit", "12",
+                              "--calibration", "4", "--threads", "2", "--out", str(plan)])
+    assert result.exit_code == 0, result.output
+    trials = [json.loads(line) for line in (tmp_path / "plan.trials" / "trials.jsonl").read_text().splitlines()]
+    assert [t["label"] for t in trials] == ["fp32", "all-int8", "smoothquant + all-int8"]
+    fp32, plain, smoothed = trials
+    assert plain["bleu"] < fp32["bleu"] - 20 and smoothed["bleu"] >= fp32["bleu"] - 1.0
+    assert smoothed["size_mb"] == plain["size_mb"] < 0.45 * fp32["size_mb"]  # every part in int8, static too
+    plugins = yaml.safe_load(plan.read_text())["plugins"]
+    assert [p["name"] for p in plugins] == ["smoothquant", scheme] and "skip" not in plugins[1]
+    assert "every module stays in int8 after smoothquant" in result.output
+    assert "smoothquant + all int8" in result.output and "smoothquant + all int8" in plan.read_text()
+    if scheme == "static-int8":
+        assert plugins[1]["parts"] == list(MODEL_PARTS)
     report = CLI.invoke(app, ["translate", "--config", str(plan), "--limit", "3", "--no-progress"])  # report on test
     assert report.exit_code == 0, report.output
 
@@ -96,6 +120,32 @@ def test_tune_and_sensitivity_bad_input_is_one_line(tiny_exp: Path, shared_corpu
         f"error: {tmp_path / 'a-file' / 'sensitivity.json'}: --out lies under {tmp_path / 'a-file'}, which is a file"]
     wrong = CLI.invoke(app, ["tune", "--quant", "bf16", "--out", str(tmp_path / "p.yaml")])
     assert wrong.exit_code == 2 and "--quant must be one of dynamic-int8, static-int8" in wrong.output
+    part = CLI.invoke(app, ["tune", "--parts", "encoder,decodr", "--out", str(tmp_path / "p.yaml")])
+    assert part.exit_code == 2 and part.output.strip().splitlines() == [
+        f"error: --parts: unknown part(s) ['decodr']; parts are {list(MODEL_PARTS)}"]
+
+
+@pytest.mark.parametrize("command", ["tune", "sensitivity"])
+def test_a_model_with_nothing_to_quantize_is_one_line(command: str, shared_corpus: Path, tmp_path: Path) -> None:
+    """A plain (non-MD) ST model has no MD encoder: asked to quantize only that part, there is nothing to do."""
+    model = plain_st_model(tmp_path / "plain")
+    result = CLI.invoke(app, [command, "--model", str(model), "--data", str(shared_corpus), "--split", "tst-COMMON",
+                              "--parts", "md_encoder", "--out", str(tmp_path / "out.yaml")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {model}: no Linear the int8 plugins quantize in md_encoder; nothing to score or tune")
+
+
+def plain_st_model(path: Path) -> Path:
+    """A tiny plain ST model (one decoder, no ASR decoder, no MD encoder), random weights."""
+    from runner.demo.build import char_token_list, md_config, write_experiment
+
+    tokens = char_token_list()
+    config = md_config(tokens, tokens, "tiny")
+    config.update(extra_asr_decoder=None, md_encoder=None, decoder="transformer",
+                  decoder_conf={k: v for k, v in config["decoder_conf"].items() if k != "use_speech_attn"},
+                  model_conf={**config["model_conf"], "asr_weight": 0.0})
+    return write_experiment(path, config)
 
 
 def test_an_interrupted_tune_keeps_its_trials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,11 +191,7 @@ def test_sensitivity_and_smoothquant_on_models_of_other_shapes(kind: str, tiny_z
 
     tokens = char_token_list()
     if kind == "plain-st":
-        config = md_config(tokens, tokens, "tiny")
-        config.update(extra_asr_decoder=None, md_encoder=None, decoder="transformer",
-                      decoder_conf={k: v for k, v in config["decoder_conf"].items() if k != "use_speech_attn"},
-                      model_conf={**config["model_conf"], "asr_weight": 0.0})
-        model = write_experiment(tmp_path / "plain", config)
+        model = plain_st_model(tmp_path / "plain")
     elif kind == "transformer-encoder":
         config = md_config(tokens, tokens, "tiny")
         config.update(encoder="transformer", encoder_conf={"output_size": 32, "attention_heads": 2, "linear_units": 96,
