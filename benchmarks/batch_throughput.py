@@ -24,14 +24,15 @@ import yaml
 
 from benchmarks.seed_scale import CONFIG, STATIC_ALL, build_model
 from benchmarks.seed_scale import decode_options as seed_decode_options
+from benchmarks.seed_scale import runs_on, scheme_runner
 from runner import defaults
 from runner.data import PreloadedSet, load_test_set, preload
 from runner.decode import DecodeOptions
 from runner.device import resolve as resolve_device
 from runner.environment import manifest
 from runner.model import load
-from runner.plugin import runs_on
-from runner.runner import EvaluateOptions, Runner
+from runner.options import EvaluateOptions
+from runner.runner import Runner
 
 BASELINE = "espnet fp32"
 SCHEMES: dict[str, list[Any]] = {
@@ -55,8 +56,7 @@ def prepare(name: str, threads: int, limit: int | None,
         description = (f"the seed-scale model (`configs/models/seed-scale.yaml`, random weights, exactly "
                        f"{config['asr_steps']} ASR and {config['st_steps']} ST steps per utterance)")
     test = preload(load_test_set(defaults.data_path(), "tst-COMMON"), bundle.sample_rate, limit=limit)
-    runners = {scheme: Runner.from_bundle(bundle, threads=threads, plugins=plugins,
-                                          calibration_data=defaults.data_path())
+    runners = {scheme: scheme_runner(bundle, plugins, threads=threads, calibration_data=defaults.data_path())
                for scheme, plugins in SCHEMES.items() if runs_on(plugins, device.type)}
     return description, runners, test
 

@@ -17,11 +17,10 @@ import torch
 import yaml
 
 import runner.plugins.self_kv_cache as self_kv_cache
-from benchmarks.seed_scale import CONFIG, SCHEMES, build_model, decode_options
+from benchmarks.seed_scale import CONFIG, SCHEMES, build_model, decode_options, scheme_runner
 from runner import defaults
 from runner.data import load_test_set, preload
 from runner.model import load
-from runner.runner import Runner
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         test = test or preload(load_test_set(defaults.data_path(), "tst-COMMON"), bundle.sample_rate,
                                limit=args.utterances + 2)
         self_kv_cache.layer_step = eager_step if label == "eager" else torch.compile(eager_step, dynamic=True)
-        runner = Runner.from_bundle(bundle, threads=args.threads, plugins=SCHEMES[args.scheme])
+        runner = scheme_runner(bundle, SCHEMES[args.scheme], threads=args.threads)
         firsts = []
         for utterance in test.utterances[:2]:
             started = time.perf_counter()

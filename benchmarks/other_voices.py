@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if not voices:
         parser.error("no Festival or flite voice installed: apt-get install festival festvox-kallpc16k flite")
     root = build(voices, args.limit)
-    runner = Runner(args.model, threads=args.threads, plugins=["lean"])  # fp32: ESPnet's translations
+    runner = Runner(args.model, threads=args.threads, search="lean")  # fp32: ESPnet's translations
     committed = {split: runner.evaluate(split=split, limit=args.limit) for split in ("tst-COMMON", "tst-HE")}
     spoken = runner.evaluate(root).utterances
     per_voice = len(spoken) // len(voices)

@@ -14,11 +14,10 @@ import argparse
 import torch
 import yaml
 
-from benchmarks.seed_scale import CONFIG, SCHEMES, build_model, decode_options
+from benchmarks.seed_scale import CONFIG, SCHEMES, build_model, decode_options, scheme_runner
 from runner import defaults
 from runner.data import load_test_set, preload
 from runner.model import load
-from runner.runner import Runner
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     config = yaml.safe_load(CONFIG.read_text())
     bundle = load(build_model(config), decode_options(config))
     test = preload(load_test_set(defaults.data_path(), "tst-COMMON"), bundle.sample_rate, limit=args.utterances + 1)
-    runner = Runner.from_bundle(bundle, threads=args.threads, plugins=SCHEMES[args.scheme])
+    runner = scheme_runner(bundle, SCHEMES[args.scheme], threads=args.threads)
     runner.translate(test.utterances[0].waveform, bundle.sample_rate)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         for utterance in test.utterances[1:]:

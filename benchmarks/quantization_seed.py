@@ -50,7 +50,7 @@ def agreement(utterances: int, threads: int) -> list[tuple[str, str, float, floa
     for name, bundle in (("seed scale", built), ("seed scale, outliers planted", planted)):
         reference: list[str] = []
         for scheme, plugins in SCHEMES.items():
-            runner = Runner.from_bundle(bundle, threads=threads, plugins=[*plugins, "lean"])
+            runner = Runner.from_bundle(bundle, threads=threads, plugins=plugins, search="lean")
             started = time.perf_counter()
             texts = [runner.translate(u.waveform, built.sample_rate).text for u in test.utterances]
             seconds = (time.perf_counter() - started) / len(texts)

@@ -1,7 +1,7 @@
-"""Regenerate the README's command tables: run each row's command and rewrite the row's cells.
+"""Regenerate the published command tables (README and docs/): run each row's command, rewrite the row's cells.
 
-    python -m benchmarks.readme_tables              # run every `command` table's rows, rewrite README.md
-    python -m benchmarks.readme_tables --dry-run    # print the new rows, leave README.md alone
+    python -m benchmarks.readme_tables              # run every `command` table's rows, rewrite their pages
+    python -m benchmarks.readme_tables --dry-run    # print the new rows, leave the pages alone
 
 A command table is a Markdown table whose first column is `command`; each row's command is run
 in this process (`runner ...` through the CLI, with `--out`), one after another, and every cell
@@ -31,6 +31,7 @@ from typing import Any
 from runner.defaults import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
+PAGES = (README, *sorted((REPO_ROOT / "docs").glob("*.md")))  # where published tables live
 # How far a quantized or bf16 figure may move on a CPU kind other than the one it was measured on
 # (issue #30: on an AMD EPYC, int8 and bf16 BLEU moved by up to 0.31 from the Xeon's; fp32 by nothing).
 ACROSS_KINDS = {"BLEU": 0.5, "chrF": 0.5, "source WER": 0.5, "ΔBLEU": 0.5}
@@ -103,13 +104,13 @@ def stale_cell(name: str, published: str, fresh: str, exact: bool) -> str | None
     return None
 
 
-def command_tables(path: Path = README) -> list[Table]:
-    """The tables whose first column is `command`."""
-    return [t for t in tables(path) if t.header[0] == "command"]
+def command_tables(paths: tuple[Path, ...] = PAGES) -> list[Table]:
+    """The tables whose first column is `command`, in every page of `paths`."""
+    return [t for path in paths for t in tables(path) if t.header[0] == "command"]
 
 
 def deterministic_cells(report: dict[str, Any]) -> dict[str, str]:
-    """A report's deterministic figures, formatted as the README's columns print them."""
+    """A report's deterministic figures, formatted as the published columns print them."""
     metrics = report["metrics"]
     return {"size MB": f"{metrics['size_mb']:.2f}", "params": f"{metrics['parameters']:,}",
             "parameters": f"{metrics['parameters']:,}", "BLEU": f"{metrics['bleu']['score']:.2f}",
@@ -143,16 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     from runner.environment import cpu_kind
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dry-run", action="store_true", help="print the rows, do not rewrite README.md")
+    parser.add_argument("--dry-run", action="store_true", help="print the rows, do not rewrite the pages")
     args = parser.parse_args(argv)
     here = cpu_kind()
-    lines = README.read_text(encoding="utf-8").splitlines()
+    lines = {path: path.read_text(encoding="utf-8").splitlines() for path in PAGES}
     reports: dict[str, dict[str, Any]] = {}
     ours = [t for t in command_tables() if measured_kind(t) == here]
     for table in command_tables():
         if measured_kind(table) != here:
-            print(f"README.md line {table.first_line}: measured on cpu kind {measured_kind(table)}, not this "
-                  f"machine's `{here}`: left as it is", file=sys.stderr)
+            print(f"{table.file.name} line {table.first_line}: measured on cpu kind {measured_kind(table)}, not "
+                  f"this machine's `{here}`: left as it is", file=sys.stderr)
     if not ours:
         print(f"no command table names cpu kind `{here}`: copy the tables, name `cpu kind `{here}`` above the "
               f"copies and run again (the rows below are this machine's)", file=sys.stderr)
@@ -165,10 +166,11 @@ def main(argv: list[str] | None = None) -> int:
                     reports[command] = run_command(command, Path(work) / f"{len(reports)}.json")
                 first = reports[table.rows[0][0].strip("`")]
                 new = "| " + " | ".join(row_cells(table.header, row, reports[command], first)) + " |"
-                lines[table.first_line + offset] = new
+                lines[table.file][table.first_line + offset] = new
                 print(new, flush=True)
     if not args.dry_run:
-        README.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        for path in {table.file for table in ours}:
+            path.write_text("\n".join(lines[path]) + "\n", encoding="utf-8")
     return 0
 
 

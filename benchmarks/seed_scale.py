@@ -33,7 +33,7 @@ from runner.device import resolve as resolve_device
 from runner.environment import manifest
 from runner.metrics.size import count_parameters, state_dict_bytes
 from runner.model import cache_dir, load
-from runner.plugin import runs_on
+from runner.plugin_set import PluginSet
 from runner.runner import Runner
 
 STATIC_ALL = {"name": "static-int8", "calibration_size": 4, "granularity": "block",
@@ -103,6 +103,20 @@ def build_model(config: dict[str, Any]) -> Path:
         state[name][-1] = -1e4  # <sos/eos> is never the best token: every search runs its full length
     torch.save(state, exp / "valid.acc.ave.pth")
     return exp
+
+
+ENGINE = "lean"  # in a scheme's entries, the search engine rather than a plugin
+
+
+def scheme_runner(bundle: Any, entries: list[Any], **options: Any) -> Runner:
+    """A runner over a copy of `bundle` for a scheme's entries: plugins, and "lean" for the lean search engine."""
+    plugins = [entry for entry in entries if entry != ENGINE]
+    return Runner.from_bundle(bundle, plugins=plugins, search=ENGINE if ENGINE in entries else "espnet", **options)
+
+
+def runs_on(entries: list[Any], device_type: str) -> bool:
+    """Whether every plugin of a scheme's entries runs on `device_type`."""
+    return PluginSet.resolve([entry for entry in entries if entry != ENGINE]).runs_on(device_type)
 
 
 def decode_options(config: dict[str, Any]) -> DecodeOptions:
@@ -180,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes: dict[str, tuple[float, int]] = {}
     for scheme in schemes:
         started = time.perf_counter()
-        runners[scheme] = Runner.from_bundle(float_bundle, plugins=plugins[scheme])
+        runners[scheme] = scheme_runner(float_bundle, plugins[scheme])
         runners[scheme].translate(test.utterances[0].waveform, float_bundle.sample_rate)  # static int8 calibrates here
         model = runners[scheme].bundle.model
         sizes[scheme] = (state_dict_bytes(model) / 1e6, count_parameters(model))  # after calibration and conversion

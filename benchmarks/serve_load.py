@@ -34,7 +34,7 @@ from runner import defaults
 from runner.data import load_test_set, preload
 from runner.device import resolve as resolve_device
 from runner.environment import manifest
-from runner.plugin import runs_on
+from runner.plugin_set import PluginSet
 from runner.metrics.latency import percentile
 
 
@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "warm_requests": min(args.warm_requests, requests // 3),
                                          "overload_requests": min(args.overload_requests, requests)})
         results = {}
-        runs = [(name, SERVERS[name], None) for name in servers if runs_on(quants(SERVERS[name]), device.type)]
+        runs = [(name, SERVERS[name], None) for name in servers
+                if PluginSet.resolve(quants(SERVERS[name])).runs_on(device.type)]
         if args.before is not None:
             commit = subprocess.run(["git", "-C", str(args.before), "rev-parse", "--short", "HEAD"], check=True,
                                     capture_output=True, text=True).stdout.strip()

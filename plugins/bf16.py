@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from runner.model import ModelBundle
-from runner.plugin import MODEL_PARTS, Effects, Plugin
+from runner.plugin import MODEL_PARTS, Effects, NumberFormat, Plugin
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Bf16(Plugin):
         return MODEL_PARTS  # autocast reaches every part's matmuls
 
     def apply(self, bundle: ModelBundle) -> None:
-        self.details.update(dtype="bfloat16 (autocast)")
+        self.number_format = NumberFormat("bfloat16 (autocast)")
 
     def translation_context(self, bundle: ModelBundle) -> contextlib.AbstractContextManager[Any]:
         # Speech2Text casts its input to float32 and the beam searches keep float32 scores;

@@ -9,5 +9,5 @@ from runner.plugins.dynamic_int8 import DynamicInt8
 
 class DynamicFp16(DynamicInt8):
     name = "dynamic-fp16"
-    description = "torch.ao dynamic quantization with float16 weights (fbgemm packs them; see the README for size)"
+    description = "torch.ao dynamic quantization with float16 weights (fbgemm packs them; docs/plugins.md says what that does to size)"
     dtype = torch.float16

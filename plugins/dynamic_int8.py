@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from runner.model import ModelBundle
-from runner.plugin import MODEL_PARTS, Effects, Plugin
+from runner.plugin import MODEL_PARTS, Effects, NumberFormat, Plugin
 from runner.quantize import MODULE_TYPES, check_globs, check_parts, named_targets, select_engine
 
 
@@ -51,4 +51,5 @@ class DynamicInt8(Plugin):
         # In place, on the model Speech2Text holds: its beam searches keep seeing the same decoders.
         torch.ao.quantization.quantize_dynamic(bundle.model, {name: qconfig for name in names}, dtype=self.dtype,
                                                inplace=True)
-        self.details.update(engine=engine, dtype=str(self.dtype).replace("torch.", ""), modules_quantized=len(names))
+        self.number_format = NumberFormat(str(self.dtype).replace("torch.", ""), engine)
+        self.details.update(modules_quantized=len(names))

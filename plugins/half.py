@@ -9,7 +9,9 @@ as ESPnet's searches size their score tensors by their input's dtype: hypotheses
 float32 sums of log-probabilities, not half-precision ones.
 
 It runs on the CPU too (bfloat16 at 1.41x fp32's latency on the demo model here, `runner sweep
-configs/half.yaml`; float16 stalls for minutes on some utterances, cause not profiled); the CPU's own
+configs/half.yaml`; float16 stalls for minutes on some utterances: torch 2.11's float16 depthwise
+`Conv1d` on the CPU, the conformer's convolution module, took over 100 s for 110 or 128 frames and a few
+ms for 120 or 129, timed alone at 144 channels and kernel 15); the CPU's own
 float16 scheme is `dynamic-fp16` and its bfloat16 one `bf16`.
 """
 
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 
 from runner.model import ModelBundle
-from runner.plugin import MODEL_PARTS, Effects, Plugin
+from runner.plugin import MODEL_PARTS, Effects, NumberFormat, Plugin
 from runner.quantize import part_prefixes
 
 # Parts kept in float32 and outside autocast: a power spectrum (up to n_fft^2) overflows float16.
@@ -92,8 +94,8 @@ class HalfFp16(Plugin):
             module = getattr(model, name, None)
             if isinstance(module, torch.nn.Module):
                 module.forward = _outside_autocast(module, bundle.device.type)
-        self.details.update(dtype=f"{str(self.dtype).replace('torch.', '')} (weights; autocast)",
-                            converted=converted)
+        self.number_format = NumberFormat(f"{str(self.dtype).replace('torch.', '')} (weights; autocast)")
+        self.details.update(converted=converted)
 
     def translation_context(self, bundle: ModelBundle) -> contextlib.AbstractContextManager[Any]:
         return torch.autocast(bundle.device.type, dtype=self.dtype)

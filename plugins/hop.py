@@ -25,6 +25,9 @@ class Hop(Plugin):
     effects = Effects(frontend=True)
     before = ("number-format", "search")  # what they see (and calibrate on) are this hop's features
 
+    def label(self) -> str:
+        return f"hop({self.config.hop_length})"
+
     def apply(self, bundle: ModelBundle) -> None:
         frontend = getattr(bundle.model, "frontend", None)
         stft = getattr(frontend, "stft", None)

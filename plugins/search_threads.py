@@ -4,16 +4,15 @@ A search step multiplies `beam` rows (4-10) by the decoder's weights: too little
 across cores, so every extra thread adds synchronisation to each of hundreds of small ops. The
 encoder, one large batch of frames, still gains from every core. This plugin sets the thread
 count to `threads` while each beam search runs and restores the runner's count after it; the
-report still states the runner's thread count, with this plugin and its setting beside it.
+report still states the runner's thread count, with this plugin and its setting beside it. The
+engines (`runner.engines.SearchEngine.threads`) do the switching.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import torch
-
+from runner.engines import SearchEngine
 from runner.errors import RunnerError
 from runner.model import ModelBundle
 from runner.plugin import Effects, Plugin
@@ -33,17 +32,7 @@ class SearchThreads(Plugin):
     def apply(self, bundle: ModelBundle) -> None:
         if self.config.threads < 1:
             raise RunnerError(f"search-threads: threads must be at least 1, got {self.config.threads}")
-        saved: list[int] = []
-
-        def narrow(_module: Any, _args: Any) -> None:
-            saved.append(torch.get_num_threads())
-            torch.set_num_threads(self.config.threads)
-
-        def restore(_module: Any, _args: Any, _output: Any) -> None:
-            torch.set_num_threads(saved.pop())
-
-        searches = bundle.searches
-        for search in searches:
-            search.register_forward_pre_hook(narrow)
-            search.register_forward_hook(restore, always_call=True)  # also when a search fails
-        self.details.update(search_threads=self.config.threads, searches=len(searches))
+        engines = [search for search in bundle.searches if isinstance(search, SearchEngine)]
+        for engine in engines:  # each engine searches on these threads and restores the caller's after
+            engine.threads = self.config.threads
+        self.details.update(search_threads=self.config.threads, searches=len(engines))

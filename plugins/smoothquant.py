@@ -12,12 +12,11 @@ full beam searches over the calibration utterances, before any later plugin appl
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 from runner.data import Utterance
-from runner.decode import translate
 from runner.model import ModelBundle
+from runner.pipeline import translate
 from runner.plugin import MODEL_PARTS, CalibrationConfig, Plugin
 from runner.quantize import check_parts
 from runner.smoothing import ActivationMax, norm_groups, rescale, smooth_factors
@@ -48,7 +47,6 @@ class SmoothQuant(Plugin):
         self.details["layer_norms"] = len(self._groups)
 
     def calibrate(self, bundle: ModelBundle, utterances: list[Utterance]) -> None:
-        started = time.perf_counter()
         with ActivationMax(self._groups) as maxima:
             for utterance in utterances:
                 translate(bundle.speech2text, utterance.waveform)
@@ -58,6 +56,4 @@ class SmoothQuant(Plugin):
                 factors = smooth_factors(maxima.maxima[group.norm_name], group, self.config.alpha)
                 rescale(group, factors)
                 largest = max(largest, float(factors.max() / factors.min()))
-        self.details.update(layer_norms_smoothed=len(maxima.maxima), largest_factor_ratio=round(largest, 2),
-                            calibration_seconds=time.perf_counter() - started,
-                            calibration_utterances=len(utterances))
+        self.details.update(layer_norms_smoothed=len(maxima.maxima), largest_factor_ratio=round(largest, 2))

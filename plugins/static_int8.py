@@ -11,7 +11,6 @@ full beam searches over utterances disjoint from the test set, then converted.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,10 +24,10 @@ from torch.ao.quantization import (
 )
 
 from runner.data import Utterance
-from runner.decode import translate
 from runner.model import ModelBundle
 from runner.observers import EntropyObserver, PercentileObserver
-from runner.plugin import CalibrationConfig, Effects, Plugin
+from runner.pipeline import translate
+from runner.plugin import CalibrationConfig, Effects, NumberFormat, Plugin
 from runner.quantize import check_globs, check_parts, count_types, named_targets, select_engine, set_submodule
 
 
@@ -101,13 +100,12 @@ class StaticInt8(Plugin):
             wrapped += 1
         torch.ao.quantization.prepare(model, inplace=True)
         bundle.rewire_searches()
-        self.details.update(engine=engine, dtype="qint8", regions=wrapped, feed_forward_blocks=len(blocks))
+        self.number_format = NumberFormat("qint8", engine)
+        self.details.update(regions=wrapped, feed_forward_blocks=len(blocks))
 
     def calibrate(self, bundle: ModelBundle, utterances: list[Utterance]) -> None:
-        started = time.perf_counter()
         for utterance in utterances:
             translate(bundle.speech2text, utterance.waveform)  # full ASR + ST beam searches: observers see real steps
         torch.ao.quantization.convert(bundle.model, inplace=True)
         bundle.rewire_searches()
-        self.details.update(calibration_seconds=time.perf_counter() - started, calibration_utterances=len(utterances),
-                            quantized_modules=count_types(bundle.model))
+        self.details.update(quantized_modules=count_types(bundle.model))

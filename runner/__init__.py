@@ -9,14 +9,21 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["DecodeOptions", "Report", "Runner", "RunnerError", "Translation"]
+__all__ = ["DecodeOptions", "EvaluateOptions", "PluginSet", "Report", "RunConditions", "RunConfig", "Runner",
+           "RunnerError", "SearchEngine", "Searched", "Translation"]
 
 _EXPORTS = {
     "Runner": "runner.runner",
     "DecodeOptions": "runner.decode",
+    "EvaluateOptions": "runner.options",
+    "PluginSet": "runner.plugin_set",
     "Translation": "runner.decode",
     "Report": "runner.report",
+    "RunConditions": "runner.conditions",
+    "RunConfig": "runner.config",
     "RunnerError": "runner.errors",
+    "SearchEngine": "runner.engines",
+    "Searched": "runner.engines",
 }
 
 

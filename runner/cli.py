@@ -1,4 +1,4 @@
-"""`runner`: a thin Typer layer over the library. Every command is one or two library calls."""
+"""`runner`: a thin Typer layer over the library: each command parses its options, calls the library and prints."""
 
 from __future__ import annotations
 
@@ -87,12 +87,12 @@ def translate(
     seed: Optional[int] = typer.Option(None, help="Seed for --sample [default: 0]"),
     quant: Optional[str] = typer.Option(None, help="Number format: dynamic-int8, dynamic-fp16, static-int8 (CPU only); bf16 (autocast), half-fp16, half-bf16 (any device)"),
     hop: Optional[int] = typer.Option(None, help="Frontend STFT hop length in samples (the hop plugin)"),
-    search: Optional[str] = typer.Option(None, help="Beam-search engine: espnet (ESPnet's own) or lean (same hypotheses, less work per step)"),
+    search: Optional[str] = typer.Option(None, help="Beam-search engine: espnet (ESPnet's own), lean (same hypotheses, less work per step), or a registered one"),
     plugin: list[str] = typer.Option([], help="Also apply this plugin with its defaults (see `runner plugins`); repeatable"),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads [default: all cores]"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N, or auto (a GPU when one is visible and every plugin runs there) [default: cpu]"),
     warmup: Optional[int] = typer.Option(None, help="Leading utterances decoded but left out of latency [default: 1]"),
-    batch_size: Optional[int] = typer.Option(None, help="Utterances per beam search, with --search lean (same translations; latency is then each batch's time) [default: 1]"),
+    batch_size: Optional[int] = typer.Option(None, help="Utterances per beam search, with an engine that batches (--search lean; same translations; latency is then each batch's time) [default: 1]"),
     config: Optional[Path] = typer.Option(None, help="Run YAML (model, data, decode, plugins, ...), or a shipped one by name (run, fast-search); options override it"),
     decode_config: Optional[Path] = typer.Option(None, help="Decoding YAML [default: configs/decode.yaml]"),
     set_: list[str] = typer.Option([], "--set", help="Override a decoding option, e.g. --set beam_size=4"),
@@ -100,28 +100,29 @@ def translate(
     progress: bool = typer.Option(True, help="Show progress bars"),
 ) -> None:
     """Translate a test set and report size, parameters, BLEU, chrF, source WER and latency."""
-    from runner.config import RunConfig, compose_plugins, decode_options
+    from runner.config import RunConfig, compose_plugins
     from runner.outputs import check_writable
+    from runner.plugin import PluginSpec
     from runner.runner import Runner
 
     try:
         if out is not None:
             check_writable(out)  # before the decode, which a results file that cannot be written would waste
-        run = RunConfig.from_yaml(defaults.shipped_config(config)) if config else RunConfig()
-        given = dict(model=model, data=data, split=split, text=text, limit=limit, sample=sample, seed=seed,
-                     threads=threads, warmup=warmup, batch_size=batch_size, device=device)
-        for name, value in given.items():
-            if value is not None:
-                setattr(run, name, str(value) if isinstance(value, Path) else value)
-        decode = decode_options({**run.decode, **parse_overrides(set_)}, decode_config)
-        runner = Runner(run.model, decode, threads=run.threads, model_file=model_file,
-                        plugins=compose_plugins(run.plugins, quant=quant, hop=hop, search=search, extra=plugin),
-                        calibration_data=run.data, device=run.device)
-        options = run.evaluate_options(progress=progress)
-        preloaded = runner.preload(options)
+        run = (RunConfig.from_yaml(defaults.shipped_config(config), decode_config) if config
+               else RunConfig.from_dict({}, "options", decode_config))
+        run.evaluate = run.evaluate.replace(data=data, split=split, text=text, limit=limit, sample=sample, seed=seed,
+                                            warmup=warmup, batch_size=batch_size, progress=progress)
+        decode = run.decode.replace(parse_overrides(set_), "--set")
+        hops = [PluginSpec("hop", {"hop_length": hop})] if hop is not None else []  # --hop: the hop plugin's option
+        plugins = (compose_plugins(run.plugins.specs(), quant=quant, extra=plugin, replace=hops)
+                   if quant is not None or hops or plugin else run.plugins)
+        runner = Runner(str(model) if model else run.model, decode, threads=threads or run.threads,
+                        model_file=model_file, plugins=plugins, calibration_data=run.data,
+                        device=device or run.device, search=search or run.search)
+        preloaded = runner.preload(run.evaluate)
         typer.echo(f"preloaded {len(preloaded.utterances)} utterances ({preloaded.audio_seconds:.1f} s audio, "
                    f"{preloaded.memory_bytes / 1e6:.1f} MB in memory)", err=True)
-        report = runner.evaluate_preloaded(preloaded, options)
+        report = runner.evaluate_preloaded(preloaded, run.evaluate)
     except (RunnerError, KeyboardInterrupt) as error:
         partial = getattr(error, "partial_report", None)
         if partial is not None and out is not None:
@@ -189,14 +190,14 @@ def serve(
     model_file: Optional[Path] = typer.Option(None, help="Model weights, when the directory holds several .pth"),
     quant: list[str] = typer.Option([], help="Serve this scheme (none/fp32, dynamic-int8, ...); repeat to serve several"),
     hop: Optional[int] = typer.Option(None, help="Frontend STFT hop length in samples, for every served model"),
-    search: Optional[str] = typer.Option(None, help="Beam-search engine for every served model: espnet (ESPnet's own, the default) or lean"),
+    search: Optional[str] = typer.Option(None, help="Beam-search engine for every served model: espnet (ESPnet's own, the default), lean, or a registered one"),
     plugin: list[str] = typer.Option([], help="Also apply this plugin to every served model (see `runner plugins`); repeatable"),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads [default: all cores]"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto, for every served model"),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)"),
     port: int = typer.Option(8000, help="Port to listen on"),
     max_queue: int = typer.Option(32, help="Requests that may wait for the decoder; more get 503 with Retry-After"),
-    max_batch: int = typer.Option(1, help="Requests for one model decoded in one batched search (needs --search lean); 1: one at a time"),
+    max_batch: int = typer.Option(1, help="Requests for one model decoded in one batched search (needs an engine that batches: --search lean); 1: one at a time"),
     max_wait_ms: float = typer.Option(5.0, help="How long the oldest waiting request waits for others to join its batch"),
     max_mb: float = typer.Option(20.0, help="Largest upload in MB"),
     max_seconds: float = typer.Option(60.0, help="Longest audio in seconds"),
@@ -236,9 +237,9 @@ def serve(
         if ray:
             from runner.serve.ray_serve import serve_on_ray
 
-            from runner.serve.app import scheme_specs
+            from runner.serve.app import scheme_sets
 
-            scheme_specs(quant, hop, search, plugin, device)  # refuse bad schemes here, not in every replica
+            scheme_sets(quant, hop, search, plugin, device)  # refuse bad schemes here, not in every replica
             load = dict(model=model, quants=quant, hop=hop, decode=decode, threads=threads or 1, model_file=model_file,
                         plugins=plugin, calibration_data=calibration_data, search=search, device=device)
             typer.echo(f"serving on Ray ({replicas} replica(s)) at http://{host}:{port}/", err=True)
@@ -255,7 +256,7 @@ def serve(
 @app.command("plugins")
 def list_plugins() -> None:
     """List the plugins registered under the `runner.plugins` entry-point group, with their options."""
-    from runner.plugin import available, config_fields
+    from runner.plugin_set import available, config_fields
 
     try:
         registry = available()

@@ -1,116 +1,122 @@
-"""Run configs in YAML: model, data, decoding options, threads, warm-up and plugins."""
+"""Run configs in YAML: model, data, decoding options, threads, search engine, warm-up and plugins."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runner import defaults
 from runner.decode import DecodeOptions
 from runner.device import spec_type
+from runner.engines import DEFAULT as DEFAULT_ENGINE
+from runner.engines import engine_class
 from runner.errors import RunnerError
-from runner.plugin import PluginSpec, number_format_plugins
-from runner.plugin import resolve as resolve_plugins
+from runner.options import EvaluateOptions, coerce
+from runner.plugin import PluginSpec
+from runner.plugin_set import PluginSet, number_format_plugins
 from runner.yamlio import read_yaml_mapping
+
+
+RUN_KEYS = ("model", "threads", "device", "search", "decode", "plugins")
 
 
 @dataclass
 class RunConfig:
+    """A run config (YAML): what `runner translate --config`, a sweep's base and `runner tune`'s plan hold.
+
+    The YAML is flat: `model`, `threads`, `device`, `search`, `decode:` (decoding options), `plugins:`
+    and the `EvaluateOptions` keys (data, split, text, limit, sample, seed, warmup, batch_size).
+
+    Attributes:
+        model: the model (None: the embedded demo model).
+        threads: intra-op threads (None: every core).
+        device: cpu, cuda, cuda:N or auto (see runner.device).
+        search: the beam-search engine (`runner.engines`).
+        evaluate: what to decode and how to time it.
+        decode: the decoding options (configs/decode.yaml's, overlaid with the YAML's `decode:`).
+        plugins: the plugins, resolved and checked.
+    """
+
     model: str | None = None
-    data: str | None = None
-    split: str = "tst-COMMON"
-    text: str | None = None
-    limit: int | None = None
-    sample: bool = False
-    seed: int = 0
     threads: int | None = None
-    warmup: int = 1
-    batch_size: int = 1  # utterances per beam search (lean engine); 1: one at a time
-    device: str = "cpu"  # cpu, cuda, cuda:N or auto (see runner.device)
-    decode: dict[str, Any] = field(default_factory=dict)
-    plugins: list[PluginSpec] = field(default_factory=list)
+    device: str = "cpu"
+    search: str = DEFAULT_ENGINE
+    evaluate: EvaluateOptions = field(default_factory=EvaluateOptions)
+    decode: DecodeOptions = field(default_factory=lambda: decode_options())
+    plugins: PluginSet = field(default_factory=PluginSet)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> RunConfig:
-        return cls.from_dict(read_yaml_mapping(path, "run config"), str(path))
+    def from_yaml(cls, path: str | Path, decode_config: str | Path | None = None) -> RunConfig:
+        """A run config file; `decode_config` replaces configs/decode.yaml as the base of its `decode:`."""
+        return cls.from_dict(read_yaml_mapping(path, "run config"), str(path), decode_config)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], origin: str) -> RunConfig:
-        known = [f.name for f in fields(cls)]
+    def from_dict(cls, values: dict[str, Any], origin: str, decode_config: str | Path | None = None) -> RunConfig:
+        """A run config from a mapping; every error is one line naming `origin`."""
+        known = [*RUN_KEYS, *EvaluateOptions.KEYS]
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise RunnerError(f"{origin}: unknown key(s) {unknown}; allowed: {known}")
-        config = cls(**{k: v for k, v in values.items() if k not in ("plugins", "decode")})
-        for name, kind in (("split", str), ("sample", bool), ("seed", int), ("warmup", int)):
-            if not isinstance(getattr(config, name), kind):
-                raise RunnerError(f"{origin}: {name} must be {kind.__name__}, got {getattr(config, name)!r}")
-        if not isinstance(config.batch_size, int) or isinstance(config.batch_size, bool) or config.batch_size < 1:
-            raise RunnerError(f"{origin}: batch_size must be a positive integer, got {config.batch_size!r}")
-        spec_type(config.device, f"{origin}: device")
-        for name in ("limit", "threads"):
-            value = getattr(config, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise RunnerError(f"{origin}: {name} must be a positive integer, got {value!r}")
+        model = coerce(values.get("model"), str | None, f"{origin}: model")
+        threads = values.get("threads")
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise RunnerError(f"{origin}: threads must be a positive integer, got {threads!r}")
+        device = values.get("device", "cpu")
+        spec_type(device, f"{origin}: device")
+        search = coerce(values.get("search", DEFAULT_ENGINE), str, f"{origin}: search")
+        engine_class(search, f"{origin}: search")
+        evaluate = EvaluateOptions.from_dict({k: values[k] for k in EvaluateOptions.KEYS if k in values}, origin)
         decode = values.get("decode") or {}
         if not isinstance(decode, dict):
             raise RunnerError(f"{origin}: decode must be a mapping of decoding options")
-        DecodeOptions.from_dict(decode, origin=f"{origin}: decode")  # validate early
-        config.decode = decode
         plugins = values.get("plugins") or []
         if not isinstance(plugins, list):
             raise RunnerError(f"{origin}: plugins must be a list, e.g. [{{name: dynamic-int8}}]")
-        config.plugins = [PluginSpec.parse(entry, origin) for entry in plugins]
-        try:
-            resolve_plugins(config.plugins, device_type=config.device_type)  # a typo fails here, naming this file
+        try:  # a typo fails here, naming this file
+            plugin_set = PluginSet.resolve(plugins, device_type=spec_type(device), origin=origin)
         except RunnerError as error:
-            raise RunnerError(f"{origin}: {error}") from error
-        return config
+            raise RunnerError(error.args[0] if str(error).startswith(origin) else f"{origin}: {error}") from error
+        return cls(model, threads, device, search, evaluate, decode_options(decode, decode_config, origin), plugin_set)
+
+    @property
+    def data(self) -> str | None:
+        """The data root to decode (None: the demo corpus); calibrating plugins read its dev split too."""
+        return self.evaluate.data
 
     @property
     def device_type(self) -> str | None:
         """"cpu" or "cuda" when `device` names one ("auto" decides only when the run starts)."""
         return spec_type(self.device)
 
-    def evaluate_options(self, **overrides: Any) -> Any:
-        """The `EvaluateOptions` (what to decode, warm-up) this run config describes."""
-        from runner.runner import EvaluateOptions
 
-        values = dict(data=self.data, split=self.split, text=self.text, limit=self.limit, sample=self.sample,
-                      seed=self.seed, warmup=self.warmup, batch_size=self.batch_size)
-        return EvaluateOptions(**{**values, **overrides})
-
-
-def decode_options(values: dict[str, Any] | None = None, config: str | Path | None = None) -> DecodeOptions:
+def decode_options(values: dict[str, Any] | None = None, config: str | Path | None = None,
+                   origin: str = "decoding options") -> DecodeOptions:
     """Decoding options: `config` (default: configs/decode.yaml, when present) overlaid with `values`.
 
     `runner translate` and `runner sweep` both decode with this, so the two measure alike.
     """
     path = defaults.shipped_config(config) if config else (
         defaults.DECODE_CONFIG if defaults.DECODE_CONFIG.is_file() else None)
-    if path is None:
-        return DecodeOptions.from_dict(values or {}, origin="decoding options")
-    return DecodeOptions.from_yaml(path, values)
+    options = DecodeOptions.from_dict(values or {}, origin=origin)  # a bad value names where it was given
+    return options if path is None else DecodeOptions.from_yaml(path, values)
 
 
-SEARCH_ENGINES: dict[str, str | None] = {"espnet": None, "lean": "lean"}  # --search name -> its plugin
 FLOAT = ("none", "fp32")  # --quant values meaning "no number-format plugin"
 
 
-def compose_plugins(base: Sequence[PluginSpec] = (), *, quant: str | None = None, hop: int | None = None,
-                    search: str | None = None, extra: Sequence[str] = (),
-                    options: dict[str, Any] | None = None) -> list[PluginSpec]:
+def compose_plugins(base: Sequence[PluginSpec] = (), *, quant: str | None = None, replace: Sequence[PluginSpec] = (),
+                    extra: Sequence[str] = (), options: dict[str, Any] | None = None) -> list[PluginSpec]:
     """The plugin list of one run; `runner translate`, every sweep row and `runner serve` compose it here.
 
     Args:
-        base: a run config's `plugins:` list.
+        base: a run config's plugins.
         quant: `--quant` or a grid's `quant`: "none"/"fp32" removes every number-format plugin
             (int8, fp16, bf16, and third-party ones whose `effects` declare `number_format`);
             another name replaces them with that plugin, keeping `base`'s options for it if listed.
-        hop: `--hop` or a grid's `hop`: replaces any hop plugin.
-        search: `--search` or a grid's `search`: "lean" adds the lean engine's plugin, "espnet"
-            removes it (ESPnet's own BatchBeamSearch).
+        replace: specs that take the place of `base`'s plugins of the same name (`--hop N` is
+            `hop` with `hop_length: N`).
         extra: `--plugin` names, added with their defaults unless `base` lists them already.
         options: a grid row's `{"<plugin>.<option>": value}`, set on plugins in the list
             (options of absent plugins are ignored).
@@ -120,14 +126,8 @@ def compose_plugins(base: Sequence[PluginSpec] = (), *, quant: str | None = None
     """
     specs = [PluginSpec(s.name, dict(s.values)) for s in base]
     specs += [PluginSpec(name) for name in dict.fromkeys(extra) if all(s.name != name for s in specs)]
-    if hop is not None:
-        specs = [s for s in specs if s.name != "hop"] + [PluginSpec("hop", {"hop_length": hop})]
-    if search is not None:
-        if search not in SEARCH_ENGINES:
-            raise RunnerError(f"search engine must be one of {list(SEARCH_ENGINES)}, got {search!r}")
-        specs = [s for s in specs if s.name != SEARCH_ENGINES["lean"]]
-        if SEARCH_ENGINES[search] is not None:
-            specs.append(PluginSpec(SEARCH_ENGINES[search]))
+    for spec in replace:
+        specs = [s for s in specs if s.name != spec.name] + [PluginSpec(spec.name, dict(spec.values))]
     if quant is not None:
         formats = set(number_format_plugins())
         specs = [s for s in specs if s.name not in formats or s.name == quant]  # the chosen one keeps its options

@@ -1,8 +1,7 @@
-"""Decoding: options, one timed translation through ESPnet's own `Speech2Text`.
+"""Decoding: its options, a translation's typed result, the decoding deadline and stage timing.
 
-The runner never re-implements ESPnet's decoding: it calls `Speech2Text.__call__` and times
-its stages with forward hooks, so an fp32 translation is exactly what
-`espnet2.bin.st_inference` writes for the same model and options.
+The path a translation takes is `runner.pipeline` (`Speech2Text.__call__`'s steps, each beam search
+through its engine); what it returns, how long it may take and how its stages are timed live here.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from runner.device import clock
-from runner.errors import AudioTooShortError, DecodeTimeoutError, RunnerError
+from runner.errors import AudioTooShortError, RunnerError
 from runner.options import coerce  # decoding options follow the plugin options' typing rules
 
 STAGES = ("frontend", "encoder", "asr_search", "md_encoder", "st_search")
@@ -60,6 +59,10 @@ class DecodeOptions:
         values = values.get("decode", values)
         return cls.from_dict({**values, **(overrides or {})}, origin=str(path))
 
+    def replace(self, values: dict[str, Any], origin: str = "decoding options") -> DecodeOptions:
+        """These options with `values` (named as `from_dict` takes them), checked."""
+        return self.from_dict({**asdict(self), **values}, origin) if values else self
+
     def validate(self, origin: str) -> None:
         for name in ("beam_size", "asr_beam_size", "nbest"):
             if getattr(self, name) < 1:
@@ -70,30 +73,6 @@ class DecodeOptions:
 
     def speech2text_kwargs(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def keep_pre_x_on_retry(search: Any) -> None:
-    """Make ESPnet's no-n-best retry keep `pre_x`.
-
-    `BeamSearch.forward` retries with a smaller minlenratio as `self.forward(x, maxlenratio,
-    minlenratio)`, dropping `pre_x`, and the speech-attention decoder then fails on None.
-    An instance-level `forward` sees the retry (it goes through `self.forward`) and passes
-    the outer call's `pre_x` on; ESPnet's source stays untouched.
-    """
-    if search is None or "forward" in vars(search):
-        return
-    outer: list[torch.Tensor | None] = []
-
-    def forward(x: torch.Tensor, maxlenratio: float = 0.0, minlenratio: float = 0.0, pre_x: Any = None) -> Any:
-        if outer and pre_x is None:
-            pre_x = outer[-1]
-        outer.append(pre_x)
-        try:
-            return type(search).forward(search, x, maxlenratio, minlenratio, pre_x=pre_x)
-        finally:
-            outer.pop()
-
-    search.forward = forward
 
 
 @dataclass
@@ -109,6 +88,8 @@ class Translation:
         stages: seconds per stage (frontend, encoder, asr_search, md_encoder, st_search); in a batch, the batch's.
         steps: output steps each beam search took (asr_search, st_search): `BeamSearch.search` calls.
         batch_size: utterances decoded together with this one (itself included).
+        nbest: the ST n-best as `Speech2Text.__call__` returns it: (text, tokens, token ids, hypothesis).
+        source_nbest: a multi-decoder model's ASR n-best: (text, tokens, token ids, hypothesis, decoder states).
     """
 
     text: str
@@ -118,6 +99,8 @@ class Translation:
     stages: dict[str, float] = field(default_factory=dict)
     steps: dict[str, int] = field(default_factory=dict)
     batch_size: int = 1
+    nbest: list[tuple[Any, ...]] = field(default_factory=list, repr=False)
+    source_nbest: list[tuple[Any, ...]] = field(default_factory=list, repr=False)
 
 
 SEARCH_STAGES = ("asr_search", "st_search")
@@ -130,46 +113,15 @@ DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("runner_
 def deadline(seconds: float | None) -> Iterator[None]:
     """Within the block, a beam search that is still running `seconds` from now stops at its next step.
 
-    The search raises DecodeTimeoutError (so a server can answer the request instead of decoding 59 s
-    of noise for minutes). None: no deadline.
+    Every engine checks it once per step (`runner.engines.check_deadline`) and raises
+    DecodeTimeoutError, so a server can answer the request instead of decoding 59 s of noise for
+    minutes. None: no deadline.
     """
     token = DEADLINE.set(None if seconds is None else time.monotonic() + seconds)
     try:
         yield
     finally:
         DEADLINE.reset(token)
-
-
-class StepCounter:
-    """Counts each beam search's output steps (its `search` calls) during one translation, and stops a
-    search past the `deadline` of the block it runs in.
-
-    A per-instance `search` wraps ESPnet's (or the lean engine's) for the duration of the block only,
-    so a search's time per step can be reported beside its stage time.
-    """
-
-    def __init__(self, searches: dict[str, Any]) -> None:
-        self.searches = {name: search for name, search in searches.items() if search is not None}
-        self.steps = {name: 0 for name in self.searches}
-
-    def __enter__(self) -> StepCounter:
-        stop_at = DEADLINE.get()
-        for name, search in self.searches.items():
-            original = search.search
-
-            def counted(*args: Any, name: str = name, original: Any = original, **kwargs: Any) -> Any:
-                self.steps[name] += 1
-                if stop_at is not None and time.monotonic() > stop_at:
-                    raise DecodeTimeoutError(f"{name} stopped after {self.steps[name]} steps: past the decoding "
-                                             f"deadline")
-                return original(*args, **kwargs)
-
-            search.search = counted
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for search in self.searches.values():
-            vars(search).pop("search", None)
 
 
 class StageTimer:
@@ -232,43 +184,3 @@ def check_length(speech2text: Any, waveform: np.ndarray) -> None:
     if len(waveform) < needed:
         raise AudioTooShortError(f"audio too short: {len(waveform)} samples, the frontend's STFT window needs at "
                                  f"least {needed}")
-
-
-def translate(speech2text: Any, waveform: np.ndarray,
-              context: contextlib.AbstractContextManager[Any] | None = None) -> Translation:
-    """One utterance through `Speech2Text.__call__`, with wall time in total and per stage (on a GPU,
-    read after the device finishes: see `runner.device.clock`).
-
-    Args:
-        speech2text: ESPnet's `Speech2Text` (a `ModelBundle.speech2text`).
-        waveform: mono float32 samples at the model's rate.
-        context: entered around the call and inside the timing (plugins' translation contexts).
-
-    Raises:
-        AudioTooShortError: when the waveform is shorter than the frontend's window or gives the
-            encoder too few frames for its subsampling (ESPnet's TooShortUttError).
-    """
-    check_length(speech2text, waveform)
-    device = torch.device(speech2text.device)
-    timer = StageTimer(stage_modules(speech2text), device)
-    multidecoder = getattr(speech2text.st_model, "use_multidecoder", False)
-    counter = StepCounter({"asr_search": speech2text.asr_beam_search if multidecoder else None,
-                           "st_search": speech2text.beam_search})
-    with timer, counter, context or contextlib.nullcontext():
-        started = clock(device)
-        try:
-            output = speech2text(waveform)
-        except Exception as error:
-            if type(error).__name__ == "TooShortUttError":  # espnet.nets.pytorch_backend.transformer.subsampling
-                raise AudioTooShortError(
-                    f"audio too short for the encoder's subsampling: {len(waveform)} samples give "
-                    f"{error.actual_size} feature frames, it needs more than {error.limit}") from error
-            raise
-        seconds = clock(device) - started
-    if isinstance(output, tuple):  # multi-decoder: (st results, asr results)
-        results, asr_results = output
-        source_text = asr_results[0][0] if asr_results else None
-    else:
-        results, source_text = output, None
-    text, tokens = (results[0][0] or "", results[0][1]) if results else ("", [])
-    return Translation(text, source_text, tokens, seconds, dict(timer.seconds), dict(counter.steps))

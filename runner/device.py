@@ -48,7 +48,8 @@ def resolve(spec: str, plugins: Iterable[Any] = (), where: str = "--device") -> 
 
     Args:
         spec: cpu, cuda, cuda:N or auto (a GPU when one is visible and every plugin runs there).
-        plugins: the run's plugins (or their classes); their `devices` decide whether `auto` may pick the GPU.
+        plugins: the run's plugins (a `PluginSet`, or plugin objects); their `devices` decide whether `auto`
+            may pick the GPU.
         where: what the error messages name (the option or YAML file).
 
     Returns:
@@ -71,16 +72,6 @@ def resolve(spec: str, plugins: Iterable[Any] = (), where: str = "--device") -> 
         raise RunnerError(f"{where} {spec}: there are {torch.cuda.device_count()} CUDA device(s) (cuda:0 .. "
                           f"cuda:{torch.cuda.device_count() - 1})")
     return device
-
-
-def check_plugins(plugins: Iterable[Any], device_type: str, where: str = "--device") -> None:
-    """Refuse, in one line, a plugin (or plugin class) that does not run on `device_type` ("cpu" or "cuda")."""
-    for plugin in plugins:
-        devices = plugin.devices
-        if device_type not in devices:
-            why = plugin.device_note
-            raise RunnerError(f"plugin '{plugin.name}' runs on {' and '.join(devices)} only, not {device_type}"
-                              f"{f' ({why})' if why else ''}; drop it or use {where} {devices[0]}")
 
 
 def synchronize(device: torch.device | str | None) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from runner import _espnet
-from runner.decode import DecodeOptions, keep_pre_x_on_retry
+from runner.decode import DecodeOptions
 from runner.errors import RunnerError, first_line
 from runner.metrics.size import count_parameters, state_dict_bytes
 # Re-exported: callers find a model's files through this module too.
@@ -66,15 +66,29 @@ class ModelBundle:
         return int(frontend_conf.get("fs", 16000))
 
     @property
+    def search_stages(self) -> tuple[str, ...]:
+        """The beam searches a translation runs: "st_search", and a multi-decoder's "asr_search" first."""
+        return ("asr_search", "st_search") if self.is_multidecoder else ("st_search",)
+
+    @property
     def search_engine(self) -> str:
         """Which engine runs the beam searches: "espnet", "lean", or per search ("asr lean, st espnet")."""
-        engines = {"asr": getattr(self.speech2text, "asr_beam_search", None) if self.is_multidecoder else None,
-                   "st": self.speech2text.beam_search}
-        names = {stage: getattr(search, "engine_name", "espnet") for stage, search in engines.items()
-                 if search is not None}
+        from runner.engines import SEARCH_ATTRIBUTES
+
+        names = {}
+        for stage in self.search_stages:
+            search = getattr(self.speech2text, SEARCH_ATTRIBUTES[stage], None)
+            if search is not None:
+                names[stage.removesuffix("_search")] = getattr(search, "name", "espnet")
         if len(set(names.values())) == 1:
             return next(iter(names.values()))
         return ", ".join(f"{stage} {name}" for stage, name in names.items())
+
+    def install_engine(self, name: str) -> dict[str, str]:
+        """Run the beam searches on engine `name` (`runner.engines`); returns which engine runs which search."""
+        from runner.engines import install
+
+        return install(self.speech2text, name, self.search_stages)
 
     @property
     def searches(self) -> list[Any]:
@@ -107,9 +121,6 @@ class ModelBundle:
     def copy(self) -> ModelBundle:
         """An independent deep copy (model, searches, tokenizers) for a plugin to change."""
         speech2text = copy.deepcopy(self.speech2text)
-        # The pre_x fix is a closure over the original search: install a fresh one on the copy.
-        vars(speech2text.beam_search).pop("forward", None)
-        keep_pre_x_on_retry(speech2text.beam_search)
         clone = ModelBundle.__new__(ModelBundle)
         clone.speech2text, clone.files, clone.options = speech2text, self.files, self.options
         clone.float_parameters = self.float_parameters
@@ -184,5 +195,5 @@ def load(path: str | Path, options: DecodeOptions | None = None, model_file: str
         raise RunnerError(f"{files.origin}: ESPnet could not load the model ({first_line(error)})") from error
     check_weights_fit(speech2text.st_model, files)
     bundle = ModelBundle(speech2text, files, options)
-    keep_pre_x_on_retry(speech2text.beam_search)
+    bundle.install_engine("espnet")  # ESPnet's own search, through the engine protocol (runner.engines)
     return bundle

@@ -72,8 +72,14 @@ class ModelFiles:
 
 
 def locate(path: str | Path, model_file: str | Path | None = None) -> ModelFiles:
-    """Find a model's config and weights: unpack archives, unwrap trainer checkpoints, resolve paths."""
+    """Find a model's config and weights: fetch Hub names, unpack archives, unwrap trainer checkpoints, resolve
+    paths."""
+    from runner import hub
+
     origin = Path(path)
+    if hub.is_hub_name(path):
+        origin, weights_file = hub.experiment(hub.snapshot(str(path)), str(path))
+        model_file = model_file or weights_file
     if not origin.exists():
         raise RunnerError(f"{origin}: model path not found")
     if origin.is_file() and origin.name.endswith(ARCHIVE_SUFFIXES):

@@ -1,4 +1,4 @@
-"""Typed options from YAML or the command line: one coercion for decoding and plugin options.
+"""Typed options from YAML or the command line: one coercion for decoding, plugin and evaluation options.
 
 `coerce("4", int, where)` is 4; `coerce("4.5", int, where)` and `coerce(True, int, where)` are the
 same one-line `RunnerError` naming `where`, whichever option they were given for.
@@ -6,9 +6,12 @@ same one-line `RunnerError` naming `where`, whichever option they were given for
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import typing
-from typing import Any, Literal, get_args, get_origin
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 from runner.errors import RunnerError
 
@@ -67,3 +70,80 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What to decode and how to time it: `Runner.evaluate`'s arguments, a run config's keys, a sweep's.
+
+    Attributes:
+        data: a MuST-C release (any of its roots) or an ESPnet/Kaldi data directory (None: the demo corpus).
+        split: the MuST-C split to decode.
+        text: the reference file's name inside a Kaldi data directory.
+        limit: decode only this many utterances (None: all).
+        sample: draw the `limit` utterances with `seed` instead of taking the first ones.
+        seed: the seed for `sample`.
+        warmup: leading utterances decoded but left out of latency (they count for BLEU).
+        batch_size: utterances per beam search (an engine that batches); the warm-up ones form their own batch.
+        progress: show progress bars on stderr.
+        exclude_ids: segment ids left out (a tuner's calibration utterances).
+        part: only utterances [start, stop) of the selection (a sweep shard).
+
+    Raises:
+        RunnerError: a value of the wrong type or out of range, in one line naming the option.
+    """
+
+    data: str | None = None
+    split: str = "tst-COMMON"
+    text: str | None = None
+    limit: int | None = None
+    sample: bool = False
+    seed: int = 0
+    warmup: int = 1
+    batch_size: int = 1
+    progress: bool = False
+    exclude_ids: tuple[str, ...] = ()
+    part: tuple[int, int] | None = None
+
+    KEYS: ClassVar[tuple[str, ...]] = ("data", "split", "text", "limit", "sample", "seed", "warmup", "batch_size")
+
+    def __post_init__(self) -> None:
+        self.check("evaluate options")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], origin: str = "evaluate options") -> EvaluateOptions:
+        """Options from YAML or keyword values, each coerced to its type; an unknown key is an error."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise RunnerError(f"{origin}: unknown option(s) {unknown}; allowed: {names}")
+        hints = typing.get_type_hints(cls)
+        typed = {name: coerce(str(value) if isinstance(value, Path) else value, hints[name], f"{origin}: {name}")
+                 for name, value in values.items() if name not in ("exclude_ids", "part")}
+        if "exclude_ids" in values:
+            typed["exclude_ids"] = tuple(values["exclude_ids"] or ())
+        if values.get("part") is not None:
+            typed["part"] = tuple(values["part"])
+        options = cls.__new__(cls)
+        for field in dataclasses.fields(cls):
+            object.__setattr__(options, field.name, typed.get(field.name, field.default))
+        options.check(origin)
+        return options
+
+    def replace(self, **changes: Any) -> EvaluateOptions:
+        """These options with `changes` (None values leave an option as it is), checked."""
+        return self.from_dict({**dataclasses.asdict(self), **{k: v for k, v in changes.items() if v is not None}})
+
+    def check(self, origin: str) -> None:
+        """Refuse values out of range, naming `origin` and the option."""
+        hints = typing.get_type_hints(type(self))
+        for name in ("data", "split", "text", "limit", "sample", "seed", "warmup", "batch_size", "progress"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, coerce(str(value) if isinstance(value, Path) else value, hints[name],
+                                                  f"{origin}: {name}"))
+        for name, least in (("limit", 1), ("batch_size", 1)):
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise RunnerError(f"{origin}: {name} must be a positive integer, got {value!r}")
+        if self.warmup < 0:
+            raise RunnerError(f"{origin}: warmup must be 0 or more, got {self.warmup}")

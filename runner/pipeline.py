@@ -1,11 +1,14 @@
-"""Several utterances in one beam search: `Speech2Text.__call__`'s steps with the searches batched.
+"""A translation's path: frontend and encoder, the ASR search, the MD encoder, the ST search, results.
 
-ESPnet decodes one utterance per call (and has no multi-utterance search for attention
-decoders). Here each utterance's frontend, encoder and MD encoder run alone, exactly as
-`Speech2Text.__call__` runs them, while each beam search runs once for the whole batch on the
-lean engine (`LeanBeamSearch.forward_batch`): one decoder call per step for every utterance's
-hypotheses, each utterance's top-k, end detection and length limits its own. Its results are
-what `Speech2Text.__call__` returns for each utterance alone (tests compare them).
+These are `Speech2Text.__call__`'s steps (espnet2.bin.st_inference), run here so that each beam
+search is called through the engine protocol (`runner.engines`): ESPnet's own search, the lean
+engine, or a third party's, for one utterance or a batch. Each search returns its n-best with the
+steps it took and its wall time, which is where the report's steps and search times come from.
+Each utterance's frontend, encoder and MD encoder run alone, exactly as `Speech2Text.__call__` runs
+them; an engine that `batches` searches a whole batch in one loop, each utterance's top-k, end
+detection and length limits its own. At fp32 the results are `Speech2Text.__call__`'s (tests compare
+every n-best with ESPnet's own call and with `espnet2.bin.st_inference`). A model whose searches
+no engine runs (a transducer) is decoded by `Speech2Text.__call__` itself, without step counts.
 """
 
 from __future__ import annotations
@@ -16,24 +19,56 @@ from typing import Any
 import numpy as np
 import torch
 
-from runner.decode import StageTimer, StepCounter, Translation, check_length, stage_modules
+from runner.decode import StageTimer, Translation, check_length, stage_modules
 from runner.device import clock
+from runner.engines import SearchEngine
 from runner.errors import AudioTooShortError, RunnerError
 
 
 def batch_ready(speech2text: Any) -> str | None:
-    """Why `translate_batch` cannot batch this model's searches (None when it can)."""
-    model = speech2text.st_model
-    if getattr(speech2text, "ctc_greedy", False) or getattr(speech2text, "beam_search_transducer", None):
+    """Why `translate_batch` cannot search this model's utterances together (None when it can)."""
+    if not engines_run(speech2text):
         return "greedy CTC and transducer decoding are not beam searches it batches"
-    searches = {"st_search": speech2text.beam_search}
-    if getattr(model, "use_multidecoder", False):
-        searches["asr_search"] = speech2text.asr_beam_search
-    espnet = [name for name, search in searches.items() if not hasattr(search, "forward_batch")]
-    if espnet:
-        return (f"{' and '.join(espnet)} run{'s' if len(espnet) == 1 else ''} ESPnet's search engine, which "
-                f"decodes one utterance at a time; use the lean engine (--search lean)")
+    searches = _searches(speech2text)
+    single = {name: search.name for name, search in searches.items() if not search.batches}
+    if single:
+        engines = sorted(set(single.values()))
+        return (f"{' and '.join(single)} run{'s' if len(single) == 1 else ''} the {', '.join(engines)} search "
+                f"engine, which decodes one utterance at a time; use the lean engine (--search lean)")
     return None
+
+
+def _searches(speech2text: Any) -> dict[str, Any]:
+    """The beam searches a translation runs, by stage."""
+    searches = {"st_search": speech2text.beam_search}
+    if getattr(speech2text.st_model, "use_multidecoder", False):
+        searches["asr_search"] = speech2text.asr_beam_search
+    return searches
+
+
+def translate(speech2text: Any, waveform: np.ndarray,
+              context: contextlib.AbstractContextManager[Any] | None = None) -> Translation:
+    """One utterance, with wall time in total and per stage (on a GPU, read after the device finishes:
+    see `runner.device.clock`) and each search's steps.
+
+    Args:
+        speech2text: ESPnet's `Speech2Text` (a `ModelBundle.speech2text`).
+        waveform: mono float32 samples at the model's rate.
+        context: entered around the call and inside the timing (plugins' translation contexts).
+
+    Raises:
+        AudioTooShortError: when the waveform is shorter than the frontend's window or gives the
+            encoder too few frames for its subsampling (ESPnet's TooShortUttError).
+    """
+    if engines_run(speech2text):
+        return _decode(speech2text, [waveform], context)[0]
+    return _espnet_call(speech2text, waveform, context)
+
+
+def engines_run(speech2text: Any) -> bool:
+    """Whether every beam search of a translation runs on an engine (not greedy CTC or a transducer)."""
+    return not getattr(speech2text, "ctc_greedy", False) and all(
+        isinstance(search, SearchEngine) for search in _searches(speech2text).values())
 
 
 def translate_batch(speech2text: Any, waveforms: list[np.ndarray],
@@ -41,7 +76,7 @@ def translate_batch(speech2text: Any, waveforms: list[np.ndarray],
     """Translate several utterances with their beam searches batched; each result as if decoded alone.
 
     Args:
-        speech2text: ESPnet's `Speech2Text` whose searches run on the lean engine (see `batch_ready`).
+        speech2text: ESPnet's `Speech2Text` whose searches run on an engine that batches (see `batch_ready`).
         waveforms: mono float32 samples at the model's rate, one array per utterance.
         context: entered around the whole batch (plugins' translation contexts).
 
@@ -62,38 +97,44 @@ def translate_batch(speech2text: Any, waveforms: list[np.ndarray],
             check_length(speech2text, waveform)
         except AudioTooShortError as error:
             raise AudioTooShortError(f"utterance {index} of the batch: {error}") from error
+    return _decode(speech2text, waveforms, context)
+
+
+def _decode(speech2text: Any, waveforms: list[np.ndarray],
+            context: contextlib.AbstractContextManager[Any] | None) -> list[Translation]:
+    """`Speech2Text.__call__`'s steps for every waveform, each search through its engine."""
+    if len(waveforms) == 1:
+        check_length(speech2text, waveforms[0])
     model = speech2text.st_model
     multidecoder = getattr(model, "use_multidecoder", False)
     modules = stage_modules(speech2text)
     device = torch.device(speech2text.device)
     timer = StageTimer({name: modules[name] for name in ("frontend", "encoder", "md_encoder")}, device)
     searched = {"asr_search": 0.0, "st_search": 0.0}
-    counter = StepCounter({"asr_search": speech2text.asr_beam_search if multidecoder else None,
-                           "st_search": speech2text.beam_search})  # here for the decoding deadline
-    with timer, counter, context or contextlib.nullcontext(), torch.no_grad():  # Speech2Text.__call__ is no_grad too
+    steps: list[dict[str, int]] = [{} for _ in waveforms]
+    with timer, context or contextlib.nullcontext(), torch.no_grad():  # Speech2Text.__call__ is no_grad too
         started = clock(device)
         encoded = [_encode(speech2text, waveform) for waveform in waveforms]
         asr_results: list[list[Any]] = [[] for _ in waveforms]
         pre_xs = None
-        steps: list[dict[str, int]] = [{} for _ in waveforms]
         if multidecoder:
             search_started = clock(device)
-            asr_nbest = speech2text.asr_beam_search.forward_batch(
+            asr = speech2text.asr_beam_search.search_batch(
                 [asr_enc for _, asr_enc in encoded], speech2text.asr_maxlenratio, speech2text.asr_minlenratio)
             searched["asr_search"] = clock(device) - search_started
-            for index, count in enumerate(speech2text.asr_beam_search.steps):
-                steps[index]["asr_search"] = count
-            asr_results = [[_asr_result(speech2text, hyp) for hyp in nbest] for nbest in asr_nbest]
+            for index, result in enumerate(asr):
+                steps[index]["asr_search"] = result.steps
+            asr_results = [[_asr_result(speech2text, hyp) for hyp in result.nbest] for result in asr]
             xs = [_md_encode(speech2text, results[0][-1]) for results in asr_results]
             if model.use_speech_attn:
                 pre_xs = [enc for enc, _ in encoded]
         else:
             xs = [enc for enc, _ in encoded]
         search_started = clock(device)
-        nbest = speech2text.beam_search.forward_batch(xs, speech2text.maxlenratio, speech2text.minlenratio, pre_xs)
+        st = speech2text.beam_search.search_batch(xs, speech2text.maxlenratio, speech2text.minlenratio, pre_xs)
         searched["st_search"] = clock(device) - search_started
-        for index, count in enumerate(speech2text.beam_search.steps):
-            steps[index]["st_search"] = count
+        for index, result in enumerate(st):
+            steps[index]["st_search"] = result.steps
         seconds = clock(device) - started
     stages = {"frontend": timer.seconds["frontend"], "encoder": timer.seconds["encoder"],
               "asr_search": searched["asr_search"], "md_encoder": timer.seconds["md_encoder"],
@@ -101,13 +142,44 @@ def translate_batch(speech2text: Any, waveforms: list[np.ndarray],
     if not multidecoder:
         stages.pop("asr_search")
     translations = []
-    for index, hypotheses in enumerate(nbest):
-        results = [_st_result(speech2text, hyp) for hyp in hypotheses[:speech2text.nbest]]
+    for index, result in enumerate(st):
+        results = [_st_result(speech2text, hyp) for hyp in result.nbest[:speech2text.nbest]]
         text, tokens = (results[0][0] or "", results[0][1]) if results else ("", [])
         source_text = asr_results[index][0][0] if asr_results[index] else None
         translations.append(Translation(text, source_text, tokens, seconds, dict(stages), steps[index],
-                                        batch_size=len(waveforms)))
+                                        batch_size=len(waveforms), nbest=results, source_nbest=asr_results[index]))
     return translations
+
+
+def _espnet_call(speech2text: Any, waveform: np.ndarray,
+                 context: contextlib.AbstractContextManager[Any] | None) -> Translation:
+    """`Speech2Text.__call__` itself, timed by stage (a model whose searches no engine runs)."""
+    check_length(speech2text, waveform)
+    device = torch.device(speech2text.device)
+    timer = StageTimer(stage_modules(speech2text), device)
+    with timer, context or contextlib.nullcontext():
+        started = clock(device)
+        try:
+            output = speech2text(waveform)
+        except Exception as error:
+            _too_short(error, len(waveform))
+            raise
+        seconds = clock(device) - started
+    if isinstance(output, tuple):  # multi-decoder: (st results, asr results)
+        results, asr_results = output
+    else:
+        results, asr_results = output, []
+    source_text = asr_results[0][0] if asr_results else None
+    text, tokens = (results[0][0] or "", results[0][1]) if results else ("", [])
+    return Translation(text, source_text, tokens, seconds, dict(timer.seconds), {}, nbest=results,
+                       source_nbest=asr_results)
+
+
+def _too_short(error: Exception, samples: int) -> None:
+    """Raise ESPnet's TooShortUttError (espnet.nets.pytorch_backend.transformer.subsampling) as AudioTooShortError."""
+    if type(error).__name__ == "TooShortUttError":
+        raise AudioTooShortError(f"audio too short for the encoder's subsampling: {samples} samples give "
+                                 f"{error.actual_size} feature frames, it needs more than {error.limit}") from error
 
 
 def _encode(speech2text: Any, waveform: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,10 +190,7 @@ def _encode(speech2text: Any, waveform: np.ndarray) -> tuple[torch.Tensor, torch
     try:
         enc, _, asr_enc, _ = speech2text.st_model.encode(**batch, return_int_enc=True)
     except Exception as error:
-        if type(error).__name__ == "TooShortUttError":
-            raise AudioTooShortError(f"audio too short for the encoder's subsampling: {speech.size(1)} samples "
-                                     f"give {error.actual_size} feature frames, it needs more than "
-                                     f"{error.limit}") from error
+        _too_short(error, speech.size(1))
         raise
     return enc[0], asr_enc[0]
 

@@ -1,8 +1,10 @@
 """A finished evaluation: every figure, typed, with the conditions it was measured under.
 
-Like sacrebleu's scores, each figure travels with what reproduces it: `Report.conditions` holds
-threads, engine, hop, dtype, plugins, warm-up, machine and versions; `Report.metrics` the typed
-figures. Nothing is serialized until `save` or `to_dict`.
+Like sacrebleu's scores, each figure travels with what reproduces it: `Report.conditions` (a
+`RunConditions`) holds threads, engines, hop, dtype, plugins, warm-up, decoding options, machine and
+versions; `Report.options` the `EvaluateOptions` it ran with (as faster-whisper's `TranscriptionInfo`
+carries its options); `Report.metrics` the typed figures. Nothing is serialized until `save` or
+`to_dict`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.conditions import RunConditions
 from runner.metrics.bleu import CorpusScore
 from runner.metrics.latency import LatencyStats
 from runner.metrics.throughput import Throughput
+from runner.options import EvaluateOptions
 
 
 @dataclass(frozen=True)
@@ -60,14 +64,22 @@ class Report:
     command: str | None
     model: dict[str, Any]
     data: dict[str, Any]
-    decode: dict[str, Any]
-    conditions: dict[str, Any]
+    conditions: RunConditions
+    options: EvaluateOptions
     metrics: Metrics
     utterances: list[dict[str, Any]]
 
+    @property
+    def decode(self) -> dict[str, Any]:
+        """The decoding options, named as `espnet2.bin.st_inference` names them."""
+        return self.conditions.decode.speech2text_kwargs()
+
     def to_dict(self) -> dict[str, Any]:
         """Everything as JSON-able values (what `save` writes)."""
-        return asdict(self)
+        options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.options).items()}
+        return {"command": self.command, "model": self.model, "data": self.data, "decode": self.decode,
+                "conditions": self.conditions.to_dict(), "options": options, "metrics": asdict(self.metrics),
+                "utterances": self.utterances}
 
     def save(self, path: str | Path) -> Path:
         """Write JSON atomically (synced, renamed): a crash mid-write never leaves a truncated results file.
@@ -104,8 +116,7 @@ class Report:
     def format(self) -> str:
         """The terminal table: the four headline figures, then latency detail, then conditions."""
         m, c, d = self.metrics, self.conditions, self.data
-        lat, summary = m.latency, self.model["summary"]
-        plugins = ", ".join(_plugin_label(p) for p in c["plugins"]) or "none"
+        lat, summary, machine = m.latency, self.model["summary"], c.machine
         wer = f"{m.source_wer:.1f} %" if m.source_wer is not None else "n/a (no ASR decoder or source text)"
         stages = "  ".join(f"{name} {seconds:.3f}" for name, seconds in m.stages_mean.items())
         selection = f"{d['selection']} {d['n']} of {d['segments_in_split']}" + (
@@ -116,12 +127,7 @@ class Report:
                       f"{', multi-decoder' if summary['multidecoder'] else ''})"),
             ("data", f"{d['path']}  split {d['split']}, {selection}, {d['audio_seconds']:.1f} s audio, "
                      f"preloaded {d['preload_memory_bytes'] / 1e6:.1f} MB"),
-            ("conditions", f"device {c.get('device', 'cpu')}, cpu {c.get('cpu_kind', 'unknown')}, threads {c['threads']}, "
-                           f"engine {c['quantized_engine']}, "
-                           f"search {c.get('search', 'espnet')}, hop {c['hop_length']}, "
-                           f"dtype {c['dtype']}, plugins {plugins}, warm-up {c['warmup']}, "
-                           f"batch {c.get('batch_size', 1)}, "
-                           f"beam {self.decode['beam_size']}/asr {self.decode['asr_beam_size']}"),
+            ("conditions", c.line()),
             ("size", f"{m.size_mb:.2f} MB state_dict  ({m.model_file_bytes / 1e6:.2f} MB model file)"),
             ("parameters", f"{m.parameters:,}"),
             ("BLEU", f"{m.bleu.score:.2f}  {m.bleu.signature}"),
@@ -129,28 +135,27 @@ class Report:
             ("source WER", wer),
             ("latency", f"mean {lat.mean:.3f} s  std {lat.std:.3f}  p50 {lat.p50:.3f}  p90 {lat.p90:.3f}  "
                         f"p99 {lat.p99:.3f}  total {lat.total:.2f} s  RTF {lat.rtf:.3f}  "
-                        f"({lat.count} utterances after {c['warmup']} warm-up"
-                        + ("; each its batch's wall time)" if c.get("batch_size", 1) > 1 else ")")),
+                        f"({lat.count} utterances after {c.warmup} warm-up"
+                        + ("; each its batch's wall time)" if c.batch_size > 1 else ")")),
             ("throughput", _throughput(m.throughput)),
             ("stages (mean s)", stages),
             ("search steps", "  ".join(
                 f"{name.removesuffix('_search')} {m.steps_mean[name]:.1f} per utterance"
                 + (f", {1000 * m.seconds_per_step[name]:.2f} ms per step" if name in m.seconds_per_step else "")
                 for name in m.steps_mean) or "n/a"),
-            ("machine", f"{c['cpu']} (cpu kind {c.get('cpu_kind', 'unknown')}), {c['cores']} cores; "
-                        f"torch {c['versions']['torch']}, "
-                        f"espnet {c['versions']['espnet']}"),
+            ("machine", f"{machine.get('cpu')} (cpu kind {machine.get('cpu_kind', 'unknown')}), "
+                        f"{machine.get('cores')} cores; torch {machine['versions']['torch']}, "
+                        f"espnet {machine['versions']['espnet']}"),
         ]
-        if c.get("gpu"):
+        if machine.get("gpu"):
             peak = m.gpu_peak_memory_bytes
-            rows.append(("GPU", f"{c['gpu']} ({c['gpu_memory_bytes'] / 2**30:.1f} GiB, compute {c['gpu_capability']}), "
-                                f"CUDA {c['cuda']}, cuDNN {c['cudnn']}; peak memory "
-                                + (f"{peak / 2**20:.1f} MiB while decoding" if peak is not None else "n/a")))
-        calibrated = [p for p in c["plugins"] if "calibration_seconds" in p]
-        for p in calibrated:
-            rows.append(("calibration", f"{p['name']}: {p['calibration_utterances']} utterances of split "
-                                        f"{p['calibration_split']} of {p['calibration_data']} "
-                                        f"({p['calibration_source']}) in {p['calibration_seconds']:.1f} s "
+            rows.append(("GPU", f"{machine['gpu']} ({machine['gpu_memory_bytes'] / 2**30:.1f} GiB, compute "
+                                f"{machine['gpu_capability']}), CUDA {machine['cuda']}, cuDNN {machine['cudnn']}; "
+                                "peak memory " + (f"{peak / 2**20:.1f} MiB while decoding" if peak is not None
+                                                  else "n/a")))
+        for name, record in c.calibrations:
+            rows.append(("calibration", f"{name}: {record.utterances} utterances of split {record.split} of "
+                                        f"{record.data} ({record.source}) in {record.seconds:.1f} s "
                                         f"(not part of latency)"))
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
@@ -163,12 +168,3 @@ def _throughput(speed: Throughput | None) -> str:
                else "one at a time")
     return (f"{speed.utterances_per_second:.2f} utterances/s, {speed.audio_seconds_per_second:.2f} audio s/s  "
             f"({speed.wall_seconds:.2f} s decoding wall time, {batches})")
-
-
-def _plugin_label(plugin: dict[str, Any]) -> str:
-    config = plugin["config"]
-    if plugin["name"] == "hop":
-        return f"hop({config['hop_length']})"
-    if "parts" in config:
-        return f"{plugin['name']}({','.join(config['parts'])})"
-    return plugin["name"]

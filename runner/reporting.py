@@ -5,28 +5,27 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-from runner.batch import batch_ranges
+from runner.conditions import RunConditions
 from runner.data import PreloadedSet
 from runner.decode import SEARCH_STAGES, STAGES, Translation
-from runner.environment import manifest
 from runner.metrics.bleu import corpus_bleu, corpus_chrf
 from runner.metrics.latency import latency_stats
 from runner.metrics.throughput import throughput
 from runner.metrics.wer import source_wer
+from runner.options import EvaluateOptions
+from runner.pipeline import batch_ranges
 from runner.report import Metrics, Report
 
-if TYPE_CHECKING:
-    from runner.runner import EvaluateOptions, Runner
 
-
-def build_report(runner: Runner, preloaded: PreloadedSet, options: EvaluateOptions,
+def build_report(conditions: RunConditions, model: dict[str, Any], preloaded: PreloadedSet, options: EvaluateOptions,
                  translations: list[Translation], gpu_peak_memory_bytes: int | None = None) -> Report:
-    """The `Report` of decoded utterances: every figure from `translations`, with the runner's conditions.
+    """The `Report` of decoded utterances: every figure from `translations`, with the run's conditions.
 
     Args:
-        runner: the runner that decoded them (model, plugins, threads, engine, decoding options).
+        conditions: what the runner decoded them under (`Runner.conditions`).
+        model: the model's files and summary (`Runner.model_info`).
         preloaded: the utterances, in the order of `translations`.
         options: how they were decoded (warm-up, batch size, selection).
         translations: one per utterance.
@@ -54,20 +53,12 @@ def build_report(runner: Runner, preloaded: PreloadedSet, options: EvaluateOptio
     seconds_per_step = {name: stages[name] * len(timed) / batch_steps[name] for name in searches
                         if batch_steps[name]}
     sources = [u.segment.source for u in utterances]
-    wer = source_wer([t.source_text for t in translations], sources) if runner.bundle.is_multidecoder else None
-    files = runner.bundle.files
+    summary = model["summary"]
+    wer = source_wer([t.source_text for t in translations], sources) if summary["multidecoder"] else None
     test_set = preloaded.test_set
-    summary = runner.summary
     return Report(
         command=shlex.join(sys.argv) if Path(sys.argv[0]).name == "runner" else None,
-        model={
-            "path": str(files.origin),
-            "config": str(files.config),
-            "model_file": str(files.model_file),
-            "packed": files.packed,
-            "content_hash": files.content_hash,
-            "summary": summary,
-        },
+        model=model,
         data={
             "path": str(test_set.path),
             "format": test_set.format,
@@ -81,19 +72,11 @@ def build_report(runner: Runner, preloaded: PreloadedSet, options: EvaluateOptio
             "preload_memory_bytes": preloaded.memory_bytes,
             "content_hash": preloaded.content_hash,
         },
-        decode=runner.decode.speech2text_kwargs(),
-        conditions={
-            **manifest(runner.threads, runner.engine or "none", runner.device),
-            "warmup": options.warmup,
-            "batch_size": options.batch_size,
-            "hop_length": (summary["frontend"] or {}).get("hop_length"),
-            "search": runner.bundle.search_engine,
-            "plugins": [p.describe() for p in runner.plugins],
-            "dtype": next((p.details["dtype"] for p in reversed(runner.plugins) if "dtype" in p.details), "float32"),
-        },
+        conditions=conditions.evaluated(options.warmup, options.batch_size),
+        options=options,
         metrics=Metrics(
             size_mb=summary["state_dict_bytes"] / 1e6,
-            model_file_bytes=files.file_bytes,
+            model_file_bytes=summary["model_file_bytes"],
             parameters=summary["parameters"],
             bleu=corpus_bleu(hypotheses, references),
             chrf=corpus_chrf(hypotheses, references),

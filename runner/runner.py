@@ -8,7 +8,6 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,38 +16,25 @@ import torch
 
 from runner import defaults
 from runner.audio import resample, to_mono_float
+from runner.conditions import RunConditions
 from runner.data import PreloadedSet, TestSet, load_test_set, preload
-from runner.batch import batch_ranges, batch_ready, translate_batch
-from runner.decode import DecodeOptions, Translation, translate
-from runner.device import PeakMemory, check_plugins, spec_type
+from runner.decode import DecodeOptions, Translation
+from runner.device import PeakMemory, spec_type
 from runner.device import resolve as resolve_device
-from runner.environment import resolve_threads, torch_settings
+from runner.engines import DEFAULT as DEFAULT_ENGINE
+from runner.engines import engine_class
+from runner.environment import manifest, resolve_threads, torch_settings
 from runner.errors import RunnerError, first_line
 from runner.model import ModelBundle, load
-from runner.reporting import build_report
+from runner.options import EvaluateOptions
+from runner.pipeline import batch_ranges, batch_ready, translate, translate_batch
 from runner.plugin import Plugin, PluginSpec, translation_contexts
-from runner.plugin import resolve as resolve_plugins
+from runner.plugin_set import PluginSet
 from runner.report import Report
+from runner.reporting import build_report
 from runner.staging import PluginStages, segment_key
 
 logger = logging.getLogger("runner")
-
-
-@dataclass
-class EvaluateOptions:
-    """What to decode and how to time it."""
-
-    data: str | Path | None = None  # None: the embedded demo corpus
-    split: str = "tst-COMMON"
-    text: str | None = None  # reference file name inside a Kaldi data directory
-    limit: int | None = None
-    sample: bool = False  # draw `limit` utterances with `seed` instead of taking the first
-    seed: int = 0
-    warmup: int = 1
-    progress: bool = False
-    exclude_ids: tuple[str, ...] = field(default_factory=tuple)
-    part: tuple[int, int] | None = None  # only utterances [start, stop) of the selection (a sweep shard)
-    batch_size: int = 1  # utterances per beam search (lean engine): consecutive utterances, warm-up ones apart
 
 
 class Runner:
@@ -64,11 +50,12 @@ class Runner:
         decode: DecodeOptions | None = None,
         threads: int | None = None,
         model_file: str | Path | None = None,
-        plugins: Sequence[str | dict[str, Any] | PluginSpec] = (),
+        plugins: PluginSet | Sequence[str | dict[str, Any] | PluginSpec] = (),
         calibration_data: str | Path | None = None,
         device: str | torch.device = "cpu",
+        search: str = DEFAULT_ENGINE,
     ) -> None:
-        """Load `model` and apply `plugins`.
+        """Load `model`, apply `plugins` and install the search engine.
 
         Args:
             model: an ESPnet experiment directory, config.yaml, .pth or packed archive
@@ -76,30 +63,33 @@ class Runner:
             decode: decoding options (default: `DecodeOptions()`, configs/decode.yaml's values).
             threads: intra-op threads for this runner's calls (default: every core).
             model_file: the weights, when the experiment directory holds several .pth files.
-            plugins: names, `{name: ..., option: ...}` dicts or `PluginSpec`s; applied in the order
-                their declared constraints give (then by name), whatever order they are listed in.
+            plugins: a `PluginSet`, or names, `{name: ..., option: ...}` dicts or `PluginSpec`s; applied
+                in the order their declared constraints give (then by name), whatever order they are listed in.
             calibration_data: data root whose calibration split (e.g. dev) calibrating plugins
                 read. Default: the data of the first `evaluate` call, when it has that split;
                 otherwise the embedded demo corpus, which is logged and recorded in the report.
             device: cpu (the default), cuda, cuda:N, or auto (a visible GPU, when every plugin runs
                 there); ignored for a `ModelBundle`, which runs where it was loaded. A plugin that
                 does not run on the device is refused before the model loads.
+            search: the beam-search engine (`runner.engines`: espnet, lean, or a registered one).
 
         Raises:
-            RunnerError: bad model files, plugin options or device (one line each).
+            RunnerError: bad model files, plugin options, search engine or device (one line each).
         """
         self.threads = resolve_threads(threads)
         self._thread = threading.get_ident()  # see _check_thread
-        specs = [p if isinstance(p, PluginSpec) else PluginSpec.parse(p, "plugins") for p in plugins]
-        self.plugins: list[Plugin] = resolve_plugins(specs)
-        if isinstance(model, ModelBundle):
-            device = model.device
-        elif not isinstance(device, torch.device):
+        plugin_set = PluginSet.resolve(plugins)
+        engine_class(search)  # an unknown engine is refused before the model loads
+        if isinstance(model, ModelBundle) or isinstance(device, torch.device):
+            device = model.device if isinstance(model, ModelBundle) else device
+            plugin_set.check_device(device.type)
+        else:
             kind = spec_type(device)
             if kind is not None:  # a plugin that cannot run there is refused before any GPU is sought
-                check_plugins(self.plugins, kind)
-            device = resolve_device(device, self.plugins)
-        check_plugins(self.plugins, device.type)
+                plugin_set.check_device(kind)
+            device = resolve_device(device, plugin_set)  # "auto" picks a device every plugin runs on
+        self.plugin_set = plugin_set
+        self.plugins: list[Plugin] = plugin_set.instances()
         self.device: torch.device = device
         with torch_settings(self.threads):
             if isinstance(model, ModelBundle):  # see from_bundle
@@ -108,17 +98,43 @@ class Runner:
                 self.decode = decode or DecodeOptions()
                 self.bundle = load(model if model is not None else defaults.model_path(), self.decode, model_file,
                                    self.device)
-            self._stages = PluginStages(self.plugins, self.bundle)
+            self._stages = PluginStages(self.plugins, self.bundle, search)
             self._stages.advance(calibration_data, "given")
 
     @property
-    def engine(self) -> str | None:
+    def search_engines(self) -> dict[str, str]:
+        """Which search engine runs which beam search ("asr_search", "st_search"), with the reason where it
+        is not the one asked for."""
+        self._finish_plugins(None)
+        return dict(self._stages.engines)
+
+    @property
+    def quantized_engine(self) -> str | None:
         """The quantized engine this runner's plugins packed weights for; None for a float model."""
-        return next((p.details["engine"] for p in reversed(self.plugins) if "engine" in p.details), None)
+        return next((p.number_format.engine for p in reversed(self.plugins)
+                     if p.number_format is not None and p.number_format.engine), None)
+
+    def conditions(self, warmup: int = 1, batch_size: int = 1) -> RunConditions:
+        """What this runner's figures are measured under (for an evaluation with `warmup` and `batch_size`)."""
+        self._finish_plugins(None)
+        formats = [p.number_format for p in self.plugins if p.number_format is not None]
+        return RunConditions(
+            device=str(self.device), threads=self.threads, quantized_engine=self.quantized_engine or "none",
+            search=self.bundle.search_engine, hop_length=(self.summary["frontend"] or {}).get("hop_length"),
+            dtype=formats[-1].dtype if formats else "float32", plugins=tuple(p.describe() for p in self.plugins),
+            calibrations=tuple((p.name, p.calibration) for p in self.plugins if p.calibration is not None),
+            decode=self.decode, machine=manifest(self.threads, self.quantized_engine or "none", self.device),
+            warmup=warmup, batch_size=batch_size, model_hash=self.bundle.files.content_hash)
+
+    def model_info(self) -> dict[str, Any]:
+        """The model's files (origin, config, weights, packed or not, content hash) and its summary."""
+        files = self.bundle.files
+        return {"path": str(files.origin), "config": str(files.config), "model_file": str(files.model_file),
+                "packed": files.packed, "content_hash": files.content_hash, "summary": self.summary}
 
     def _scope(self) -> contextlib.AbstractContextManager[None]:
         self._check_thread()
-        return torch_settings(self.threads, self.engine)
+        return torch_settings(self.threads, self.quantized_engine)
 
     def _check_thread(self) -> None:
         """Warn once when called from another thread than the one that loaded the runner.
@@ -163,10 +179,10 @@ class Runner:
 
     @classmethod
     def from_bundle(cls, bundle: ModelBundle, threads: int | None = None,
-                    plugins: Sequence[str | dict[str, Any] | PluginSpec] = (),
-                    calibration_data: str | Path | None = None) -> Runner:
+                    plugins: PluginSet | Sequence[str | dict[str, Any] | PluginSpec] = (),
+                    calibration_data: str | Path | None = None, search: str = DEFAULT_ENGINE) -> Runner:
         """A runner over a copy of an already loaded float model (a sweep loads the model once), on its device."""
-        return cls(bundle.copy(), threads=threads, plugins=plugins, calibration_data=calibration_data)
+        return cls(bundle.copy(), threads=threads, plugins=plugins, calibration_data=calibration_data, search=search)
 
     @property
     def sample_rate(self) -> int:
@@ -244,35 +260,26 @@ class Runner:
             part=options.part,
         )
 
-    def evaluate(self, data: str | Path | None = None, *, split: str = "tst-COMMON", text: str | None = None,
-                 limit: int | None = None, sample: bool = False, seed: int = 0, warmup: int = 1,
-                 progress: bool = False, batch_size: int = 1) -> Report:
+    def evaluate(self, data: str | Path | None = None, **options: Any) -> Report:
         """Preload a test subset, decode every utterance, and measure.
 
         Args:
             data: a MuST-C release (any of its roots) or an ESPnet/Kaldi data directory
                 (default: the embedded demo corpus).
-            split: the MuST-C split to decode.
-            text: the reference file's name inside a Kaldi data directory.
-            limit: decode only this many utterances (default: all).
-            sample: draw the `limit` utterances with `seed` instead of taking the first ones.
-            seed: the seed for `sample`.
-            warmup: leading utterances decoded but left out of latency (they count for BLEU).
-            progress: show progress bars on stderr.
-            batch_size: utterances decoded in one beam search (the lean engine). The warm-up utterances
-                form their own batch; the rest go in batches of consecutive utterances. Latency is then
-                each utterance's batch's wall time, and throughput counts utterances per second of decoding.
+            options: the other `EvaluateOptions` by name (split, text, limit, sample, seed, warmup,
+                batch_size, progress). With `batch_size` N > 1 (an engine that batches) the warm-up
+                utterances form their own batch and the rest go in batches of N consecutive utterances;
+                latency is then each utterance's batch's wall time.
 
         Returns:
-            A `Report`: size, parameters, BLEU, chrF, source WER, latency and every condition.
+            A `Report`: size, parameters, BLEU, chrF, source WER, latency, every condition and the options.
 
         Raises:
-            RunnerError: bad input (its `partial_report` holds finished utterances, if any).
+            RunnerError: an unknown or bad option, bad input (its `partial_report` holds finished utterances,
+                if any).
         """
-        options = EvaluateOptions(data=data, split=split, text=text, limit=limit, sample=sample, seed=seed,
-                                  warmup=warmup, progress=progress, batch_size=batch_size)
-        preloaded = self.preload(options)
-        return self.evaluate_preloaded(preloaded, options)
+        chosen = EvaluateOptions.from_dict({"data": data, **options}, "evaluate")
+        return self.evaluate_preloaded(self.preload(chosen), chosen)
 
     def evaluate_preloaded(self, preloaded: PreloadedSet, options: EvaluateOptions) -> Report:
         """`evaluate` on utterances already in memory (a sweep preloads once for every run)."""
@@ -288,8 +295,6 @@ class Runner:
                 f"{preloaded.test_set.path}: refusing to evaluate on {len(overlap)} utterance(s) the model was "
                 f"calibrated on (e.g. '{overlap[0]}'); calibrate on another split (calibration_split)"
             )
-        if options.warmup < 0:
-            raise RunnerError(f"--warmup must be 0 or more, got {options.warmup}")
         if options.warmup >= len(utterances):
             raise RunnerError(
                 f"--warmup {options.warmup} leaves no utterance to time out of {len(utterances)}; lower it or raise --limit"
@@ -297,8 +302,6 @@ class Runner:
         if options.warmup == 0 and self.device.type == "cuda":
             logger.warning("--warmup 0 on %s: the first utterance's latency includes CUDA's start-up and kernel "
                            "selection", self.device)
-        if options.batch_size < 1:
-            raise RunnerError(f"--batch-size must be 1 or more, got {options.batch_size}")
         if options.batch_size > 1:
             reason = batch_ready(self.bundle.speech2text)
             if reason is not None:
@@ -316,7 +319,7 @@ class Runner:
             # Keep what finished: the caller can still save these utterances' figures.
             error.partial_report = self._partial_report(preloaded, options, translations)  # type: ignore[union-attr]
             raise
-        return build_report(self, preloaded, options, translations, peak.bytes)
+        return build_report(self.conditions(), self.model_info(), preloaded, options, translations, peak.bytes)
 
     def _decode(self, utterances: Sequence[Any], batched: bool) -> list[Translation]:
         """Translate preloaded utterances, one at a time or as one batch; errors name the utterance."""
@@ -344,7 +347,8 @@ class Runner:
                         translations: list[Translation]) -> Report | None:
         if len(translations) <= options.warmup:
             return None
-        report = build_report(self, preloaded.part(0, len(translations)), options, translations)
+        report = build_report(self.conditions(), self.model_info(), preloaded.part(0, len(translations)), options,
+                              translations)
         report.data["complete"] = False
         report.data["planned_n"] = len(preloaded.utterances)
         return report

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from runner.data import Utterance
-from runner.decode import translate
+from runner.pipeline import translate
 from runner.model import ModelBundle
 from runner.plugin import MODEL_PARTS
 from runner.quantize import PART_ATTRIBUTES, named_targets
@@ -172,7 +172,8 @@ def static_observer(options: dict[str, Any] | None = None) -> Callable[[], torch
     Raises:
         RunnerError: an option the plugin refuses, in its own one-line words.
     """
-    from runner.plugin import PluginSpec, build
+    from runner.plugin import PluginSpec
+    from runner.plugin_set import build
 
     return build(PluginSpec("static-int8", dict(options or {}))).qconfig().activation
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from runner.data import Segment, load_test_set, preload
 from runner.model import ModelBundle
-from runner.plugin import Plugin, translation_contexts
+from runner.plugin import Calibration, Plugin, translation_contexts
 
 
 class PluginStages:
@@ -16,10 +16,16 @@ class PluginStages:
     Args:
         plugins: the resolved plugins, in application order.
         bundle: the model they change.
+        search: the search engine (`runner.engines`) to install: after the frontend and number-format
+            plugins (an engine may pack the weights they leave), before the first plugin that changes the
+            search (which hooks the engine), and before any calibration after the last plugin applies (the
+            model calibrates as it will run).
     """
 
-    def __init__(self, plugins: list[Plugin], bundle: ModelBundle) -> None:
+    def __init__(self, plugins: list[Plugin], bundle: ModelBundle, search: str = "espnet") -> None:
         self.bundle = bundle
+        self.search: str | None = search  # None once installed
+        self.engines: dict[str, str] = {}  # search stage -> the engine running it (why not `search`, if not)
         self.to_apply, self.applied = list(plugins), []
         self.uncalibrated: list[Plugin] = []  # applied, calibrated once every plugin is applied
         self.blocking: Plugin | None = None  # applied, to be calibrated before the next plugin applies
@@ -44,6 +50,8 @@ class PluginStages:
             self.blocking = None
         while self.to_apply:
             plugin = self.to_apply.pop(0)
+            if plugin.effects.search:
+                self._install_engine()
             started = time.perf_counter()
             plugin.apply(self.bundle)
             self.bundle.rewire_searches()
@@ -56,9 +64,15 @@ class PluginStages:
                 self._calibrate([plugin], data, source)
             elif plugin.calibrates():
                 self.uncalibrated.append(plugin)
+        self._install_engine()
         if self.uncalibrated and all(_knows_data(p, data) for p in self.uncalibrated):
             self._calibrate(self.uncalibrated, data, source)
             self.uncalibrated = []
+
+    def _install_engine(self) -> None:
+        if self.search is not None:
+            self.engines = self.bundle.install_engine(self.search)
+            self.search = None
 
     def _calibrate(self, plugins: list[Plugin], data: str | Path | None, source: str) -> None:
         """Run `plugins`' `calibrate`, each on its own data, else on `data`."""
@@ -68,11 +82,13 @@ class PluginStages:
             test_set = load_test_set(where, config.calibration_split)
             calibration = preload(test_set, self.bundle.sample_rate, limit=config.calibration_size,
                                   seed=config.calibration_seed)
+            started = time.perf_counter()
             with translation_contexts(self.applied, self.bundle):  # calibrate the model as it will run
                 plugin.calibrate(self.bundle, calibration.utterances)
             self.bundle.rewire_searches()
-            plugin.details.update(calibration_data=str(where), calibration_split=config.calibration_split,
-                                  calibration_source="plugin option" if config.calibration_data else source)
+            plugin.calibration = Calibration(str(where), config.calibration_split,
+                                             "plugin option" if config.calibration_data else source,
+                                             len(calibration.utterances), time.perf_counter() - started)
             self.calibration_keys |= {segment_key(u.segment) for u in calibration.utterances}
 
 

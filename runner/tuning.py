@@ -23,7 +23,8 @@ from typing import Any
 from runner.data import PreloadedSet
 from runner.errors import RunnerError
 from runner.model import ModelBundle
-from runner.runner import EvaluateOptions, Runner
+from runner.options import EvaluateOptions
+from runner.runner import Runner
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,8 @@ def _ranking(bundle: ModelBundle, calibration: PreloadedSet, options: TuneOption
     """The int8 plugin's Linears, most sensitive first, scored on the model as the plan's trials run it
     (smoothed first when the plan smooths; static int8 with the plugin's own observer)."""
     from runner.environment import torch_settings
-    from runner.plugin import PluginSpec, build
+    from runner.plugin import PluginSpec
+    from runner.plugin_set import build
     from runner.quantize import select_engine
     from runner.sensitivity import module_sensitivity, static_observer
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -188,3 +190,34 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("server") / "serve.log"
     with live_server(log, "--quant", "none", "--quant", "dynamic-int8") as url:
         yield url
+
+
+# --- a documented example package, installed as a user would (docs/plugins.md, docs/engines.md) ---
+
+def documented_package(page: Path, heading: str) -> dict[str, str]:
+    """The files of a docs page's example package: the toml and python blocks under `heading`, each named on
+    its first line (`# pyproject.toml`)."""
+    import re
+
+    section = page.read_text(encoding="utf-8").split(heading, 1)[1].split("\n## ", 1)[0]
+    return {block.partition("\n")[0].removeprefix("# ").strip(): block
+            for block in re.findall(r"```(?:toml|python)\n(.*?)```", section, flags=re.S)}
+
+
+@contextlib.contextmanager
+def installed_package(files: dict[str, str], root: Path, module: str, refresh: Any) -> Iterator[None]:
+    """`files` pip-installed into `root/site` (no network, no build isolation), importable inside the block;
+    `refresh()` rescans the entry points after installing and after removing it again."""
+    (root / "package").mkdir()
+    for name, text in files.items():
+        (root / "package" / name).write_text(text, encoding="utf-8")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "--target", str(root / "site"), str(root / "package")], check=True, capture_output=True)
+    sys.path.insert(0, str(root / "site"))
+    try:
+        refresh()
+        yield
+    finally:
+        sys.path.remove(str(root / "site"))
+        sys.modules.pop(module, None)
+        refresh()

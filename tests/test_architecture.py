@@ -19,13 +19,12 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
-    """Every runner module `path` imports, at module level or inside functions; `if TYPE_CHECKING:` aside."""
+    """Every listed module `path` imports: at module level, inside functions, and under `if TYPE_CHECKING:`
+    (a type-only import is still a dependency between the two modules)."""
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
-                continue
             if isinstance(child, ast.ImportFrom) and child.module:
                 for alias in child.names:
                     name = f"{child.module}.{alias.name}"
@@ -38,21 +37,46 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
     return {name for name in found if name in modules}
 
 
-def test_no_import_cycle_in_the_library() -> None:
-    modules = _modules()
-    assert "runner.sweep.core" in modules and "runner.plugins.static_int8" in modules
+def find_cycle(modules: dict[str, Path]) -> list[str] | None:
+    """An import cycle among `modules` (name -> file), as the chain of names, or None."""
     graph = {name: _imports(path, modules) - {name} for name, path in modules.items()}
     done: set[str] = set()
 
-    def walk(name: str, stack: list[str]) -> None:
+    def walk(name: str, stack: list[str]) -> list[str] | None:
         for imported in sorted(graph[name]):
-            assert imported not in stack, "import cycle: " + " -> ".join([*stack[stack.index(imported):], imported])
+            if imported in stack:
+                return [*stack[stack.index(imported):], imported]
             if imported not in done:
-                walk(imported, [*stack, imported])
+                cycle = walk(imported, [*stack, imported])
+                if cycle:
+                    return cycle
         done.add(name)
+        return None
 
     for name in sorted(graph):
-        walk(name, [name])
+        cycle = walk(name, [name])
+        if cycle:
+            return cycle
+    return None
+
+
+def test_no_import_cycle_in_the_library() -> None:
+    modules = _modules()
+    assert "runner.sweep.core" in modules and "runner.plugins.static_int8" in modules
+    cycle = find_cycle(modules)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_a_planted_type_checking_cycle_is_found(tmp_path: Path) -> None:
+    """Two modules that import each other, one of them only for type checking: still a cycle."""
+    (tmp_path / "first.py").write_text("from runner.second import B\n\nclass A: ...\n")
+    (tmp_path / "second.py").write_text("from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n"
+                                        "    from runner.first import A\n\nclass B: ...\n")
+    planted = {"runner.first": tmp_path / "first.py", "runner.second": tmp_path / "second.py"}
+    assert find_cycle(planted) == ["runner.first", "runner.second", "runner.first"]
+    assert find_cycle({**_modules(), **planted}) is not None
+    (tmp_path / "second.py").write_text("class B: ...\n")
+    assert find_cycle(planted) is None
 
 
 def test_the_cli_is_a_thin_layer() -> None:

@@ -18,7 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from runner import defaults
-from runner.batch import translate_batch
+from runner.pipeline import translate_batch
 from runner.cli import app
 from runner.data import load_test_set, preload
 from runner.decode import DecodeOptions
@@ -39,37 +39,10 @@ def utterances() -> list[np.ndarray]:
 
 
 def _batched_entries(speech2text: Any, waveforms: list[np.ndarray]) -> list[dict[str, Any]]:
-    """translate_batch's n-best lists, read from its searches' hypotheses through a recording wrapper."""
-    recorded: dict[str, list[Any]] = {}
-    searches = {"st": speech2text.beam_search, "asr": getattr(speech2text, "asr_beam_search", None)}
-    originals = {}
-    for name, search in searches.items():
-        if search is None or not hasattr(search, "forward_batch"):
-            continue
-        originals[name] = search.forward_batch
-
-        def record(*args: Any, name: str = name, **kwargs: Any) -> Any:
-            recorded[name] = originals[name](*args, **kwargs)
-            return recorded[name]
-
-        search.forward_batch = record
-    try:
-        translations = translate_batch(speech2text, waveforms)
-    finally:
-        for name in originals:
-            del searches[name].forward_batch
-    entries = []
-    for index, translation in enumerate(translations):
-        entry: dict[str, Any] = {"st": [([t for t in h.yseq[1:-1].tolist() if t != 0], float(h.score))
-                                        for h in recorded["st"][index][:speech2text.nbest]]}
-        if "asr" in recorded:
-            model = speech2text.st_model
-            entry["asr"] = [([t for t in h.yseq.tolist() if t not in (model.src_sos, model.src_eos, 0)], float(h.score))
-                            for h in recorded["asr"][index]]
-            entry["asr_hs"] = recorded["asr"][index][0].hs
-        assert translation.batch_size == len(waveforms)
-        entries.append(entry)
-    return entries
+    """translate_batch's n-best lists (each search's own, as `Speech2Text.__call__` builds them)."""
+    translations = translate_batch(speech2text, waveforms)
+    assert all(t.batch_size == len(waveforms) for t in translations)
+    return [_nbest(translation) for translation in translations]
 
 
 CASES = [
@@ -91,9 +64,9 @@ def test_a_batch_gives_each_utterance_what_it_gets_alone(shapes: dict[str, Path]
                                                          utterances: list[np.ndarray], shape: str, scheme: str,
                                                          options: dict[str, Any]) -> None:
     bundle = load(shapes[shape], DecodeOptions(**options))
-    plugins = ["lean"] + ([] if scheme == "fp32" else [{"name": scheme, "calibration_data": str(defaults.data_path())}
-                                                         if scheme == "static-int8" else scheme])
-    runner = Runner.from_bundle(bundle, threads=1, plugins=plugins)
+    plugins = [] if scheme == "fp32" else [{"name": scheme, "calibration_data": str(defaults.data_path())}
+                                           if scheme == "static-int8" else scheme]
+    runner = Runner.from_bundle(bundle, threads=1, plugins=plugins, search="lean")
     speech2text = runner.bundle.speech2text
     with runner._scope():
         alone = [_nbest(speech2text(w)) for w in utterances]
@@ -112,12 +85,12 @@ def test_a_batch_gives_each_utterance_what_it_gets_alone(shapes: dict[str, Path]
 def test_batched_evaluation_keeps_every_demo_translation(tmp_path: Path) -> None:
     """On the demo test set, fp32 and dynamic int8: batch 8 gives batch 1's 100 translations and transcripts."""
     for scheme in ("none", "dynamic-int8"):
-        runner = Runner(threads=2, plugins=["lean"] + ([] if scheme == "none" else [scheme]))
+        runner = Runner(threads=2, plugins=[] if scheme == "none" else [scheme], search="lean")
         one, eight = runner.evaluate(batch_size=1), runner.evaluate(batch_size=8)
         assert [u["hypothesis"] for u in eight.utterances] == [u["hypothesis"] for u in one.utterances], scheme
         assert [u["source_hypothesis"] for u in eight.utterances] == [u["source_hypothesis"] for u in one.utterances]
         assert eight.bleu.score == one.bleu.score
-        assert eight.conditions["batch_size"] == 8 and one.conditions["batch_size"] == 1
+        assert eight.conditions.batch_size == 8 and one.conditions.batch_size == 1
         speed = eight.metrics.throughput
         assert speed.batch_size == 8 and speed.batches == 13  # 99 timed utterances after the warm-up batch
         assert speed.utterances_per_second == pytest.approx(99 / speed.wall_seconds)
@@ -179,7 +152,7 @@ def test_a_batch_is_exact_when_no_float_product_may_share_its_call(shapes: dict[
 
 def test_espnet_engine_refuses_batches_in_one_line(tiny_exp: Path, shared_corpus: Path) -> None:
     runner = Runner(tiny_exp, threads=1)
-    with pytest.raises(RunnerError, match=r"^--batch-size 4: st_search and asr_search run ESPnet's search engine"):
+    with pytest.raises(RunnerError, match=r"^--batch-size 4: st_search and asr_search run the espnet search engine, which decodes one utterance at a time"):
         runner.evaluate(shared_corpus, batch_size=4)
     result = CliRunner().invoke(app, ["translate", "--model", str(tiny_exp), "--data", str(shared_corpus),
                                       "--batch-size", "4", "--no-progress"])
@@ -191,7 +164,7 @@ def test_translate_batch_takes_any_rates_and_names_bad_waveforms(tiny_exp: Path,
                                                                  utterances: list[np.ndarray]) -> None:
     import torchaudio
 
-    runner = Runner(tiny_exp, threads=1, plugins=["lean"])
+    runner = Runner(tiny_exp, threads=1, search="lean")
     at_8k = torchaudio.functional.resample(torch.from_numpy(utterances[1]), 16000, 8000).numpy()
     batch = runner.translate_batch([utterances[0], at_8k], [16000, 8000])
     assert [t.tokens for t in batch] == [runner.translate(utterances[0], 16000).tokens,
@@ -216,7 +189,7 @@ def test_cli_and_sweep_yaml_take_a_batch_size(tiny_exp: Path, shared_corpus: Pat
     assert document["metrics"]["throughput"]["batches"] == 2  # 4 timed utterances after 1 warm-up
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump({"model": str(tiny_exp), "data": str(shared_corpus), "threads": 1,
-                                      "batch_size": 3, "plugins": [{"name": "lean"}],
+                                      "batch_size": 3, "search": "lean",
                                       "grid": {"quant": ["none", "dynamic-int8"]}}))
     result = CliRunner().invoke(app, ["sweep", str(config), "--out", str(tmp_path / "sweep"), "--no-progress"])
     assert result.exit_code == 0, result.output

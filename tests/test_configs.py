@@ -35,10 +35,10 @@ def test_seed_scale_model_config_is_about_the_seeds_size() -> None:
 def test_half_sweep_config_compares_half_precision_with_fp32_on_the_lean_engine() -> None:
     config = SweepConfig.from_yaml(CONFIGS / "half.yaml")
     assert [plan.quant for plan in config.plan()] == ["none", "half-bf16"]
-    assert all(any(spec.name == "lean" for spec in plan.specs) for plan in config.plan())
+    assert config.run.search == "lean" and all(plan.search == "lean" for plan in config.plan())
 
 
 def test_held_out_sweep_config_compares_every_cpu_number_format_on_tst_he() -> None:
     config = SweepConfig.from_yaml(CONFIGS / "held-out.yaml")
-    assert config.run.split == "tst-HE"
+    assert config.run.evaluate.split == "tst-HE"
     assert [plan.quant for plan in config.plan()] == ["none", "dynamic-int8", "static-int8", "bf16"]

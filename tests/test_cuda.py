@@ -51,11 +51,12 @@ def test_fp32_on_cuda_translates_as_on_the_cpu(demo: Any) -> None:
                 assert abs(cpu_score - gpu_score) <= SCORE_TOLERANCE * max(1.0, abs(cpu_score)), utterance.segment.id
 
 
-@pytest.mark.parametrize("scheme", [[], ["half-fp16"], ["half-bf16"], ["bf16"], ["lean"], ["half-fp16", "lean"]])
-def test_gpu_schemes_report_device_memory_and_keep_bleu(scheme: list[str]) -> None:
+@pytest.mark.parametrize(("scheme", "search"), [([], "espnet"), (["half-fp16"], "espnet"), (["half-bf16"], "espnet"),
+                                                (["bf16"], "espnet"), ([], "lean"), (["half-fp16"], "lean")])
+def test_gpu_schemes_report_device_memory_and_keep_bleu(scheme: list[str], search: str) -> None:
     fp32 = Runner(threads=2, device="cuda").evaluate(limit=UTTERANCES)
-    report = Runner(threads=2, device="cuda", plugins=scheme).evaluate(limit=UTTERANCES)
-    conditions = report.conditions
+    report = Runner(threads=2, device="cuda", plugins=scheme, search=search).evaluate(limit=UTTERANCES)
+    conditions = report.conditions.to_dict()
     assert conditions["device"].startswith("cuda") and conditions["gpu"] and conditions["cuda"] == torch.version.cuda
     assert conditions["gpu_memory_bytes"] > 0 and report.metrics.gpu_peak_memory_bytes > 0
     assert abs(report.bleu.score - fp32.bleu.score) <= 1.0
@@ -63,7 +64,7 @@ def test_gpu_schemes_report_device_memory_and_keep_bleu(scheme: list[str]) -> No
 
 
 def test_batched_lean_decoding_on_cuda_gives_batch_one_translations(demo: Any) -> None:
-    runner = Runner(threads=2, device="cuda", plugins=["lean"])
+    runner = Runner(threads=2, device="cuda", search="lean")
     waveforms = [u.waveform for u in demo.utterances[:8]]
     alone = [runner.translate(w, 16000).text for w in waveforms]
     assert [t.text for t in runner.translate_batch(waveforms, 16000)] == alone

@@ -18,8 +18,8 @@ from runner.data import load_test_set, preload
 from runner.device import PeakMemory, check_spec, facts, resolve
 from runner.environment import manifest
 from runner.errors import RunnerError
-from runner.plugin import Effects, Plugin, PluginSpec, _check_class
-from runner.plugin import resolve as resolve_plugins
+from runner.plugin import Effects, Plugin, PluginSpec
+from runner.plugin_set import PluginSet, _check_class
 from runner.runner import Runner
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answers of a machine without a GPU")
@@ -47,16 +47,16 @@ def test_auto_picks_the_cpu_and_cuda_says_why_not() -> None:
 def test_cpu_only_plugins_are_refused_on_cuda_naming_plugin_and_device() -> None:
     for name in ("dynamic-int8", "dynamic-fp16", "static-int8"):
         with pytest.raises(RunnerError) as error:
-            resolve_plugins([PluginSpec(name)], device_type="cuda")
+            PluginSet.resolve([PluginSpec(name)], device_type="cuda")
         message = str(error.value)
         assert f"plugin '{name}' runs on cpu only, not cuda" in message and "\n" not in message
-    plugins = resolve_plugins([PluginSpec(n) for n in ("hop", "lean", "half-bf16", "ctc-prefix-scan", "self-kv-cache",
-                                                       "cross-kv-cache", "search-threads")], device_type="cuda")
-    assert len(plugins) == 7  # the frontend, search and half-precision plugins run there
+    plugins = PluginSet.resolve([PluginSpec(n) for n in ("hop", "half-bf16", "ctc-prefix-scan", "self-kv-cache",
+                                                         "cross-kv-cache", "search-threads")], device_type="cuda")
+    assert len(plugins) == 6  # the frontend, search and half-precision plugins run there
 
 
 def test_auto_stays_on_the_cpu_for_cpu_only_plugins() -> None:
-    assert resolve("auto", resolve_plugins([PluginSpec("dynamic-int8")])) == torch.device("cpu")
+    assert resolve("auto", PluginSet.resolve([PluginSpec("dynamic-int8")])) == torch.device("cpu")
 
 
 def test_the_cli_refuses_a_cpu_only_plugin_on_cuda_in_one_line(tiny_exp: Path, shared_corpus: Path) -> None:
@@ -79,7 +79,7 @@ def test_the_cli_says_there_is_no_gpu_in_one_line(tiny_exp: Path, shared_corpus:
 
 
 def test_sweep_and_serve_refuse_cpu_only_schemes_on_cuda(tmp_path: Path, tiny_exp: Path) -> None:
-    from runner.serve.app import scheme_specs
+    from runner.serve.app import scheme_sets
     from runner.sweep import SweepConfig
 
     config = tmp_path / "gpu.yaml"
@@ -91,8 +91,8 @@ def test_sweep_and_serve_refuse_cpu_only_schemes_on_cuda(tmp_path: Path, tiny_ex
     with pytest.raises(RunnerError, match=rf"^{config}: device must be cpu, cuda, cuda:N or auto"):
         SweepConfig.from_yaml(config)
     with pytest.raises(RunnerError, match=r"plugin 'dynamic-int8' runs on cpu only, not cuda"):
-        scheme_specs(["none", "dynamic-int8"], device="cuda:1")
-    assert list(scheme_specs(["none", "half-bf16"], device="cuda")) == ["fp32", "half-bf16"]
+        scheme_sets(["none", "dynamic-int8"], device="cuda:1")
+    assert list(scheme_sets(["none", "half-bf16"], device="cuda")) == ["fp32", "half-bf16"]
 
 
 def test_a_plugin_must_declare_known_devices() -> None:
@@ -125,12 +125,12 @@ def test_manifest_and_report_state_the_device(tiny_exp: Path, shared_corpus: Pat
     runner = Runner(tiny_exp, threads=1)
     assert runner.device == torch.device("cpu") and runner.bundle.device == torch.device("cpu")
     report = runner.evaluate(shared_corpus, limit=3)
-    assert report.conditions["device"] == "cpu" and report.conditions["gpu"] is None
+    assert report.conditions.device == "cpu" and report.conditions.machine["gpu"] is None
     assert report.metrics.gpu_peak_memory_bytes is None
     from runner.environment import cpu_kind
 
     assert f"device cpu, cpu {cpu_kind()}, threads 1" in report.format() and "GPU" not in report.format()
-    assert report.conditions["cpu_kind"] == cpu_kind() and f"(cpu kind {cpu_kind()})" in report.format()
+    assert report.conditions.machine["cpu_kind"] == cpu_kind() and f"(cpu kind {cpu_kind()})" in report.format()
     assert report.to_dict()["conditions"]["device"] == "cpu"
 
 
@@ -142,8 +142,8 @@ def demo_waveforms() -> list:
 
 @pytest.mark.parametrize("name", ["half-bf16", "half-fp16"])
 def test_half_stores_half_weights_keeps_the_frontend_float32_and_translates(name: str, demo_waveforms: list) -> None:
-    fp32 = Runner(threads=2, plugins=["lean"])
-    half = Runner.from_bundle(fp32.bundle, threads=2, plugins=[name, "lean"])
+    fp32 = Runner(threads=2, search="lean")
+    half = Runner.from_bundle(fp32.bundle, threads=2, plugins=[name], search="lean")
     dtype = torch.bfloat16 if name == "half-bf16" else torch.float16
     model = half.bundle.model
     assert {p.dtype for p in model.encoder.parameters()} == {dtype}

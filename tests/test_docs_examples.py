@@ -1,4 +1,5 @@
-"""The README's "Embedding in your demo" examples, run as written (only the server's port changes)."""
+"""The documented examples, run as written: docs/library.md's "Embedding in your demo" (only the server's port
+changes) and the README's library in five lines."""
 
 from __future__ import annotations
 
@@ -10,13 +11,25 @@ from pathlib import Path
 
 from conftest import Utterance
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+LIBRARY_PAGE = ROOT / "docs" / "library.md"
 
 
 def embedding_examples() -> list[str]:
-    text = README.read_text(encoding="utf-8")
+    text = LIBRARY_PAGE.read_text(encoding="utf-8")
     section = text.split("## Embedding in your demo", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_the_readme_library_example_runs(tmp_path: Path) -> None:
+    """The README's five lines, as written: a typed report whose conditions line names the engine."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    code = re.findall(r"```python\n(.*?)```", text.split("## The library in five lines", 1)[1], flags=re.S)[0]
+    assert len(code.strip().splitlines()) <= 5
+    lines = run_example(code, tmp_path)
+    bleu, latency, size, conditions = lines[-1].split(" ", 3)
+    assert float(bleu) > 50 and float(latency) > 0 and float(size) < 10  # dynamic int8: a third of 19.40 MB
+    assert "search lean" in conditions and "dtype qint8" in conditions
 
 
 def run_example(code: str, cwd: Path) -> list[str]:
@@ -25,7 +38,7 @@ def run_example(code: str, cwd: Path) -> list[str]:
     return done.stdout.splitlines()
 
 
-def test_readme_has_both_examples_of_at_most_ten_lines() -> None:
+def test_the_library_page_has_both_examples_of_at_most_ten_lines() -> None:
     examples = embedding_examples()
     assert len(examples) == 2
     assert all(len(code.strip().splitlines()) <= 10 for code in examples)

@@ -88,7 +88,7 @@ def test_data_with_a_crafted_rate_or_nan_samples_is_one_line(tiny_exp: Path, sha
 
 def test_a_fault_in_one_request_is_its_own(tiny_exp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch that raises anything is decoded again one by one; a request whose decode faults gets a 500 alone."""
-    runner = Runner(tiny_exp, threads=1, plugins=["lean"])
+    runner = Runner(tiny_exp, threads=1, search="lean")
     audios = [Audio(speech(seed=i)[:, None], 16000, 1.5, "WAV") for i in range(3)]
     alone = [runner.translate(a.waveform, 16000).text for a in audios]
     original = runner.translate

@@ -1,7 +1,7 @@
 """The lean engine's hypotheses are ESPnet's: token for token on models of several shapes.
 
-Every case decodes the same audio with ESPnet's own `Speech2Text` (its BatchBeamSearch) and with
-the `lean` plugin's searches over the same weights, and compares every n-best entry of both the
+Every case decodes the same audio with ESPnet's own `Speech2Text.__call__` on ESPnet's own
+`BatchBeamSearch` objects (no engine installed) and with the lean engine's searches over the same weights, and compares every n-best entry of both the
 ST and (multi-decoder) ASR searches. Where float rounding (keys/values projected a row at a time
 instead of the whole prefix at once) flips a near-tie, the two entries' scores must agree to 1e-4.
 """
@@ -17,7 +17,7 @@ import torch
 
 from runner import defaults
 from runner.data import load_test_set, preload
-from runner.decode import DecodeOptions
+from runner.decode import DecodeOptions, Translation
 from runner.demo.build import char_token_list, md_config, write_experiment
 from runner.errors import RunnerError
 from runner.lean import LeanBeamSearch, check_search
@@ -71,8 +71,11 @@ def waveforms() -> list[np.ndarray]:
 
 
 def _nbest(output: Any) -> dict[str, list[tuple[list[int], float]]]:
-    """Both searches' n-best lists as (token ids, score)."""
-    results, source = output if isinstance(output, tuple) else (output, [])
+    """Both searches' n-best lists as (token ids, score), from `Speech2Text.__call__`'s output or a `Translation`."""
+    if isinstance(output, Translation):
+        results, source = output.nbest, output.source_nbest
+    else:
+        results, source = output if isinstance(output, tuple) else (output, [])
     entries = {"st": [(r[2], float(r[3].score)) for r in results]}
     if source:
         entries["asr"] = [(r[2], float(r[3].score)) for r in source]
@@ -114,20 +117,45 @@ CASES = [
 def test_lean_search_equals_espnets(shapes: dict[str, Path], waveforms: list[np.ndarray], shape: str,
                                     options: dict[str, Any]) -> None:
     bundle = load(shapes[shape], DecodeOptions(**options))
-    lean = Runner.from_bundle(bundle, threads=1, plugins=["lean"])
+    lean = Runner.from_bundle(bundle, threads=1, search="lean")
     searches = lean.bundle.searches
-    assert searches and all(isinstance(s, LeanBeamSearch) for s in searches), lean.plugins[0].details
+    assert searches and all(isinstance(s, LeanBeamSearch) for s in searches), lean.search_engines
     assert lean.bundle.search_engine == "lean" and bundle.search_engine == "espnet"
     flips = 0
     for index, waveform in enumerate(waveforms):
-        flips += assert_same_hypotheses(bundle.speech2text(waveform), lean.bundle.speech2text(waveform),
+        flips += assert_same_hypotheses(espnet_call(bundle, waveform), lean.translate(waveform, 16000),
                                         f"{shape} utterance {index}")
     assert flips <= 1, f"{flips} near-tie flips"
 
 
+def espnet_call(bundle: Any, waveform: np.ndarray) -> Any:
+    """ESPnet's own `Speech2Text.__call__` with its own BatchBeamSearch objects (the engines taken out)."""
+    speech2text = bundle.copy().speech2text
+    for attribute in ("beam_search", "asr_beam_search"):
+        search = getattr(speech2text, attribute, None)
+        if search is not None and hasattr(search, "espnet"):
+            setattr(speech2text, attribute, search.espnet)
+    return speech2text(waveform)
+
+
+def test_espnet_engine_equals_espnets_own_call(shapes: dict[str, Path], waveforms: list[np.ndarray]) -> None:
+    """The default engine (ESPnet's search through the engine protocol) gives `Speech2Text.__call__`'s n-best
+    exactly, scores and all, on every shape."""
+    for shape, path in shapes.items():
+        bundle = load(path, DecodeOptions(beam_size=5, asr_beam_size=5, nbest=3))
+        runner = Runner.from_bundle(bundle, threads=1)
+        assert runner.search_engines == dict.fromkeys(bundle.search_stages, "espnet")
+        for waveform in waveforms[:2]:
+            with runner._scope():  # ESPnet's call on the runner's threads: MKL sums differently on others
+                expected = _nbest(espnet_call(bundle, waveform))
+            got = _nbest(runner.translate(waveform, 16000))
+            for search in ("st", "asr"):
+                assert got.get(search) == expected.get(search), (shape, search)
+
+
 def test_lean_counts_the_same_steps_and_reports_its_engine(tiny_exp: Path, waveforms: list[np.ndarray]) -> None:
     bundle = load(tiny_exp)
-    espnet, lean = Runner.from_bundle(bundle, threads=1), Runner.from_bundle(bundle, threads=1, plugins=["lean"])
+    espnet, lean = Runner.from_bundle(bundle, threads=1), Runner.from_bundle(bundle, threads=1, search="lean")
     first, second = espnet.translate(waveforms[0], 16000), lean.translate(waveforms[0], 16000)
     assert (second.tokens, second.source_text) == (first.tokens, first.source_text)
     assert second.steps == first.steps and all(second.steps.values())
@@ -141,8 +169,8 @@ def test_lean_runs_the_quantized_decoders(tiny_exp: Path, waveforms: list[np.nda
     ESPnet projects a whole prefix per call where the engine projects one new position.
     """
     bundle = load(tiny_exp)
-    both = Runner.from_bundle(bundle, threads=1, plugins=["dynamic-int8", "lean"])
-    assert [p.name for p in both.plugins] == ["dynamic-int8", "lean"]
+    both = Runner.from_bundle(bundle, threads=1, plugins=["dynamic-int8"], search="lean")
+    assert [p.name for p in both.plugins] == ["dynamic-int8"] and both.bundle.search_engine == "lean"
     quantized = {name: module for part in ("decoder", "extra_asr_decoder")
                  for name, module in getattr(both.bundle.model, part).named_modules(prefix=part)
                  if type(module).__name__ == "DynamicQuantizedLinear" or type(module).__name__ == "Linear"
@@ -169,20 +197,22 @@ def test_unsupported_searches_keep_espnets_engine_and_say_why(tiny_exp: Path) ->
     with pytest.raises(RunnerError, match="not ESPnet's BatchBeamSearch"):
         check_search(plain)
     bundle.speech2text.beam_search = plain  # e.g. a non-batch scorer made ESPnet fall back to BeamSearch
-    runner = Runner.from_bundle(bundle, threads=1, plugins=["lean"])
-    engines = runner.plugins[0].details["engines"]
+    runner = Runner.from_bundle(bundle, threads=1, search="lean")
+    engines = runner.search_engines
     assert engines["asr_search"] == "lean" and engines["st_search"].startswith("espnet (")
+    assert "not ESPnet's BatchBeamSearch" in engines["st_search"]
     assert runner.bundle.search_engine == "asr lean, st espnet"
 
 
-def test_search_option_composes_the_engine(tmp_path: Path) -> None:
-    from runner.config import compose_plugins
-    from runner.plugin import PluginSpec
+def test_search_engines_are_registered_and_checked(tiny_exp: Path) -> None:
+    from runner.engines import EspnetSearch, available
+    from runner.plugin_set import PluginSet
 
-    assert [s.name for s in compose_plugins([], search="lean")] == ["lean"]
-    assert compose_plugins([PluginSpec("lean")], search="espnet") == []
-    with pytest.raises(RunnerError, match="search engine must be one of"):
-        compose_plugins([], search="fast")
+    assert {"espnet": EspnetSearch, "lean": LeanBeamSearch}.items() <= available().items()
+    with pytest.raises(RunnerError, match="unknown search engine 'fast'; available: espnet, lean"):
+        Runner(tiny_exp, search="fast")
+    with pytest.raises(RunnerError, match="'lean' is a search engine, not a plugin: choose it with --search lean"):
+        PluginSet.resolve(["lean"])
 
 
 def test_cli_search_option_reports_the_engine(tiny_exp: Path, shared_corpus: Path, tmp_path: Path) -> None:
@@ -205,19 +235,16 @@ def test_cli_search_option_reports_the_engine(tiny_exp: Path, shared_corpus: Pat
     assert [u["hypothesis"] for u in documents["lean"]["utterances"]] == [
         u["hypothesis"] for u in documents["espnet"]["utterances"]]
     bad = CliRunner().invoke(app, ["translate", "--model", str(tiny_exp), "--search", "fastest"])
-    assert bad.exit_code != 0 and "search engine must be one of" in bad.output
+    assert bad.exit_code != 0 and "--search: unknown search engine 'fastest'" in bad.output
 
 
 def test_served_models_state_their_search_engine(tiny_exp: Path) -> None:
     from runner.serve import load_models, model_config
 
-    models = load_models(tiny_exp, ["none", "dynamic-int8"], threads=1, plugins=["lean"])
+    models = load_models(tiny_exp, ["none", "dynamic-int8"], threads=1, search="lean")
     assert {name: model_config(runner)["search"] for name, runner in models.items()} == {"fp32": "lean",
                                                                                         "dynamic-int8": "lean"}
-    by_option = load_models(tiny_exp, ["none"], threads=1, search="lean")
-    assert model_config(by_option["fp32"])["search"] == "lean"
-    assert model_config(load_models(tiny_exp, ["none"], threads=1, plugins=["lean"], search="espnet")["fp32"])[
-        "search"] == "espnet"
+    assert model_config(load_models(tiny_exp, ["none"], threads=1)["fp32"])["search"] == "espnet"
 
 
 def test_serve_refuses_an_unknown_search_engine_in_one_line(tiny_exp: Path) -> None:
@@ -227,4 +254,4 @@ def test_serve_refuses_an_unknown_search_engine_in_one_line(tiny_exp: Path) -> N
 
     result = CliRunner().invoke(app, ["serve", "--model", str(tiny_exp), "--search", "fastest"])
     assert result.exit_code == 2
-    assert result.output.strip() == "error: search engine must be one of ['espnet', 'lean'], got 'fastest'"
+    assert result.output.strip() == "error: --search: unknown search engine 'fastest'; available: espnet, lean"

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from runner import _espnet
-from runner.decode import DecodeOptions, translate
+from runner.decode import DecodeOptions
+from runner.pipeline import translate
 from runner.errors import RunnerError
 from runner.metrics.size import count_parameters, state_dict_bytes
 from runner.model import load, locate

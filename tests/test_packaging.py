@@ -112,3 +112,20 @@ def test_installed_wheel_without_its_model_says_what_to_pass(installed: Path, tm
     assert done.stderr == (f"error: {empty / 'model'}: no embedded demo model here; pass --model EXP_DIR (an ESPnet "
                            f"experiment directory, config.yaml, .pth or packed .zip), or set ST_RUNNER_DATA to a "
                            f"directory holding model/ and mustc-demo/\n")
+
+
+def test_a_benchmark_runs_from_a_checkout_installed_without_editable_mode(installed: Path, tmp_path: Path) -> None:
+    """Inside a checkout Python imports the checkout's `runner/` before the installed one; the entry points still
+    name `runner.plugins.*`, which the checkout provides through its `runner/plugins` link to `plugins/`."""
+    checkout = shutil.copytree(REPO_ROOT, tmp_path / "checkout", symlinks=True,
+                               ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "results*",
+                                                             "__pycache__", "exp", "train", "site"))
+    assert (checkout / "runner" / "plugins").is_symlink()
+    doc = tmp_path / "throughput.md"
+    done = subprocess.run([str(installed / "bin" / "python"), "-m", "benchmarks.batch_throughput", "--sets", "demo",
+                           "--demo-utterances", "3", "--repeats", "1", "--threads", "1", "--batch", "2",
+                           "--doc", str(doc)], cwd=checkout, capture_output=True, text=True, timeout=900,
+                          env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ST_RUNNER_DATA")},
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "lean static-int8-all" in doc.read_text()  # a plugin and an engine resolved through the entry points

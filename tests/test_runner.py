@@ -34,7 +34,7 @@ def test_evaluate_reports_every_figure(tiny_runner: Runner, shared_corpus: Path)
     assert report.bleu == corpus_bleu(report.hypotheses(), report.references())
     assert report.metrics.parameters == sum(p.numel() for p in tiny_runner.bundle.model.parameters())
     assert report.metrics.source_wer is not None
-    assert report.conditions["threads"] == 1 and report.conditions["warmup"] == 2
+    assert report.conditions.threads == 1 and report.conditions.warmup == 2
     timed = [u["seconds"] for u in report.utterances if not u["warmup"]]
     assert [u["warmup"] for u in report.utterances] == [True, True, False, False, False]
     assert report.latency.count == 3
@@ -201,12 +201,21 @@ def test_a_failing_utterance_keeps_the_finished_results(tiny_exp: Path, corpus: 
 def test_package_exports_the_library_api() -> None:
     import runner as package
 
+    from runner.conditions import RunConditions
+    from runner.config import RunConfig
+    from runner.engines import SearchEngine, Searched
+    from runner.options import EvaluateOptions as Options
+    from runner.plugin_set import PluginSet
+
     assert package.Runner is Runner and package.DecodeOptions is DecodeOptions
-    assert package.RunnerError is RunnerError
+    assert package.RunnerError is RunnerError and package.EvaluateOptions is Options is EvaluateOptions
+    assert (package.PluginSet, package.RunConditions, package.RunConfig) == (PluginSet, RunConditions, RunConfig)
+    assert (package.SearchEngine, package.Searched) == (SearchEngine, Searched)
+    assert set(package.__all__) >= {"EvaluateOptions", "PluginSet", "RunConditions", "SearchEngine"}
 
 
 def test_decoding_options_follow_the_plugin_typing_rules() -> None:
-    from runner.plugin import coerce
+    from runner.options import coerce
 
     options = DecodeOptions.from_dict({"beam_size": "4", "asr_ctc_weight": "0.5", "nbest": 2.0}, origin="x.yaml")
     assert (options.beam_size, options.asr_ctc_weight, options.nbest) == (4, 0.5, 2)

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import write_corpus
 from runner import defaults
 from runner.model import load
 from runner.plugin import MODEL_PARTS
-from runner.runner import EvaluateOptions, Runner
+from runner.runner import Runner
 from runner.smoothing import norm_groups, plant_outliers
 
 QUANTIZATION_PAGE = defaults.REPO_ROOT / "docs" / "quantization.md"
@@ -21,10 +20,7 @@ QUANTIZATION_PAGE = defaults.REPO_ROOT / "docs" / "quantization.md"
 
 def _nbest(runner: Runner, waveform: np.ndarray) -> list[tuple[str, float]]:
     """The ST n-best (text, score) of ESPnet's own Speech2Text call on `runner`'s model."""
-    with runner._scope(), torch.no_grad():
-        output = runner.bundle.speech2text(torch.as_tensor(waveform))
-    results = output[0] if isinstance(output, tuple) else output
-    return [(text, float(hyp.score)) for text, _, _, hyp in results]
+    return [(text, float(hyp.score)) for text, _, _, hyp in runner.translate(waveform, 16000).nbest]
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +37,10 @@ def test_smoothquant_leaves_the_float_model_unchanged(tiny_exp: Path, corpus: Pa
     bundle = load(tiny_exp)
     planted = plant_outliers(bundle.model, MODEL_PARTS, 30.0, 2, seed=1)  # large factors for smoothing to undo
     assert planted and all(len(channels) == 2 for channels in planted.values())
-    engine = [] if search == "espnet" else ["lean"]
-    plain = Runner.from_bundle(bundle, threads=1, plugins=engine)
-    smoothed = Runner.from_bundle(bundle, threads=1, plugins=[*engine, {"name": "smoothquant", "calibration_size": 2}],
-                                  calibration_data=corpus)
-    assert [p.name for p in smoothed.plugins][0] == "smoothquant"  # before the search engine, however listed
+    plain = Runner.from_bundle(bundle, threads=1, search=search)
+    smoothed = Runner.from_bundle(bundle, threads=1, plugins=[{"name": "smoothquant", "calibration_size": 2}],
+                                  calibration_data=corpus, search=search)
+    assert smoothed.bundle.search_engine == search
     details = smoothed.plugins[0].details
     assert details["layer_norms_smoothed"] == len(planted) and details["largest_factor_ratio"] > 10
     for utterance in preload(load_test_set(corpus, "tst-COMMON"), 16000, limit=3).utterances:

@@ -156,7 +156,7 @@ def test_repeats_are_interleaved_and_report_spread(sweep_yaml: Path, tmp_path: P
         ("grid: {beam: [1]}\n", "grid key 'beam' is not hop, quant, search or <plugin>.<option>"),
         ("grid: {hop: [160]\n", "invalid YAML"),
         ("repeats: 0\ngrid: {hop: [160]}\n", "repeats must be a positive integer"),
-        ("grid: {search: [espnet, fast]}\n", "grid search values must be among ['espnet', 'lean'], got ['fast']"),
+        ("grid: {search: [espnet, fast]}\n", "grid search: unknown search engine 'fast'; available: espnet, lean"),
     ],
 )
 def test_invalid_sweep_yaml_is_a_one_line_error_naming_the_file(tmp_path: Path, text: str, message: str) -> None:
@@ -179,10 +179,15 @@ def test_grid_over_a_plugin_option_and_deduplication(tmp_path: Path) -> None:
 
 def test_grid_over_the_search_engine(tmp_path: Path) -> None:
     path = tmp_path / "grid.yaml"
-    path.write_text("plugins: [lean]\ngrid:\n  search: [espnet, lean]\n  quant: [none, dynamic-int8]\n")
+    path.write_text("search: lean\ngrid:\n  search: [espnet, lean]\n  quant: [none, dynamic-int8]\n")
     plans = SweepConfig.from_yaml(path).plan()
     assert [p.label for p in plans] == ["trained hop", "trained hop + dynamic-int8", "trained hop + lean",
                                         "trained hop + lean + dynamic-int8"]
+    assert [p.search for p in plans] == ["espnet", "espnet", "lean", "lean"]
+    assert [p.plugins.names for p in plans] == [(), ("dynamic-int8",), (), ("dynamic-int8",)]  # resolved once
+    path.write_text("plugins: [lean]\n")
+    with pytest.raises(RunnerError, match=r"'lean' is a search engine, not a plugin: choose it with --search lean"):
+        SweepConfig.from_yaml(path)
 
 
 def test_rows_record_their_code_and_a_resume_by_other_code_is_refused(sweep_yaml: Path, tmp_path: Path,

@@ -106,7 +106,8 @@ def test_plugin_lists_compose_one_way() -> None:
     assert _names(compose_plugins(base, quant="fp32")) == ["hop", "cross-kv-cache"]
     swapped = compose_plugins(base, quant="dynamic-int8")
     assert _names(swapped) == ["hop", "cross-kv-cache", "dynamic-int8"]
-    kept = compose_plugins(base, quant="static-int8", hop=300, extra=["cross-kv-cache", "self-kv-cache"])
+    kept = compose_plugins(base, quant="static-int8", replace=[PluginSpec("hop", {"hop_length": 300})],
+                           extra=["cross-kv-cache", "self-kv-cache"])
     assert [(s.name, s.values) for s in kept] == [("static-int8", {"calibration_size": 8}), ("cross-kv-cache", {}),
                                                   ("self-kv-cache", {}), ("hop", {"hop_length": 300})]
     gridded = compose_plugins(base, options={"static-int8.granularity": "block", "bf16.unused": 1})
@@ -145,9 +146,9 @@ def test_a_runner_scopes_threads_and_engine_to_its_own_calls(tiny_exp: Path, sha
         runner.translate(np.random.default_rng(0).normal(scale=0.1, size=16000), 16000)
         assert seen == [(1, "qnnpack")] * 3
         assert (torch.get_num_threads(), torch.backends.quantized.engine) == (2, "x86")
-        assert report.conditions["quantized_engine"] == "qnnpack" and report.conditions["threads"] == 1
-        assert Runner(tiny_exp, threads=1).evaluate(shared_corpus, limit=1, warmup=0).conditions[
-            "quantized_engine"] == "none"
+        assert report.conditions.quantized_engine == "qnnpack" and report.conditions.threads == 1
+        assert Runner(tiny_exp, threads=1).evaluate(shared_corpus, limit=1, warmup=0).conditions \
+            .quantized_engine == "none"
         assert warnings.filters == filters
     finally:
         torch.set_num_threads(2)
@@ -161,7 +162,7 @@ def test_static_int8_calibrates_on_the_evaluated_datas_dev_split(tiny_exp: Path,
     write_corpus(corpus, split="dev")
     runner = Runner(tiny_exp, threads=1, plugins=[{"name": "static-int8", "calibration_size": 2}])
     report = runner.evaluate(corpus, limit=2, warmup=0)
-    plugin = report.conditions["plugins"][0]
+    plugin = report.conditions.plugins[0]
     assert plugin["calibration_data"] == str(corpus) and plugin["calibration_source"] == "evaluated data"
     assert plugin["calibration_utterances"] == 2 and "quantized_modules" in plugin
     assert "split dev of " + str(corpus) + " (evaluated data)" in report.format()
@@ -176,7 +177,7 @@ def test_static_int8_without_a_dev_split_says_it_used_the_demo_corpus(tiny_exp: 
         report = runner.evaluate(shared_corpus, limit=1, warmup=0)
     assert f"static-int8 calibrates on the embedded demo corpus ({defaults.data_path()}, split dev): " \
            f"{shared_corpus} has no 'dev' split" in caplog.text
-    plugin = report.conditions["plugins"][0]
+    plugin = report.conditions.plugins[0]
     assert plugin["calibration_data"] == str(defaults.data_path())
     assert plugin["calibration_source"] == "embedded demo corpus"
 

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from runner.device import clock
+from runner.engines import SearchEngine, Searched, check_deadline, length_bounds
 from runner.errors import RunnerError
 from runner.lean.ctc import CtcPrefixState
 from runner.lean.decoder import DecoderStep, check_decoder
@@ -115,57 +117,24 @@ class Ended:
             self.lengths.append((yseq.size(0), beam.score[b]))
 
 
-class LeanBeamSearch(torch.nn.Module):
-    """A drop-in for one ESPnet `BatchBeamSearch` (`forward(x, maxlenratio, minlenratio, pre_x)`).
+class LeanBeamSearch(SearchEngine):
+    """ESPnet's `BatchBeamSearch` with the beam in tensors; several utterances share each step.
 
     Args:
         search: the ESPnet search it replaces (checked by `check_search`); its scorers stay in use.
     """
 
-    engine_name = "lean"  # reports name the search engine by this (ModelBundle.search_engine)
+    name = "lean"
+    description = "ESPnet's search step for step with the beam held in tensors and keys/values cached"
+    batches = True
 
-    def __init__(self, search: Any) -> None:
-        super().__init__()
+    @classmethod
+    def check(cls, search: Any) -> None:
         check_search(search)
-        self._espnet = [search]  # a list, not a submodule: the decoders stay owned by the model
-        self.sos, self.eos = search.sos, search.eos
-        self.beam_size, self.n_vocab = search.beam_size, search.n_vocab
-        self.pre_beam_size, self.do_pre_beam = search.pre_beam_size, search.do_pre_beam
-        self.return_hs, self.normalize_length = search.return_hs, search.normalize_length
-        self.weights = dict(search.weights)
-        self.steps: list[int] = []  # each utterance's output steps in the last search
 
-    @property
-    def espnet(self) -> Any:
-        """The ESPnet search this one replaces; its scorer tables are this search's."""
-        return self._espnet[0]
-
-    # The scorer tables are ESPnet's own, so `ModelBundle.rewire_searches` (after a plugin
-    # replaces a decoder) and every reader of them see what this search runs.
-    @property
-    def scorers(self) -> dict[str, Any]:
-        return self.espnet.scorers
-
-    @property
-    def full_scorers(self) -> dict[str, Any]:
-        return self.espnet.full_scorers
-
-    @property
-    def part_scorers(self) -> dict[str, Any]:
-        return self.espnet.part_scorers
-
-    @property
-    def nn_dict(self) -> torch.nn.ModuleDict:
-        return self.espnet.nn_dict
-
-    def forward(self, x: torch.Tensor, maxlenratio: float = 0.0, minlenratio: float = 0.0,
-                pre_x: torch.Tensor | None = None) -> list[Any]:
-        """N-best hypotheses (ESPnet `Hypothesis` tuples), best first, as `BeamSearch.forward` returns them."""
-        return self.forward_batch([x], maxlenratio, minlenratio, None if pre_x is None else [pre_x])[0]
-
-    def forward_batch(self, xs: Sequence[torch.Tensor], maxlenratio: float = 0.0, minlenratio: float = 0.0,
-                      pre_xs: Sequence[torch.Tensor] | None = None) -> list[list[Any]]:
-        """Each utterance's n-best hypotheses, searched together: one decoder call per step for every beam.
+    def run(self, xs: Sequence[torch.Tensor], maxlenratio: float, minlenratio: float,
+            pre_xs: Sequence[torch.Tensor] | None) -> list[Searched]:
+        """Each utterance's search, searched together: one decoder call per step for every beam.
 
         Args:
             xs: each utterance's encoder output (T_i, d), the memory its decoder attends to.
@@ -173,35 +142,26 @@ class LeanBeamSearch(torch.nn.Module):
             pre_xs: each utterance's speech encoder output for a speech-attention decoder (and its CTC).
 
         Returns:
-            One n-best list per utterance, in the order given, each what `forward` returns for it alone.
+            One result per utterance, in the order given, each with the n-best it gets searched alone.
         """
+        started = clock(xs[0].device)
         pre = list(pre_xs) if pre_xs is not None else [None] * len(xs)
-        sources = [p if p is not None else x for x, p in zip(xs, pre)]
-        maxlens, minlens = [], []
-        for source in sources:
-            if maxlenratio == 0:
-                maxlens.append(source.shape[0])
-            elif maxlenratio < 0:
-                maxlens.append(-1 * int(maxlenratio))
-            else:
-                maxlens.append(max(1, int(maxlenratio * source.size(0))))
-            minlens.append(-1 * int(minlenratio) if minlenratio < 0 else int(minlenratio * source.size(0)))
+        bounds = [length_bounds(x if p is None else p, maxlenratio, minlenratio) for x, p in zip(xs, pre)]
         with torch.inference_mode():  # no autograd bookkeeping on any op of the loop
-            ended, self.steps = self._decode(list(xs), pre, maxlens, minlens, maxlenratio)
+            ended, steps = self._decode(list(xs), pre, [b[0] for b in bounds], [b[1] for b in bounds], maxlenratio)
         results: list[list[Any]] = []
         for index, hypotheses in enumerate(ended):
             if self.normalize_length:
                 hypotheses = sorted(hypotheses, key=lambda h: h.score / (len(h.yseq) - 1), reverse=True)
             else:
                 hypotheses = sorted(hypotheses, key=lambda h: h.score, reverse=True)
-            if not hypotheses:  # ESPnet's retry, for this utterance alone
+            if not hypotheses and minlenratio >= 0.1:  # ESPnet's retry, for this utterance alone
                 logger.warning("no hypothesis ended; decoding again with a smaller minlenratio")
-                steps = self.steps
-                hypotheses = [] if minlenratio < 0.1 else self.forward(
-                    xs[index], maxlenratio, max(0.0, minlenratio - 0.1), pre[index])
-                self.steps = steps
+                again = self.search(xs[index], maxlenratio, max(0.0, minlenratio - 0.1), pre[index])
+                hypotheses, steps[index] = again.nbest, steps[index] + again.steps
             results.append(hypotheses)
-        return results
+        seconds = clock(xs[0].device) - started
+        return [Searched(nbest, count, seconds) for nbest, count in zip(results, steps)]
 
     def _decode(self, xs: list[torch.Tensor], pre_xs: list[torch.Tensor | None], maxlens: list[int],
                 minlens: list[int], maxlenratio: float) -> tuple[list[list[Any]], list[int]]:
@@ -229,7 +189,7 @@ class LeanBeamSearch(torch.nn.Module):
         ended = [Ended() for _ in xs]
         steps = [0] * count
         for i in range(max(maxlens)):
-            self.search(i)  # counted per step by runner.decode.StepCounter
+            check_deadline(self.stage, i + 1)
             for utterance in layout.utterances:
                 steps[utterance] += 1
             weighted, scores = self._score(beam, step, [ctcs[u] for u in layout.utterances], layout, i)
@@ -297,10 +257,6 @@ class LeanBeamSearch(torch.nn.Module):
             scores["ctc"] = parts[0] if len(parts) == 1 else torch.cat(parts)
             weighted = weighted + self.weights["ctc"] * scores["ctc"]
         return weighted + beam.score.unsqueeze(1), scores
-
-    def search(self, i: int) -> None:
-        """Marks one output step (`runner.decode.StepCounter` counts these calls, as it counts ESPnet's)."""
-
 
 class Layout:
     """Which running rows belong to which utterance: contiguous blocks, one per utterance still searching.

@@ -27,6 +27,7 @@ from runner.decode import DecodeOptions
 from runner.environment import manifest
 from runner.errors import RunnerError
 from runner.plugin import PluginSpec
+from runner.plugin_set import PluginSet
 from runner.runner import Runner
 from runner.serve.batching import Batcher, decoder_thread
 from runner.serve.metrics import CONTENT_TYPE, ServeMetrics
@@ -41,21 +42,22 @@ FP32 = "fp32"
 
 
 def model_config(runner: Runner) -> dict[str, Any]:
-    """What a figure served by `runner` was measured under."""
-    summary = runner.summary
+    """What a figure served by `runner` was measured under: its conditions, size and model."""
+    conditions, summary = runner.conditions(), runner.summary
     return {
-        "plugins": [p.describe() for p in runner.plugins],
-        "hop_length": (summary["frontend"] or {}).get("hop_length"),
+        "plugins": list(conditions.plugins),
+        "hop_length": conditions.hop_length,
         "size_mb": summary["state_dict_bytes"] / 1e6,
         "model_file_bytes": summary["model_file_bytes"],
         "parameters": summary["parameters"],
-        "threads": runner.threads,
-        "quantized_engine": runner.engine or "none",
-        "search": runner.bundle.search_engine,
-        "device": str(runner.device),
-        "decode": runner.decode.speech2text_kwargs(),
+        "threads": conditions.threads,
+        "quantized_engine": conditions.quantized_engine,
+        "search": conditions.search,
+        "dtype": conditions.dtype,
+        "device": conditions.device,
+        "decode": conditions.decode.speech2text_kwargs(),
         "model": str(runner.bundle.files.origin),
-        "model_content_hash": runner.bundle.files.content_hash,
+        "model_content_hash": conditions.model_hash,
     }
 
 
@@ -77,7 +79,7 @@ def check_batching(models: dict[str, Runner], limits: ServeLimits) -> None:
     """Raise RunnerError when `max_batch` > 1 but a model's searches cannot run batched."""
     if limits.max_batch <= 1:
         return
-    from runner.batch import batch_ready
+    from runner.pipeline import batch_ready
 
     for name, runner in models.items():
         reason = batch_ready(runner.bundle.speech2text)
@@ -236,7 +238,7 @@ def load_models(model: str | Path | None = None, quants: Sequence[str] = (), hop
         plugins: plugin names (e.g. cross-kv-cache) applied to every scheme with their defaults.
         calibration_data: data root whose calibration split static int8 calibrates on
             (default: the embedded demo corpus, logged as such).
-        search: the beam-search engine of every scheme, "espnet" or "lean" (default: ESPnet's).
+        search: the beam-search engine of every scheme (`runner.engines`; default: ESPnet's).
         device: cpu, cuda, cuda:N or auto, for every scheme; a scheme that does not run there is refused.
 
     Returns:
@@ -246,46 +248,51 @@ def load_models(model: str | Path | None = None, quants: Sequence[str] = (), hop
                                    calibration_data, search, device).result()
 
 
-def scheme_specs(quants: Sequence[str], hop: int | None = None, search: str | None = None,
-                 plugins: Sequence[str] = (), device: str | None = None) -> dict[str, list[PluginSpec]]:
-    """The plugin list of every served scheme, by name, checked (and against `device`'s type, if given).
+def scheme_sets(quants: Sequence[str], hop: int | None = None, search: str | None = None,
+                plugins: Sequence[str] = (), device: str | None = None) -> dict[str, PluginSet]:
+    """The plugins of every served scheme, by name, resolved and checked (against `device`'s type, if given),
+    and the search engine checked.
 
     Raises:
-        RunnerError: a scheme given twice, an unknown plugin or option, or a plugin that does not run on `device`.
+        RunnerError: a scheme given twice, an unknown plugin, option or engine, or a plugin that does not run
+            on `device`.
     """
     from runner.config import FLOAT, compose_plugins
     from runner.device import spec_type
-    from runner.plugin import resolve as resolve_plugins
+    from runner.engines import engine_class
 
+    if search is not None:
+        engine_class(search)
     names = [FP32 if q in FLOAT else q for q in (quants or [FP32])]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise RunnerError(f"--quant: {repeated} given more than once")
-    specs = {name: compose_plugins(quant=name, hop=hop, search=search, extra=plugins) for name in names}
     device_type = None if device is None else spec_type(device)
-    for name in names:
-        resolve_plugins(specs[name], device_type=device_type)
-    return specs
+    hops = [PluginSpec("hop", {"hop_length": hop})] if hop is not None else []
+    return {name: PluginSet.resolve(compose_plugins(quant=name, replace=hops, extra=plugins), device_type)
+            for name in names}
 
 
 def _load_models(model: str | Path | None, quants: Sequence[str], hop: int | None, decode: DecodeOptions | None,
                  threads: int | None, model_file: str | Path | None, plugins: Sequence[str],
                  calibration_data: str | Path | None, search: str | None, device: str) -> dict[str, Runner]:
     from runner.device import resolve
+    from runner.engines import DEFAULT
     from runner.model import load
-    from runner.plugin import available
 
     if model is None:
         model = defaults.model_path()
-    specs = scheme_specs(quants, hop, search, plugins, device)  # checked, on `device` too, before loading
+    sets = scheme_sets(quants, hop, search, plugins, device)  # checked, on `device` too, before loading
     # `auto` takes the GPU only when every served scheme runs there; each Runner checks its own again.
-    where = resolve(device, [available()[spec.name] for scheme in specs.values() for spec in scheme])
+    where = resolve(device, [plugin for scheme in sets.values() for plugin in scheme])
     bundle = load(model, decode or DecodeOptions(), model_file, where)
-    names = list(specs)
+    names = list(sets)
+    engine = search or DEFAULT
     if len(names) == 1:  # no copy needed
-        return {names[0]: Runner(bundle, threads=threads, plugins=specs[names[0]], calibration_data=calibration_data)}
-    return {name: Runner.from_bundle(bundle, threads=threads, plugins=specs[name], calibration_data=calibration_data)
-            for name in names}
+        return {names[0]: Runner(bundle, threads=threads, plugins=sets[names[0]], calibration_data=calibration_data,
+                                 search=engine)}
+    return {name: Runner.from_bundle(bundle, threads=threads, plugins=sets[name], calibration_data=calibration_data,
+                                     search=engine) for name in names}
 
 
 def serve(models: dict[str, Runner], host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits | None = None,

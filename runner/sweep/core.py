@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from runner import defaults
-from runner.config import decode_options
 from runner.data import PreloadedSet
 from runner.errors import RunnerError
 from runner.outputs import output_lock
@@ -72,15 +71,15 @@ class Sweep:
             raise RunnerError(f"{self.jsonl}: holds results already; pass --resume to continue or choose another --out")
         if repair_cut_line(self.jsonl):
             logger.info("%s: its last line was cut by a crash mid-write; that run is measured again", self.jsonl)
-        decode = decode_options(run.decode)
+        decode = run.decode
         base = Runner(run.model or defaults.model_path(), decode, threads=engine.threads(run.threads),
                       device=engine.base_device(run.device))
-        options = run.evaluate_options(progress=self.progress and engine.name == "local")
+        options = run.evaluate.replace(progress=self.progress and engine.name == "local")
         preloaded = base.preload(options)
         versions = code_versions()
         identity = {"model": base.bundle.files.content_hash, "data": preloaded.content_hash,
-                    "decode": decode.speech2text_kwargs(), "threads": base.threads, "warmup": run.warmup,
-                    **({"batch_size": run.batch_size} if run.batch_size != 1 else {}),
+                    "decode": decode.speech2text_kwargs(), "threads": base.threads, "warmup": options.warmup,
+                    **({"batch_size": options.batch_size} if options.batch_size != 1 else {}),
                     **({"device": run.device} if run.device != "cpu" else {}),
                     "repeats": self.config.repeats, "measure": self.config.measure}
         plans = self.config.plan()

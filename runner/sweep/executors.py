@@ -18,7 +18,8 @@ from runner.sweep.rows import failed_row, overall_bar, row_from_reports, worker
 if TYPE_CHECKING:
     from runner.data import PreloadedSet
     from runner.report import Report
-    from runner.runner import EvaluateOptions, Runner
+    from runner.options import EvaluateOptions
+    from runner.runner import Runner
 
 ENTRY_POINT_GROUP = "runner.executors"
 BUILT_IN = {"local": "runner.sweep.executors:LocalExecutor", "ray": "runner.sweep.ray_executor:RayExecutor"}
@@ -83,7 +84,8 @@ class LocalExecutor(Executor):
                     bar.set_description(f"{plan.label} [{repeat + 1}/{repeats}]")
                     try:
                         runner = runners.get(plan.config_hash) or Runner.from_bundle(
-                            base.bundle, base.threads, plan.specs, calibration_data=sweep.config.run.data)
+                            base.bundle, base.threads, plan.plugins, calibration_data=sweep.config.run.data,
+                            search=plan.search)
                         if repeats > 1:
                             runners[plan.config_hash] = runner
                         reports[plan.config_hash].append(runner.evaluate_preloaded(preloaded, options))

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.config import SEARCH_ENGINES, RunConfig, compose_plugins
+from runner.config import RunConfig, compose_plugins
+from runner.engines import DEFAULT as DEFAULT_ENGINE
+from runner.engines import engine_class
 from runner.errors import RunnerError
-from runner.plugin import PluginSpec, number_format_plugins
-from runner.plugin import resolve as resolve_plugins
+from runner.plugin import PluginSpec
+from runner.plugin_set import PluginSet, number_format_plugins
 from runner.yamlio import read_yaml_mapping
 
 SWEEP_KEYS = ("repeats", "grid", "measure", "shards")
@@ -48,43 +50,51 @@ class SweepConfig:
         for key in grid:
             if key not in ("hop", "quant", "search") and "." not in key:
                 raise RunnerError(f"{path}: grid key '{key}' is not hop, quant, search or <plugin>.<option>")
-        bad_engines = [e for e in grid.get("search", []) if e not in SEARCH_ENGINES]
-        if bad_engines:
-            raise RunnerError(f"{path}: grid search values must be among {list(SEARCH_ENGINES)}, got {bad_engines}")
+        for engine in grid.get("search", []):
+            engine_class(engine, f"{path}: grid search")
         config.check_plans()
         return config
 
     def check_plans(self) -> None:
-        """Every grid point must build on the run's device: a typo fails before anything runs, naming the file."""
-        for point in self.plan():
-            try:
-                resolve_plugins(point.specs, device_type=self.run.device_type)
-            except RunnerError as error:
-                raise RunnerError(f"{self.source}: {error}") from error
+        """Every grid point must resolve on the run's device: a typo fails before anything runs, naming the file."""
+        self.plan()
 
     def plan(self) -> list[RunPlan]:
+        """The runs of the grid, each with its plugins resolved on the run's device (a `PluginSet`).
+
+        Raises:
+            RunnerError: a grid point whose plugins do not resolve, naming the sweep file.
+        """
         keys = list(self.grid)
         plans: dict[str, RunPlan] = {}
         for values in itertools.product(*(self.grid[k] for k in keys)):
             point = dict(zip(keys, values))
-            specs = compose_plugins(self.run.plugins, quant=point.get("quant"), hop=point.get("hop"),
-                                    search=point.get("search"), options={k: v for k, v in point.items() if "." in k})
-            plan = RunPlan(specs, point)
+            hop = [PluginSpec("hop", {"hop_length": point["hop"]})] if "hop" in point else []  # the grid's shorthand
+            specs = compose_plugins(self.run.plugins.specs(), quant=point.get("quant"), replace=hop,
+                                    options={k: v for k, v in point.items() if "." in k})
+            try:
+                plugins = PluginSet.resolve(specs, device_type=self.run.device_type)
+            except RunnerError as error:
+                raise RunnerError(f"{self.source}: {error}") from error
+            plan = RunPlan(specs, point, point.get("search", self.run.search), plugins)
             plans.setdefault(plan.identity(), plan)  # options of absent plugins would duplicate runs
         return list(plans.values())
 
 
 @dataclass
 class RunPlan:
-    """One run of a sweep: its plugin list and the grid point it came from."""
+    """One run of a sweep: its plugin list, its search engine and the grid point it came from."""
 
     specs: list[PluginSpec]
     point: dict[str, Any]
+    search: str = DEFAULT_ENGINE
+    plugins: PluginSet = PluginSet()  # `specs` resolved (SweepConfig.plan)
     plan_hash: str = ""  # the configuration (model, data, decoding, plugins)
     config_hash: str = ""  # the configuration and the code measuring it (rows are keyed by this)
 
     def identity(self) -> str:
-        return json.dumps([[s.name, s.values] for s in sorted(self.specs, key=lambda s: s.name)], sort_keys=True)
+        plugins = [[s.name, s.values] for s in sorted(self.specs, key=lambda s: s.name)]
+        return json.dumps(plugins if self.search == DEFAULT_ENGINE else [plugins, self.search], sort_keys=True)
 
     @property
     def quant(self) -> str:
@@ -98,6 +108,8 @@ class RunPlan:
     @property
     def label(self) -> str:
         parts = [f"hop {self.hop}" if self.hop is not None else "trained hop"]
+        if self.search != DEFAULT_ENGINE:
+            parts.append(self.search)
         for spec in self.specs:
             if spec.name != "hop":
                 varied = {k.split(".", 1)[1]: v for k, v in self.point.items() if k.startswith(spec.name + ".")}

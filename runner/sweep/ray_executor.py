@@ -70,12 +70,13 @@ def execute(job: Job) -> dict[str, Any]:
     if base.bundle.files.content_hash != job.model_hash:
         raise RunnerError(f"{origin}: on worker {socket.gethostname()} this model differs from the driver's "
                           f"(content hash {base.bundle.files.content_hash}, expected {job.model_hash})")
-    options = run.evaluate_options(warmup=0 if job.shard else run.warmup, part=job.shard)
+    options = run.evaluate.replace(warmup=0 if job.shard else run.evaluate.warmup, part=job.shard)
     preloaded = base.preload(options)
     if preloaded.content_hash != job.data_hash:
         raise RunnerError(f"{preloaded.test_set.path}: on worker {socket.gethostname()} the audio differs from the "
                           f"driver's (content hash {preloaded.content_hash}, expected {job.data_hash})")
-    runner = Runner.from_bundle(base.bundle, base.threads, job.plan.specs, calibration_data=run.data)
+    runner = Runner.from_bundle(base.bundle, base.threads, job.plan.plugins, calibration_data=run.data,
+                                search=job.plan.search)
     reports = [runner.evaluate_preloaded(preloaded, options) for _ in range(1 if job.shard else job.repeats)]
     row = {**row_from_reports(job.plan, reports), **worker("ray")}
     if job.shard:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.metrics.bleu import paired_bootstrap
-from runner.plugin import number_format_plugins
+from runner.plugin_set import number_format_plugins
 
 CSV_COLUMNS = ("label", "status", "hop", "quant", "dtype", "size_mb", "parameters", "bleu", "bleu_delta", "p_value",
                "chrf", "source_wer", "latency_mean", "latency_std", "latency_p50", "latency_p90", "latency_p99", "rtf",
@@ -64,7 +64,7 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], config: An
         "",
         f"Model `{env['model']}` (sha256 {env['model_content_hash']}), data `{env['data']}` split {env['split']}, "
         f"N={env['n']} (audio hash {env['data_content_hash']}); device {device}; threads {env['threads']}, "
-        f"warm-up {config.run.warmup}, {repeats} repeat(s)"
+        f"warm-up {config.run.evaluate.warmup}, {repeats} repeat(s)"
         f"{' interleaved' if env.get('executor', 'local') == 'local' else ' per Ray task'}; "
         f"executor {env.get('executor', 'local')}; driver CPU {env['cpu']}"
         f"{', cpu kind `' + env['cpu_kind'] + '`' if env.get('cpu_kind') else ''}; torch "

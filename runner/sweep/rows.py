@@ -84,23 +84,23 @@ def row_from_reports(plan: RunPlan, reports: list[Report]) -> dict[str, Any]:
     median = statistics.median(means)
     middle = min(reports, key=lambda r: abs(r.latency_mean - median))
     m, c = middle.metrics, middle.conditions
-    calibration = sum(p.get("calibration_seconds", 0.0) for p in c["plugins"])
+    calibration = sum(record.seconds for _, record in c.calibrations)
     return {
         "config_hash": plan.config_hash, "plan_hash": plan.plan_hash, "point": plan.point, "status": "ok",
-        "label": plan.label, "hop": c["hop_length"], "quant": plan.quant, "dtype": c["dtype"],
-        "plugins": c["plugins"], "size_mb": m.size_mb, "parameters": m.parameters, "bleu": m.bleu.score,
+        "label": plan.label, "hop": c.hop_length, "quant": plan.quant, "dtype": c.dtype,
+        "plugins": list(c.plugins), "size_mb": m.size_mb, "parameters": m.parameters, "bleu": m.bleu.score,
         "bleu_signature": m.bleu.signature, "chrf": m.chrf.score, "source_wer": m.source_wer,
         "latency_mean": median, "latency_std": m.latency.std, "latency_p50": m.latency.p50,
         "latency_p90": m.latency.p90, "latency_p99": m.latency.p99, "rtf": m.latency.rtf, "repeats": len(reports),
         "repeat_means": means, "cv": (statistics.stdev(means) / statistics.mean(means)) if len(means) > 1 else None,
         "stages_mean": m.stages_mean, "steps_mean": m.steps_mean, "seconds_per_step": m.seconds_per_step,
         "calibration_seconds": calibration or None, "n": middle.data["n"],
-        "timed": m.latency.count, "threads": c["threads"], "warmup": c["warmup"], "engine": c["quantized_engine"],
-        "search": c.get("search", "espnet"), "batch_size": c.get("batch_size", 1), "device": c.get("device", "cpu"),
-        "gpu": c.get("gpu"), "gpu_peak_memory_bytes": m.gpu_peak_memory_bytes,
+        "timed": m.latency.count, "threads": c.threads, "warmup": c.warmup, "engine": c.quantized_engine,
+        "search": c.search, "batch_size": c.batch_size, "device": c.device,
+        "gpu": c.machine.get("gpu"), "gpu_peak_memory_bytes": m.gpu_peak_memory_bytes,
         "utterances_per_second": m.throughput.utterances_per_second if m.throughput else None,
         "audio_seconds_per_second": m.throughput.audio_seconds_per_second if m.throughput else None,
-        "cpu": c["cpu"], "cpu_kind": c.get("cpu_kind"), "hypotheses": middle.hypotheses(),
+        "cpu": c.machine.get("cpu"), "cpu_kind": c.machine.get("cpu_kind"), "hypotheses": middle.hypotheses(),
     }
 
 

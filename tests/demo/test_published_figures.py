@@ -1,7 +1,7 @@
 """Every deterministic figure the README and docs publish for the embedded default is re-measured here.
 
-Each README table whose first column is `command` is run command by command (`runner translate ...`
-in-process, with `--out`), and the sweep tables (README and docs/sweep-hop.md) against a fresh
+Each table of the README and docs/ whose first column is `command` is run command by command (`runner
+translate ...` in-process, with `--out`), and the sweep tables (docs/sweeps.md and docs/sweep-hop.md) against a fresh
 `runner sweep configs/hop.yaml`. Size, parameters, BLEU, chrF, source WER and ΔBLEU (p) must be
 what the files say, so a change that moves them fails here until the tables are regenerated.
 Latency is not deterministic: every table with a latency column must name the commit it was
@@ -17,19 +17,18 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from benchmarks.readme_tables import (ACROSS_KINDS, README, Table, command_tables, deterministic_cells, measured_kind,
+from benchmarks.readme_tables import (ACROSS_KINDS, PAGES, Table, command_tables, deterministic_cells, measured_kind,
                                       run_command, stale_cell, tables)
 from runner.cli import app
 from runner.defaults import REPO_ROOT
 from runner.environment import cpu_kind
 
-SWEEP_DOCS = (README, REPO_ROOT / "docs" / "sweep-hop.md")
+SWEEP_DOCS = (REPO_ROOT / "docs" / "sweeps.md", REPO_ROOT / "docs" / "sweep-hop.md")
 SWEEP_COMMAND = "runner sweep configs/hop.yaml"
 INT8_BLEU_TOLERANCE = 0.5
 
@@ -59,17 +58,19 @@ def fresh_commands(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[s
     return reports
 
 
-def test_the_readme_publishes_command_and_sweep_tables() -> None:
+def test_the_docs_publish_command_and_sweep_tables() -> None:
     assert len(command_tables()) >= 2 and sum(len(t.rows) for t in command_tables()) >= 7
     assert len(sweep_tables()) == 2 and all(len(t.rows) == 16 for t in sweep_tables())
-    assert all(SWEEP_COMMAND in t.before or t.file != README for t in sweep_tables())
+    assert all(SWEEP_COMMAND in t.before or t.file != SWEEP_DOCS[0] for t in sweep_tables())
 
 
 def test_latency_figures_name_the_commit_they_were_measured_at() -> None:
-    for path in (README, *SWEEP_DOCS[1:]):
+    """In the text above the table or, for a page a command generated, in its environment block."""
+    for path in PAGES:
+        generated = re.search(r"^runner_commit: [0-9a-f]{7,}", path.read_text(encoding="utf-8"), re.M)
         for table in tables(path):
             if any("latency" in cell for cell in table.header):
-                assert re.search(r"commit [0-9a-f]{7,}", table.before), (path, table.header)
+                assert re.search(r"commit [0-9a-f]{7,}", table.before) or generated, (path, table.header)
 
 
 def _exact_here(table: Table, capsys: pytest.CaptureFixture[str]) -> bool:
@@ -88,7 +89,7 @@ def test_every_published_table_names_its_cpu_kind() -> None:
     for a generated docs page, in its environment block."""
     measured = ("BLEU", "latency", "utterances/s", "requests/s", "size ratio", "ms/step", "latency ratio, 2 threads")
     missing = []
-    for path in (README, *sorted((REPO_ROOT / "docs").glob("*.md"))):
+    for path in PAGES:
         text = path.read_text(encoding="utf-8")
         for table in tables(path):
             if not any(m in cell for cell in table.header for m in measured):
@@ -110,7 +111,7 @@ def test_readme_command_tables_match_a_fresh_run(fresh_commands: dict[str, dict[
                 why = name in fresh and stale_cell(name, cell, fresh[name], exact_here or "--quant" not in command)
                 if why:
                     stale.append(f"{row[0]} {name}: {why}")
-    assert not stale, "regenerate the README's tables:\n" + "\n".join(stale)
+    assert not stale, "regenerate the published tables (python -m benchmarks.readme_tables):\n" + "\n".join(stale)
 
 
 def test_sweep_tables_match_a_fresh_sweep(fresh_sweep: dict[str, dict[str, Any]],
@@ -157,7 +158,7 @@ def _assert_keeps_bleu(split: str, scheme: str, bleu: float, fp32: float) -> Non
     """No scheme loses more than the tolerance on either split; on tst-COMMON none moves more either way.
 
     On tst-HE (58 BLEU, 21 % source WER) dynamic int8 changes 10 of 100 translations and nets +1.71 (paired
-    bootstrap p 0.029, `runner sweep configs/held-out.yaml`; README, "Plugins on the embedded default model"):
+    bootstrap p 0.029, `runner sweep configs/held-out.yaml`; docs/plugins.md, "Plugins on the embedded default model"):
     a gain outside the two-sided band, not a loss.
     """
     assert bleu - fp32 >= -INT8_BLEU_TOLERANCE, (split, scheme, bleu, fp32)

@@ -10,7 +10,8 @@ import pytest
 from runner import compat
 from runner.errors import RunnerError
 from runner.model import load
-from runner.plugin import PluginSpec, build
+from runner.plugin import PluginSpec
+from runner.plugin_set import build
 
 INTERNAL_PLUGINS = ("cross-kv-cache", "self-kv-cache", "ctc-prefix-scan")
 

@@ -14,11 +14,12 @@ from typer.testing import CliRunner
 
 from conftest import write_corpus
 from runner.cli import app
-from runner.decode import translate
+from runner.pipeline import translate
 from runner.demo.build import char_token_list, md_config, write_experiment
 from runner.errors import RunnerError
 from runner.metrics.size import count_parameters, state_dict_bytes
-from runner.plugin import PluginSpec, available, resolve
+from runner.plugin import PluginSpec
+from runner.plugin_set import PluginSet, available
 from runner.runner import Runner
 
 SPEECH = (np.random.default_rng(0).normal(scale=0.1, size=16000)).astype(np.float32)
@@ -77,7 +78,7 @@ def test_dynamic_fp16_uses_float16_weights(tiny_exp: Path) -> None:
     assert "quantized.dynamic" in type(layer).__module__ and layer._packed_params.dtype == torch.float16
     # fbgemm keeps the fp16 copy packed; the state_dict stores float32 weights: no size gain to report.
     assert state_dict_bytes(runner.bundle.model) >= 0.95 * state_dict_bytes(Runner(tiny_exp, threads=1).bundle.model)
-    assert runner.plugins[0].details["dtype"] == "float16"
+    assert runner.plugins[0].number_format.dtype == "float16" and runner.plugins[0].describe()["dtype"] == "float16"
     assert translate(runner.bundle.speech2text, SPEECH).tokens
 
 
@@ -90,9 +91,9 @@ def test_static_int8_runs_quantized_kernels_inside_beam_search(tiny_exp: Path, c
     assert quantized and len(stubs) == len(quantized)
     assert all(type(m) is torch.nn.Linear for m in model.extra_asr_decoder.modules() if "Linear" in type(m).__name__)
     assert type(model.decoder.embed[0]) is torch.nn.Embedding  # left in float
-    details = runner.plugins[0].details
-    assert details["calibration_utterances"] == 3 and details["calibration_split"] == "dev"
-    assert details["calibration_seconds"] > 0
+    calibration = runner.plugins[0].calibration
+    assert calibration.utterances == 3 and calibration.split == "dev" and calibration.seconds > 0
+    assert runner.plugins[0].describe()["calibration_utterances"] == 3
 
     calls = []
     for module in quantized:
@@ -101,7 +102,7 @@ def test_static_int8_runs_quantized_kernels_inside_beam_search(tiny_exp: Path, c
     assert result.tokens and len(calls) > len(quantized)  # every step of the search ran int8 Linears
     assert count_parameters(model) == runner.bundle.float_parameters
     report = runner.evaluate(corpus_with_dev, split="tst-COMMON", warmup=1)
-    assert report.conditions["dtype"] == "qint8" and len(report.hypotheses()) == 5
+    assert report.conditions.dtype == "qint8" and len(report.hypotheses()) == 5
 
 
 def test_static_int8_block_granularity_fuses_feed_forward_blocks(tiny_exp: Path, corpus_with_dev: Path) -> None:
@@ -156,7 +157,7 @@ def test_plugins_compose_in_a_defined_order(tiny_exp: Path) -> None:
 )
 def test_bad_plugin_lists_are_one_line_errors(specs: list[PluginSpec], message: str) -> None:
     with pytest.raises(RunnerError) as error:
-        resolve(specs)
+        PluginSet.resolve(specs)
     assert message in str(error.value) and "\n" not in str(error.value)
 
 

@@ -1,11 +1,8 @@
-"""The README's "Write a plugin" package, installed as a user would, is treated exactly like a built-in
+"""docs/plugins.md's "Write a plugin" package, installed as a user would, is treated exactly like a built-in
 number-format plugin; and the contract's ordering makes results independent of the listing order."""
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,44 +10,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_corpus
+from conftest import documented_package, installed_package, write_corpus
 from runner.config import compose_plugins
 from runner.defaults import REPO_ROOT
 from runner.errors import RunnerError
-from runner.plugin import Effects, Plugin, PluginSpec, available, number_format_plugins, order, resolve
+from runner.plugin import Effects, Plugin, PluginSpec
+from runner.plugin_set import PluginSet, available, number_format_plugins, order
 from runner.runner import Runner
 from runner.sweep import Sweep, SweepConfig
 
 
-def readme_package() -> dict[str, str]:
-    """The files of the README's example package: code blocks under "### Write a plugin", named on their first line."""
-    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("### Write a plugin", 1)[1].split("\n## ", 1)[0]
-    files = {}
-    for block in re.findall(r"```(?:toml|python)\n(.*?)```", section, flags=re.S):
-        first, _, body = block.partition("\n")
-        files[first.removeprefix("# ").strip()] = block
-    return files
-
-
 @pytest.fixture(scope="module")
 def installed_example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    package = tmp_path_factory.mktemp("round-weights")
-    files = readme_package()
+    files = documented_package(REPO_ROOT / "docs" / "plugins.md", "## Write a plugin")
     assert sorted(files) == ["pyproject.toml", "round_weights.py"]
-    for name, text in files.items():
-        (package / name).write_text(text, encoding="utf-8")
-    site = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-                    "--target", str(site), str(package)], check=True, capture_output=True)
-    sys.path.insert(0, str(site))
-    try:
-        available(refresh=True)
+    with installed_package(files, tmp_path_factory.mktemp("round-weights"), "round_weights",
+                           lambda: available(refresh=True)):
         yield
-    finally:
-        sys.path.remove(str(site))
-        sys.modules.pop("round_weights", None)
-        available(refresh=True)
 
 
 def test_the_readme_plugin_is_a_number_format_plugin_like_the_built_ins(installed_example: None,
@@ -58,13 +34,13 @@ def test_the_readme_plugin_is_a_number_format_plugin_like_the_built_ins(installe
     assert "round-weights" in available() and "round-weights" in number_format_plugins()
     with pytest.raises(RunnerError, match="plugins 'dynamic-int8' and 'round-weights' both change the number "
                                           "format of the decoder"):
-        resolve([PluginSpec("dynamic-int8"), PluginSpec("round-weights")])
-    resolve([PluginSpec("dynamic-int8", {"parts": ["encoder"]}), PluginSpec("round-weights")])
+        PluginSet.resolve([PluginSpec("dynamic-int8"), PluginSpec("round-weights")])
+    PluginSet.resolve([PluginSpec("dynamic-int8", {"parts": ["encoder"]}), PluginSpec("round-weights")])
     base = [PluginSpec("round-weights", {"parts": ["encoder"]}), PluginSpec("cross-kv-cache")]
     assert [s.name for s in compose_plugins(base, quant="none")] == ["cross-kv-cache"]
     assert [s.name for s in compose_plugins(base, quant="dynamic-int8")] == ["cross-kv-cache", "dynamic-int8"]
     with pytest.raises(RunnerError, match=r"unknown part\(s\) \['decoders'\]"):
-        resolve([PluginSpec("round-weights", {"parts": ["decoders"]})])
+        PluginSet.resolve([PluginSpec("round-weights", {"parts": ["decoders"]})])
 
     runner = Runner(tiny_exp, threads=1, plugins=[{"name": "round-weights", "parts": ["decoder"]}])
     weight = runner.bundle.model.decoder.output_layer.weight

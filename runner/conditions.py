@@ -1,0 +1,72 @@
+"""The conditions of a run: everything a figure was measured under, built once by the `Runner`.
+
+Like sacrebleu's `Signature`, a `RunConditions` travels with every figure: the report's JSON and
+terminal table, `/info` and the web page of `runner serve`, and every sweep row read it, and none of
+them rebuilds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from runner.decode import DecodeOptions
+from runner.plugin import Calibration
+
+
+@dataclass(frozen=True)
+class RunConditions:
+    """What a run was measured under.
+
+    Attributes:
+        device: where the model ran (cpu, cuda:0).
+        threads: the runner's intra-op threads.
+        quantized_engine: the torch.ao engine the plugins packed weights for ("none" for a float model).
+        search: the search engine of the beam searches ("espnet", "lean", or per search).
+        hop_length: the frontend's STFT hop (None without an STFT frontend).
+        dtype: the number format the last number-format plugin left ("float32" without one).
+        plugins: each plugin's description (name, label, config, outcomes, details), in application order.
+        calibrations: (plugin name, its calibration record) for every plugin that calibrated.
+        decode: the decoding options.
+        machine: the environment manifest (CPU model, kind and flags, cores, GPU, library versions, commit).
+        warmup: leading utterances left out of latency; batch_size: utterances per beam search.
+        model_hash: the model file's content hash.
+    """
+
+    device: str
+    threads: int
+    quantized_engine: str
+    search: str
+    hop_length: int | None
+    dtype: str
+    plugins: tuple[dict[str, Any], ...]
+    calibrations: tuple[tuple[str, Calibration], ...]
+    decode: DecodeOptions
+    machine: dict[str, Any] = field(default_factory=dict)
+    warmup: int = 1
+    batch_size: int = 1
+    model_hash: str = ""
+
+    def evaluated(self, warmup: int, batch_size: int) -> RunConditions:
+        """These conditions for an evaluation with `warmup` and `batch_size`."""
+        return replace(self, warmup=warmup, batch_size=batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report JSON's `conditions`: the machine's fields and the run's, flat (decoding options are
+        written beside it, as the report's `decode`)."""
+        return {**self.machine, "threads": self.threads, "quantized_engine": self.quantized_engine,
+                "device": self.device, "warmup": self.warmup, "batch_size": self.batch_size,
+                "hop_length": self.hop_length, "search": self.search, "plugins": list(self.plugins),
+                "dtype": self.dtype}
+
+    def plugin_labels(self) -> str:
+        """The plugins as the conditions line names them ("none" without plugins)."""
+        return ", ".join(p.get("label", p["name"]) for p in self.plugins) or "none"
+
+    def line(self) -> str:
+        """The terminal's conditions line."""
+        decode = asdict(self.decode)
+        return (f"device {self.device}, cpu {self.machine.get('cpu_kind', 'unknown')}, threads {self.threads}, "
+                f"engine {self.quantized_engine}, search {self.search}, hop {self.hop_length}, dtype {self.dtype}, "
+                f"plugins {self.plugin_labels()}, warm-up {self.warmup}, batch {self.batch_size}, "
+                f"beam {decode['beam_size']}/asr {decode['asr_beam_size']}")
