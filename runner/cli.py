@@ -12,7 +12,7 @@ from typing import Any, NoReturn, Optional
 
 import typer
 
-from runner import cli_quant, defaults
+from runner import cli_export, cli_quant, defaults
 from runner.errors import RunnerError
 
 DEBUG_VARIABLE = "ST_RUNNER_DEBUG"
@@ -87,7 +87,7 @@ def translate(
     seed: Optional[int] = typer.Option(None, help="Seed for --sample [default: 0]"),
     quant: Optional[str] = typer.Option(None, help="Number format: dynamic-int8, dynamic-fp16, static-int8 (CPU only); bf16 (autocast), half-fp16, half-bf16 (any device)"),
     hop: Optional[int] = typer.Option(None, help="Frontend STFT hop length in samples (the hop plugin)"),
-    search: Optional[str] = typer.Option(None, help="Beam-search engine: espnet (ESPnet's own), lean (same hypotheses, less work per step), or a registered one"),
+    search: Optional[str] = typer.Option(None, "--search", "--engine", help="Beam-search engine: espnet (ESPnet's own), lean (same hypotheses, less work per step), onnxruntime (the lean search over exported graphs), or a registered one"),
     plugin: list[str] = typer.Option([], help="Also apply this plugin with its defaults (see `runner plugins`); repeatable"),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads [default: all cores]"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N, or auto (a GPU when one is visible and every plugin runs there) [default: cpu]"),
@@ -190,7 +190,7 @@ def serve(
     model_file: Optional[Path] = typer.Option(None, help="Model weights, when the directory holds several .pth"),
     quant: list[str] = typer.Option([], help="Serve this scheme (none/fp32, dynamic-int8, ...); repeat to serve several"),
     hop: Optional[int] = typer.Option(None, help="Frontend STFT hop length in samples, for every served model"),
-    search: Optional[str] = typer.Option(None, help="Beam-search engine for every served model: espnet (ESPnet's own, the default), lean, or a registered one"),
+    search: Optional[str] = typer.Option(None, "--search", "--engine", help="Beam-search engine for every served model: espnet (ESPnet's own, the default), lean, onnxruntime, or a registered one"),
     plugin: list[str] = typer.Option([], help="Also apply this plugin to every served model (see `runner plugins`); repeatable"),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads [default: all cores]"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto, for every served model"),
@@ -368,6 +368,7 @@ def demo_export(
 
 
 cli_quant.register(app, fail)
+cli_export.register(app, fail)
 
 if __name__ == "__main__":  # pragma: no cover - `python -m runner.cli`
     app()

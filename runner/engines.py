@@ -72,6 +72,7 @@ class SearchEngine(torch.nn.Module):
 
     Args:
         search: the ESPnet search it replaces (its settings and scorer tables stay in use).
+        context: what `prepare` made of the model for every search this engine runs (None by default).
 
     Raises:
         RunnerError: the engine cannot run this search (`check` says why).
@@ -81,16 +82,33 @@ class SearchEngine(torch.nn.Module):
     description: ClassVar[str]
     batches: ClassVar[bool] = False  # searches several utterances in one loop (`--batch-size`)
 
-    def __init__(self, search: Any) -> None:
+    def __init__(self, search: Any, context: Any = None) -> None:
         super().__init__()
         type(self).check(search)
         self._espnet = [search]  # a list, not a submodule: the decoders stay owned by the model
+        self.context = context
         self.stage = "search"  # which of the model's searches it runs (asr_search, st_search), for messages
         self.threads: int | None = None  # intra-op threads while searching (None: the caller's)
 
     @classmethod
     def check(cls, search: Any) -> None:
         """Raise RunnerError naming what this engine cannot run in `search` (default: anything goes)."""
+
+    @classmethod
+    def prepare(cls, bundle: Any) -> Any:
+        """What the engine needs of the whole model, made once before its searches are adopted (e.g. sessions
+        over exported graphs); passed to each search's constructor. Default: nothing.
+
+        Raises:
+            RunnerError: the engine cannot run this model at all (the runner refuses it in one line).
+        """
+        return None
+
+    @property
+    def graphs(self) -> Any:
+        """Graphs that also run the encoder and the MD encoder (`encode(features)`, `md_encode(states)`), for an
+        engine that runs the whole model elsewhere; None: they run in torch."""
+        return None
 
     @property
     def espnet(self) -> Any:
@@ -280,25 +298,32 @@ def engine_class(name: str, where: str = "--search") -> type[SearchEngine]:
     return registry[name]
 
 
-def install(speech2text: Any, name: str, stages: Sequence[str]) -> dict[str, str]:
-    """Put engine `name` in place of the beam searches of `stages` ("st_search", "asr_search").
+def install(bundle: Any, name: str, context: Any = None) -> dict[str, str]:
+    """Put engine `name` in place of the beam searches of `bundle` (a `ModelBundle`), with `context` (default:
+    what the engine's `prepare` makes of the bundle).
 
-    A search the engine cannot run gets ESPnet's adapter instead; one that adapter cannot run either
-    (a transducer, a search class with its own loop) stays ESPnet's object as it is.
+    A search the engine cannot run gets ESPnet's adapter instead; one that adapter cannot run either (a
+    transducer, a search class with its own loop) stays ESPnet's object as it is.
 
     Returns:
         stage -> the engine now running it, with the reason where it is not `name`.
+
+    Raises:
+        RunnerError: the engine cannot run this model at all (its `prepare` says why).
     """
+    speech2text, engine = bundle.speech2text, engine_class(name)
+    if context is None:
+        context = engine.prepare(bundle)
     engines: dict[str, str] = {}
-    for stage in stages:
+    for stage in bundle.search_stages:
         attribute = SEARCH_ATTRIBUTES[stage]
         current = getattr(speech2text, attribute, None)
         if current is None:
             continue
         original = current.espnet if isinstance(current, SearchEngine) else current
-        chosen, why = _adopt(engine_class(name), original)
+        chosen, why = _adopt(engine, original, context)
         if chosen is None and name != DEFAULT:
-            chosen, _ = _adopt(EspnetSearch, original)
+            chosen, _ = _adopt(EspnetSearch, original, None)
         if chosen is not None:
             chosen.stage = stage
         setattr(speech2text, attribute, chosen if chosen is not None else original)
@@ -307,10 +332,10 @@ def install(speech2text: Any, name: str, stages: Sequence[str]) -> dict[str, str
     return engines
 
 
-def _adopt(engine: type[SearchEngine], search: Any) -> tuple[SearchEngine | None, str]:
+def _adopt(engine: type[SearchEngine], search: Any, context: Any) -> tuple[SearchEngine | None, str]:
     """`engine` over `search`, or None and the reason it cannot run it."""
     try:
-        return engine(search), ""
+        return engine(search, context), ""
     except RunnerError as reason:
         return None, str(reason)
 

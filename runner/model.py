@@ -84,11 +84,12 @@ class ModelBundle:
             return next(iter(names.values()))
         return ", ".join(f"{stage} {name}" for stage, name in names.items())
 
-    def install_engine(self, name: str) -> dict[str, str]:
-        """Run the beam searches on engine `name` (`runner.engines`); returns which engine runs which search."""
+    def install_engine(self, name: str, context: Any = None) -> dict[str, str]:
+        """Run the beam searches on engine `name` (`runner.engines`), with `context` (default: what the engine
+        prepares of this model); returns which engine runs which search."""
         from runner.engines import install
 
-        return install(self.speech2text, name, self.search_stages)
+        return install(self, name, context)
 
     @property
     def searches(self) -> list[Any]:

@@ -85,6 +85,10 @@ def locate(path: str | Path, model_file: str | Path | None = None) -> ModelFiles
     if origin.is_file() and origin.name.endswith(ARCHIVE_SUFFIXES):
         config, weights = _unpack(origin)
         packed = True
+    elif origin.is_dir() and (origin / "manifest.json").is_file() and (origin / "model" / "config.yaml").is_file():
+        # a `runner export` directory: its model/ is the experiment, its graphs run on the onnxruntime engine
+        config, packed = origin / "model" / "config.yaml", False
+        weights = Path(model_file) if model_file else origin / "model" / "model.pth"
     elif origin.is_dir():
         config = origin / "config.yaml"
         if not config.is_file():

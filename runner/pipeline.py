@@ -112,9 +112,10 @@ def _decode(speech2text: Any, waveforms: list[np.ndarray],
     timer = StageTimer({name: modules[name] for name in ("frontend", "encoder", "md_encoder")}, device)
     searched = {"asr_search": 0.0, "st_search": 0.0}
     steps: list[dict[str, int]] = [{} for _ in waveforms]
+    graphs = getattr(speech2text.beam_search, "graphs", None)  # an engine that runs the encoders too
     with timer, context or contextlib.nullcontext(), torch.no_grad():  # Speech2Text.__call__ is no_grad too
         started = clock(device)
-        encoded = [_encode(speech2text, waveform) for waveform in waveforms]
+        encoded = [_encode(speech2text, waveform, graphs, timer) for waveform in waveforms]
         asr_results: list[list[Any]] = [[] for _ in waveforms]
         pre_xs = None
         if multidecoder:
@@ -125,7 +126,7 @@ def _decode(speech2text: Any, waveforms: list[np.ndarray],
             for index, result in enumerate(asr):
                 steps[index]["asr_search"] = result.steps
             asr_results = [[_asr_result(speech2text, hyp) for hyp in result.nbest] for result in asr]
-            xs = [_md_encode(speech2text, results[0][-1]) for results in asr_results]
+            xs = [_md_encode(speech2text, results[0][-1], graphs, timer) for results in asr_results]
             if model.use_speech_attn:
                 pre_xs = [enc for enc, _ in encoded]
         else:
@@ -175,6 +176,17 @@ def _espnet_call(speech2text: Any, waveform: np.ndarray,
                        source_nbest=asr_results)
 
 
+def _check_subsampling(model: Any, frames: int, samples: int) -> None:
+    """Refuse, as ESPnet's encoder does, features too few for its subsampling (an exported graph cannot say)."""
+    from espnet.nets.pytorch_backend.transformer.subsampling import check_short_utt
+
+    embed = getattr(model.encoder, "embed", None)
+    short, limit = check_short_utt(embed, frames) if embed is not None else (False, -1)
+    if short:
+        raise AudioTooShortError(f"audio too short for the encoder's subsampling: {samples} samples give {frames} "
+                                 f"feature frames, it needs more than {limit}")
+
+
 def _too_short(error: Exception, samples: int) -> None:
     """Raise ESPnet's TooShortUttError (espnet.nets.pytorch_backend.transformer.subsampling) as AudioTooShortError."""
     if type(error).__name__ == "TooShortUttError":
@@ -182,12 +194,20 @@ def _too_short(error: Exception, samples: int) -> None:
                                  f"{error.actual_size} feature frames, it needs more than {error.limit}") from error
 
 
-def _encode(speech2text: Any, waveform: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """`Speech2Text.__call__`'s steps a-b for one utterance: (encoder output, ASR encoder output)."""
+def _encode(speech2text: Any, waveform: np.ndarray, graphs: Any, timer: StageTimer) -> tuple[torch.Tensor, torch.Tensor]:
+    """`Speech2Text.__call__`'s steps a-b for one utterance: (encoder output, ASR encoder output); with an
+    engine's `graphs`, the frontend in torch and the rest through them (timed as the encoder stage)."""
     speech = torch.tensor(waveform).unsqueeze(0).to(getattr(torch, speech2text.dtype))
     lengths = speech.new_full([1], dtype=torch.long, fill_value=speech.size(1))
     batch = {"speech": speech.to(speech2text.device), "speech_lengths": lengths.to(speech2text.device)}
     try:
+        if graphs is not None:
+            features, _ = speech2text.st_model.frontend(batch["speech"], batch["speech_lengths"])
+            _check_subsampling(speech2text.st_model, features.size(1), speech.size(1))
+            started = clock(speech2text.device)
+            enc, asr_enc = graphs.encode(features)
+            timer.seconds["encoder"] += clock(speech2text.device) - started
+            return enc[0].to(speech2text.device), asr_enc[0].to(speech2text.device)
         enc, _, asr_enc, _ = speech2text.st_model.encode(**batch, return_int_enc=True)
     except Exception as error:
         _too_short(error, speech.size(1))
@@ -205,9 +225,15 @@ def _asr_result(speech2text: Any, hyp: Any) -> tuple[str | None, list[str], list
     return text, token, token_int, hyp, asr_hs
 
 
-def _md_encode(speech2text: Any, asr_hs: torch.Tensor) -> torch.Tensor:
-    """The MD encoder over the best ASR hypothesis's decoder states, as `Speech2Text.__call__` runs it."""
+def _md_encode(speech2text: Any, asr_hs: torch.Tensor, graphs: Any, timer: StageTimer) -> torch.Tensor:
+    """The MD encoder over the best ASR hypothesis's decoder states, as `Speech2Text.__call__` runs it (or through
+    an engine's `graphs`, timed as the MD encoder stage)."""
     hs = asr_hs.unsqueeze(0).to(speech2text.device)
+    if graphs is not None:
+        started = clock(speech2text.device)
+        md_enc = graphs.md_encode(hs)
+        timer.seconds["md_encoder"] += clock(speech2text.device) - started
+        return md_enc[0].to(speech2text.device)
     md_enc, _, _ = speech2text.st_model.md_encoder(hs, hs.new_full([1], dtype=torch.long, fill_value=hs.size(1)))
     return md_enc[0]
 

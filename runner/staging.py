@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 from runner.data import Segment, load_test_set, preload
 from runner.model import ModelBundle
 from runner.plugin import Calibration, Plugin, translation_contexts
+
+logger = logging.getLogger("runner")
 
 
 class PluginStages:
@@ -72,6 +75,10 @@ class PluginStages:
     def _install_engine(self) -> None:
         if self.search is not None:
             self.engines = self.bundle.install_engine(self.search)
+            elsewhere = {stage: engine for stage, engine in self.engines.items() if engine != self.search}
+            if elsewhere:
+                logger.warning("search engine %s does not run %s", self.search,
+                               "; ".join(f"{stage}: {engine}" for stage, engine in elsewhere.items()))
             self.search = None
 
     def _calibrate(self, plugins: list[Plugin], data: str | Path | None, source: str) -> None:

@@ -173,11 +173,11 @@ class LeanBeamSearch(SearchEngine):
         that is done leaves the batch.
         """
         speech = None if pre_xs[0] is None else pre_xs
-        step = DecoderStep(self.full_scorers["decoder"], xs, speech, max(maxlens), self.beam_size)
+        step = self.decoder_step(xs, speech, max(maxlens))
         ctc_scorer = self.part_scorers.get("ctc")
         ctcs: list[CtcPrefixState | None] = [None] * len(xs)
         if ctc_scorer is not None:
-            ctcs = [CtcPrefixState(ctc_scorer.ctc.log_softmax((x if p is None else p).unsqueeze(0))[0], ctc_scorer.eos)
+            ctcs = [CtcPrefixState(self.ctc_log_probs(ctc_scorer.ctc, x if p is None else p), ctc_scorer.eos)
                     for x, p in zip(xs, pre_xs)]
         x = xs[0]
         count = len(xs)
@@ -236,6 +236,15 @@ class LeanBeamSearch(SearchEngine):
             if not layout.utterances:
                 break
         return [e.hypotheses for e in ended], steps
+
+    def decoder_step(self, xs: list[torch.Tensor], speeches: list[torch.Tensor] | None, max_length: int) -> Any:
+        """The decoder's step for these utterances (`DecoderStep`'s interface: call, `select`, `keep_utterances`,
+        `hidden`); an engine that runs the step elsewhere returns its own."""
+        return DecoderStep(self.full_scorers["decoder"], xs, speeches, max_length, self.beam_size)
+
+    def ctc_log_probs(self, ctc: Any, x: torch.Tensor) -> torch.Tensor:
+        """A CTC head's log-probabilities (T, V) over one utterance's encoder output (T, d)."""
+        return ctc.log_softmax(x.unsqueeze(0))[0]
 
     def _score(self, beam: Beam, step: DecoderStep, ctcs: list[CtcPrefixState | None], layout: Layout,
                i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

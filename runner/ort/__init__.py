@@ -1,0 +1,1 @@
+"""ONNX Runtime: exported graphs (`runner export`) and the `onnxruntime` search engine."""

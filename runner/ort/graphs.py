@@ -1,0 +1,168 @@
+"""The model's computations as functions of tensors alone, in the shape ONNX export takes them.
+
+`DecoderStepGraph` is the lean engine's decoder step (`runner.lean.decoder.DecoderStep`) for a whole
+beam, with the self-attention keys/values of earlier positions as an input and the new position's as
+an output, and each utterance's source (and speech) keys/values, projected once by
+`MemoryGraph`, gathered per row: one session call per decoder per search step. `EncoderGraph` is the
+feature normalization and the encoder from the frontend's features (the STFT frontend itself stays in
+torch: ONNX's exporter takes no complex STFT), `CtcGraph` a CTC head's log-probabilities, and
+`MdEncoderGraph` the multi-decoder model's MD encoder. Every graph calls ESPnet's own modules in
+ESPnet's order, so in float it computes what ESPnet computes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from runner.ort.tracing import traceable_masks
+
+
+def _heads(x: torch.Tensor, heads: int, d_k: int) -> torch.Tensor:
+    """(rows, length, heads * d_k) -> (rows, heads, length, d_k)."""
+    return x.view(x.size(0), -1, heads, d_k).transpose(1, 2)
+
+
+def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax attention of one query per (row, head): (rows, heads, 1, d_k) over (rows, heads, T, d_k)."""
+    scores = torch.matmul(query, keys.transpose(-2, -1)) / (query.size(-1) ** 0.5)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), values)
+
+
+class MemoryGraph(torch.nn.Module):
+    """One utterance's memory (1, T, d) -> every layer's source-attention keys and values (layers, 2, heads, T, d_k);
+    with `speech`, the speech attention's instead."""
+
+    def __init__(self, decoder: Any, speech: bool = False) -> None:
+        super().__init__()
+        self.attentions = torch.nn.ModuleList(
+            [layer.sequential_attn if speech else layer.src_attn for layer in decoder.decoders])
+
+    def forward(self, memory: torch.Tensor) -> torch.Tensor:
+        projected = []
+        for attention in self.attentions:
+            keys = attention.k_norm(_heads(attention.linear_k(memory), attention.h, attention.d_k))
+            values = _heads(attention.linear_v(memory), attention.h, attention.d_k)
+            projected.append(torch.stack((keys[0], values[0])))
+        return torch.stack(projected)
+
+
+class DecoderStepGraph(torch.nn.Module):
+    """One search step of an ESPnet Transformer (or MD) decoder for every running hypothesis.
+
+    Inputs: tokens (N,) of the new position, its index `position` (a 1-element int64 tensor), `past`
+    (layers, 2, N, heads, t, d_k) the keys/values of earlier positions, `source` (layers, 2, U, heads, T,
+    d_k) and `source_mask` (U, T) each utterance's memory, `rows` (N,) each row's utterance, and for
+    a speech-attention decoder `speech`/`speech_mask` likewise. Outputs: log-probabilities (N, V), the
+    last layer's normalized output (N, d), and the new position's keys/values (layers, 2, N, heads, 1, d_k).
+    """
+
+    def __init__(self, decoder: Any) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.speech = getattr(decoder.decoders[0], "sequential_attn", None) is not None
+
+    def _self_attention(self, attention: Any, x: torch.Tensor, past_kv: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, heads, d_k = x.size(0), attention.h, attention.d_k
+        x = x.unsqueeze(1)
+        query = attention.q_norm(_heads(attention.linear_q(x), heads, d_k))
+        key = attention.k_norm(_heads(attention.linear_k(x), heads, d_k))
+        value = _heads(attention.linear_v(x), heads, d_k)
+        keys, values = torch.cat((past_kv[0], key), dim=2), torch.cat((past_kv[1], value), dim=2)
+        context = _attend(query, keys, values).transpose(1, 2).reshape(rows, heads * d_k)
+        return attention.linear_out(context), torch.stack((key, value))
+
+    @staticmethod
+    def _source_attention(attention: Any, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor,
+                          rows: torch.Tensor) -> torch.Tensor:
+        heads, d_k = attention.h, attention.d_k
+        query = attention.q_norm(_heads(attention.linear_q(x.unsqueeze(1)), heads, d_k))
+        keys, values = memory[0].index_select(0, rows), memory[1].index_select(0, rows)
+        row_mask = mask.index_select(0, rows).view(rows.size(0), 1, 1, -1)
+        context = _attend(query, keys, values, row_mask).transpose(1, 2).reshape(x.size(0), heads * d_k)
+        return attention.linear_out(context)
+
+    def forward(self, tokens: torch.Tensor, position: torch.Tensor, past: torch.Tensor, source: torch.Tensor,
+                source_mask: torch.Tensor, rows: torch.Tensor, speech: torch.Tensor | None = None,
+                speech_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        decoder = self.decoder
+        embedding, positions = decoder.embed[0], decoder.embed[1]
+        x = embedding(tokens) * positions.xscale + positions.pe[0].index_select(0, position)
+        new = []
+        for index, layer in enumerate(decoder.decoders):
+            pre = layer.normalize_before
+            attended, kv = self._self_attention(layer.self_attn, layer.norm1(x) if pre else x, past[index])
+            new.append(kv)
+            x = x + attended
+            if not pre:
+                x = layer.norm1(x)
+            if self.speech and speech is not None and speech_mask is not None:
+                x = x + self._source_attention(layer.sequential_attn, layer.norm4(x) if pre else x, speech[index],
+                                               speech_mask, rows)
+                if not pre:
+                    x = layer.norm4(x)
+            x = x + self._source_attention(layer.src_attn, layer.norm2(x) if pre else x, source[index],
+                                           source_mask, rows)
+            if not pre:
+                x = layer.norm2(x)
+            x = x + layer.feed_forward(layer.norm3(x) if pre else x)
+            if not pre:
+                x = layer.norm3(x)
+        hidden = decoder.after_norm(x) if decoder.normalize_before else x
+        logits = decoder.output_layer(hidden)
+        return torch.log_softmax(logits, dim=-1), hidden, torch.stack(new)
+
+
+class EncoderGraph(torch.nn.Module):
+    """Features (1, frames, n_mels) from the STFT frontend -> (encoder output, ASR encoder output), each
+    (1, T, d): `ESPnetSTModel.encode(..., return_int_enc=True)` after the frontend (normalization,
+    pre-encoder, encoder, hierarchical encoder, post-encoder)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        model = self.model
+        lengths = torch.full((1,), features.size(1), dtype=torch.long)
+        with traceable_masks(features.size(1)):
+            if model.normalize is not None:
+                features, lengths = model.normalize(features, lengths)
+            if getattr(model, "preencoder", None) is not None:
+                features, lengths = model.preencoder(features, lengths)
+            encoded, lengths, _ = model.encoder(features, lengths)
+            intermediate = encoded
+            if getattr(model, "hier_encoder", None) is not None:
+                encoded, lengths, _ = model.hier_encoder(encoded, lengths)
+            if getattr(model, "postencoder", None) is not None:
+                encoded, lengths = model.postencoder(encoded, lengths)
+        return encoded, intermediate
+
+
+class CtcGraph(torch.nn.Module):
+    """A CTC head: encoder output (1, T, d) -> log-probabilities (1, T, V)."""
+
+    def __init__(self, ctc: Any) -> None:
+        super().__init__()
+        self.ctc = ctc
+
+    def forward(self, encoded: torch.Tensor) -> torch.Tensor:
+        return self.ctc.log_softmax(encoded)
+
+
+class MdEncoderGraph(torch.nn.Module):
+    """The MD encoder over the best ASR hypothesis's decoder states (1, L, d) -> (1, L, d)."""
+
+    def __init__(self, md_encoder: Any) -> None:
+        super().__init__()
+        self.md_encoder = md_encoder
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        lengths = torch.full((1,), states.size(1), dtype=torch.long)
+        with traceable_masks(states.size(1)):
+            return self.md_encoder(states, lengths)[0]
