@@ -31,7 +31,7 @@ from runner.demo.build import SPECIALS_HEAD, SPECIALS_TAIL, md_config, write_exp
 from runner.device import PeakMemory
 from runner.device import resolve as resolve_device
 from runner.environment import manifest
-from runner.metrics.size import count_parameters, state_dict_bytes
+from runner.metrics.size import count_parameters
 from runner.model import cache_dir, load
 from runner.plugin_set import PluginSet
 from runner.runner import Runner
@@ -76,6 +76,10 @@ SCHEMES: dict[str, list[Any]] = {
     "half-bf16": ["half-bf16"],
     "half-fp16+lean": ["half-fp16", "lean"],
     "half-bf16+lean": ["half-bf16", "lean"],
+    # ONNX Runtime: the model exported (`runner export --quant Q`), searched by the onnxruntime engine.
+    "ort": [{"export": "none"}],
+    "ort-dynamic-int8": [{"export": "dynamic-int8"}],
+    "ort-static-int8": [{"export": "static-int8"}],
 }
 # Earlier runs' intermediate combinations (docs/benchmarks-run3.md ...) stay runnable by name.
 SUPERSEDED = ("dynamic-int8+kv", "static-int8-all+kv", "dynamic-int8+kv+st1", "static-int8-all+kv+st1")
@@ -109,14 +113,34 @@ ENGINE = "lean"  # in a scheme's entries, the search engine rather than a plugin
 
 
 def scheme_runner(bundle: Any, entries: list[Any], **options: Any) -> Runner:
-    """A runner over a copy of `bundle` for a scheme's entries: plugins, and "lean" for the lean search engine."""
+    """A runner over a copy of `bundle` for a scheme's entries: plugins, "lean" for the lean search engine, or
+    `{"export": Q}` for the model exported in number format Q and searched by the onnxruntime engine."""
+    if entries and isinstance(entries[0], dict) and "export" in entries[0]:
+        options.pop("calibration_data", None)
+        return Runner(exported(bundle, entries[0]["export"]), bundle.options, search="onnxruntime", **options)
     plugins = [entry for entry in entries if entry != ENGINE]
     return Runner.from_bundle(bundle, plugins=plugins, search=ENGINE if ENGINE in entries else "espnet", **options)
 
 
+def exported(bundle: Any, quant: str) -> Path:
+    """`bundle`'s model exported in number format `quant` (static int8 calibrated on 4 demo dev utterances),
+    written once into the cache beside the seed-scale model."""
+    from runner.ort.export import ExportOptions, export
+    from runner.ort.sessions import is_current_export
+
+    target = cache_dir() / "seed-scale-exports" / f"{bundle.files.content_hash}-{quant}"
+    if not is_current_export(target):
+        calibration = (preload(load_test_set(defaults.data_path(), "dev"), bundle.sample_rate, limit=4).utterances
+                       if quant == "static-int8" else [])
+        export(bundle, target, ExportOptions(quant, calibration, force=True,
+                                             source={"data": str(defaults.data_path()), "split": "dev"}))
+    return target
+
+
 def runs_on(entries: list[Any], device_type: str) -> bool:
-    """Whether every plugin of a scheme's entries runs on `device_type`."""
-    return PluginSet.resolve([entry for entry in entries if entry != ENGINE]).runs_on(device_type)
+    """Whether every plugin of a scheme's entries runs on `device_type` (an export runs wherever ONNX Runtime does)."""
+    plugins = [entry for entry in entries if entry != ENGINE and not (isinstance(entry, dict) and "export" in entry)]
+    return PluginSet.resolve(plugins).runs_on(device_type)
 
 
 def decode_options(config: dict[str, Any]) -> DecodeOptions:
@@ -131,11 +155,12 @@ def measure(runner: Runner, utterances: list[Any], warmup: int, threads: int, ba
 
     With `batch_size` > 1, consecutive utterances go through `Runner.translate_batch` (lean schemes);
     latency is then each utterance's batch wall time, and a batch's stage times count once.
-    Checks, at every encoder call, that the decode ran on `threads` intra-op threads; on a GPU
+    Checks, at every frontend call, that the decode ran on `threads` intra-op threads; on a GPU
     records the most memory the timed decodes held.
     """
     seen: list[int] = []
-    handle = runner.bundle.model.encoder.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    # the frontend runs in torch on every engine (ONNX Runtime runs the encoder in its own sessions)
+    handle = runner.bundle.model.frontend.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
     try:
         for utterance in utterances[:warmup]:
             runner.translate(utterance.waveform, utterance.sample_rate)
@@ -179,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in schemes if s not in SCHEMES]
     if unknown or "fp32" not in schemes:
         parser.error(f"--schemes must include fp32 and name only {list(SCHEMES)}; got {unknown}")
-    if args.batch_size > 1 and any("lean" not in s for s in schemes if s != "fp32"):
-        parser.error("--batch-size > 1 batches lean schemes only (fp32 runs as 'lean' then): name lean schemes")
+    if args.batch_size > 1 and any("lean" not in s and not s.startswith("ort") for s in schemes if s != "fp32"):
+        parser.error("--batch-size > 1 batches lean and ort schemes only (fp32 runs as 'lean' then)")
     # With batches the baseline batches too, on the lean engine: the same translations as fp32 on ESPnet's.
     plugins = {**SCHEMES, "fp32": ["lean"]} if args.batch_size > 1 else SCHEMES
     config = yaml.safe_load(CONFIG.read_text())
@@ -197,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         runners[scheme] = scheme_runner(float_bundle, plugins[scheme])
         runners[scheme].translate(test.utterances[0].waveform, float_bundle.sample_rate)  # static int8 calibrates here
         model = runners[scheme].bundle.model
-        sizes[scheme] = (state_dict_bytes(model) / 1e6, count_parameters(model))  # after calibration and conversion
+        # after calibration and conversion; the graphs' bytes on the onnxruntime engine
+        sizes[scheme] = (runners[scheme].summary["size_bytes"] / 1e6, count_parameters(model))
         print(f"prepared {scheme} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}

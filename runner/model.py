@@ -119,6 +119,13 @@ class ModelBundle:
             if ctc_scorer is not None and ctc is not None:
                 ctc_scorer.ctc = ctc
 
+    def _size(self) -> dict[str, Any]:
+        """The bytes of what runs: the state_dict, or the exported graphs an engine runs instead (`graphs`)."""
+        graphs = getattr(self.speech2text.beam_search, "graphs", None)
+        if graphs is None:
+            return {"size_bytes": state_dict_bytes(self.model), "size_of": "state_dict"}
+        return {"size_bytes": graphs.bytes, "size_of": "onnx graphs"}
+
     def copy(self) -> ModelBundle:
         """An independent deep copy (model, searches, tokenizers) for a plugin to change."""
         speech2text = copy.deepcopy(self.speech2text)
@@ -143,6 +150,7 @@ class ModelBundle:
             "parts": parts,
             "parameters": count_parameters(model),
             "state_dict_bytes": state_dict_bytes(model),
+            **self._size(),
             "model_file_bytes": self.files.file_bytes,
             "frontend": frontend_settings(model, self.speech2text.st_train_args),
             "token_type": getattr(self.speech2text.st_train_args, "token_type", None),

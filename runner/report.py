@@ -26,7 +26,8 @@ class Metrics:
     """The figures of one evaluation.
 
     Attributes:
-        size_mb: MB (10^6 bytes) of `torch.save(model.state_dict())` after the plugins.
+        size_mb: MB (10^6 bytes) of `torch.save(model.state_dict())` after the plugins (of the exported graphs
+            on an engine that runs them: `size_of` in the model summary says which).
         model_file_bytes: bytes of the model file that was loaded.
         parameters: every weight, packed quantized ones included.
         bleu: sacrebleu corpus BLEU with its signature.
@@ -128,7 +129,8 @@ class Report:
             ("data", f"{d['path']}  split {d['split']}, {selection}, {d['audio_seconds']:.1f} s audio, "
                      f"preloaded {d['preload_memory_bytes'] / 1e6:.1f} MB"),
             ("conditions", c.line()),
-            ("size", f"{m.size_mb:.2f} MB state_dict  ({m.model_file_bytes / 1e6:.2f} MB model file)"),
+            ("size", f"{m.size_mb:.2f} MB {summary.get('size_of', 'state_dict')}  "
+                     f"({m.model_file_bytes / 1e6:.2f} MB model file)"),
             ("parameters", f"{m.parameters:,}"),
             ("BLEU", f"{m.bleu.score:.2f}  {m.bleu.signature}"),
             ("chrF", f"{m.chrf.score:.2f}"),

@@ -75,7 +75,7 @@ def build_report(conditions: RunConditions, model: dict[str, Any], preloaded: Pr
         conditions=conditions.evaluated(options.warmup, options.batch_size),
         options=options,
         metrics=Metrics(
-            size_mb=summary["state_dict_bytes"] / 1e6,
+            size_mb=summary["size_bytes"] / 1e6,
             model_file_bytes=summary["model_file_bytes"],
             parameters=summary["parameters"],
             bleu=corpus_bleu(hypotheses, references),

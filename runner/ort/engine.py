@@ -24,7 +24,7 @@ import torch
 from runner.errors import RunnerError
 from runner.lean.decoder import MEMORY_ALIGN
 from runner.lean.search import LeanBeamSearch
-from runner.ort.sessions import ExportedGraphs, is_exported
+from runner.ort.sessions import ExportedGraphs, is_current_export, is_exported
 
 logger = logging.getLogger("runner")
 
@@ -34,6 +34,11 @@ class ModelGraphs:
 
     def __init__(self, graphs: ExportedGraphs) -> None:
         self.graphs = graphs
+
+    @property
+    def bytes(self) -> int:
+        """The bytes of the graph files (what a deployment holds, the model's size on this engine)."""
+        return sum((self.graphs.directory / g["file"]).stat().st_size for g in self.graphs.manifest["graphs"].values())
 
     def encode(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features (1, frames, n_mels) -> (encoder output, ASR encoder output), each (1, T, d)."""
@@ -45,20 +50,38 @@ class ModelGraphs:
         return torch.from_numpy(self.graphs.run("md_encoder", states=states)[0])
 
 
-def _projected(graphs: ExportedGraphs, graph: str, memories: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-    """Each utterance's keys/values from `graph`, padded to a multiple of MEMORY_ALIGN positions (alone or in
-    a batch alike): (layers, 2, utterances, heads, T, d_k) and the (utterances, T) mask of real positions."""
-    projected = [graphs.run(graph, **{graphs.manifest["graphs"][graph]["inputs"][0]: memory.unsqueeze(0)})[0]
-                 for memory in memories]
-    lengths = [p.shape[3] for p in projected]
-    longest = -(-max(lengths) // MEMORY_ALIGN) * MEMORY_ALIGN
-    layers, _, heads, _, d_k = projected[0].shape
-    keys_values = np.zeros((layers, 2, len(memories), heads, longest, d_k), dtype=projected[0].dtype)
-    mask = np.zeros((len(memories), longest), dtype=bool)
-    for index, (p, length) in enumerate(zip(projected, lengths)):
-        keys_values[:, :, index, :, :length] = p
-        mask[index, :length] = True
-    return keys_values, mask
+def _projected(graphs: ExportedGraphs, graph: str, memories: list[torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each utterance's keys/values from `graph`, padded to a multiple of MEMORY_ALIGN positions (as the lean
+    engine pads them: the same reductions alone and in a batch): (layers, 2, 1, heads, T, d_k) and the (1, T)
+    mask of its real positions."""
+    name = graphs.manifest["graphs"][graph]["inputs"][0]
+    projected = []
+    for memory in memories:
+        keys_values = graphs.run(graph, **{name: memory.unsqueeze(0)})[0]  # (layers, 2, heads, T, d_k)
+        length = keys_values.shape[3]
+        padded = -(-length // MEMORY_ALIGN) * MEMORY_ALIGN
+        grid = np.zeros(keys_values.shape[:2] + (1,) + keys_values.shape[2:3] + (padded,) + keys_values.shape[4:],
+                        dtype=keys_values.dtype)
+        grid[:, :, 0, :, :length] = keys_values
+        mask = np.zeros((1, padded), dtype=bool)
+        mask[0, :length] = True
+        projected.append((grid, mask))
+    return projected
+
+
+def _joined(memories: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Several utterances' keys/values in one array, each padded to the longest: (layers, 2, U, heads, T, d_k), (U, T)."""
+    if len(memories) == 1:
+        return memories[0]
+    longest = max(mask.shape[1] for _, mask in memories)
+    first = memories[0][0]
+    grid = np.zeros(first.shape[:2] + (len(memories),) + first.shape[3:4] + (longest,) + first.shape[5:],
+                    dtype=first.dtype)
+    masks = np.zeros((len(memories), longest), dtype=bool)
+    for index, (keys_values, mask) in enumerate(memories):
+        grid[:, :, index, :, :mask.shape[1]] = keys_values[:, :, 0]
+        masks[index, :mask.shape[1]] = mask[0]
+    return grid, masks
 
 
 class OrtDecoderStep:
@@ -75,44 +98,67 @@ class OrtDecoderStep:
     def __init__(self, graphs: ExportedGraphs, prefix: str, memories: list[torch.Tensor],
                  speeches: list[torch.Tensor] | None, per_utterance: bool) -> None:
         self.graphs, self.graph = graphs, f"{prefix}_step"
-        self.source, self.source_mask = _projected(graphs, f"{prefix}_memory", memories)
-        self.speech = None
-        if speeches is not None and graphs.has(f"{prefix}_speech"):
-            self.speech, self.speech_mask = _projected(graphs, f"{prefix}_speech", speeches)
+        self.sources = _projected(graphs, f"{prefix}_memory", memories)
+        self.speeches = (_projected(graphs, f"{prefix}_speech", speeches)
+                         if speeches is not None and graphs.has(f"{prefix}_speech") else None)
         self.per_utterance = per_utterance
-        layers, _, _, heads, _, d_k = self.source.shape
-        self.past = np.zeros((layers, 2, 0, heads, 0, d_k), dtype=self.source.dtype)
+        self._batch: dict[str, np.ndarray] | None = None  # every utterance's memories joined, for one call
+        layers, _, _, heads, _, d_k = self.sources[0][0].shape
+        self.past = np.zeros((layers, 2, 0, heads, 0, d_k), dtype=self.sources[0][0].dtype)
         self.length = 0
         self.hidden: torch.Tensor | None = None
 
+    def _memories(self, block: range) -> dict[str, np.ndarray]:
+        """The feeds of these utterances' memories (one utterance's own arrays, or all of them joined)."""
+        if len(block) == len(self.sources) and self._batch is not None:
+            return self._batch
+        chosen = slice(block.start, block.stop)
+        source, source_mask = _joined(self.sources[chosen])
+        feeds = {"source": source, "source_mask": source_mask}
+        if self.speeches is not None:
+            feeds["speech"], feeds["speech_mask"] = _joined(self.speeches[chosen])
+        if len(block) == len(self.sources):
+            self._batch = feeds
+        return feeds
+
     def __call__(self, tokens: torch.Tensor, layout: Any) -> torch.Tensor:
-        """Log-probabilities (n, V) of the next token for every running hypothesis; `hidden` keeps (n, d)."""
-        counts = list(layout.counts)
-        rows = np.repeat(np.arange(len(counts)), counts)
-        if self.past.shape[2] != len(rows):  # the first step: no earlier position yet
-            self.past = np.zeros(self.past.shape[:2] + (len(rows),) + self.past.shape[3:], dtype=self.past.dtype)
-        groups = [slice(start, start + count) for start, count in zip(np.cumsum([0] + counts[:-1]), counts)] \
-            if self.per_utterance and len(counts) > 1 else [slice(0, len(rows))]
-        outputs = [self._call(tokens.numpy()[group], rows[group], self.past[:, :, group]) for group in groups]
+        """Log-probabilities (n, V) of the next token for every running hypothesis; `hidden` keeps (n, d).
+
+        The graph takes each utterance's hypotheses as a block of `beam` rows: rows a block lacks are padded
+        (and dropped from the outputs); with `per_utterance`, each utterance's block is its own call.
+        """
+        counts, beam = list(layout.counts), layout.beam_size
+        if self.past.shape[2] != len(tokens):  # the first step: no earlier position yet
+            self.past = np.zeros(self.past.shape[:2] + (len(tokens),) + self.past.shape[3:], dtype=self.past.dtype)
+        slots = layout.slots(tokens.device).numpy()  # each row's place in the (utterances x beam) grid
+        blocks = [range(len(counts))] if not self.per_utterance else [range(u, u + 1) for u in range(len(counts))]
+        starts = np.cumsum([0] + counts)
+        outputs = []
+        for block in blocks:
+            rows = slice(starts[block.start], starts[block.stop])
+            outputs.append(self._call(tokens.numpy()[rows], self.past[:, :, rows], slots[rows] - block.start * beam,
+                                      block, beam))
         log_probs, hidden, new = (np.concatenate(parts, axis=axis) for parts, axis in zip(zip(*outputs), (0, 0, 2)))
         self.past = np.concatenate((self.past, new), axis=4)
         self.length += 1
         self.hidden = torch.from_numpy(hidden)
         return torch.from_numpy(log_probs)
 
-    def _call(self, tokens: np.ndarray, rows: np.ndarray, past: np.ndarray) -> list[np.ndarray]:
-        utterances = np.unique(rows) if self.per_utterance else None
-        source, mask, local = self.source, self.source_mask, rows
-        if utterances is not None and len(utterances) == 1:  # one utterance's memory alone, as when it is searched alone
-            source, mask, local = source[:, :, utterances], mask[utterances], np.zeros_like(rows)
+    def _call(self, tokens: np.ndarray, past: np.ndarray, slots: np.ndarray, block: range, beam: int
+              ) -> list[np.ndarray]:
+        """One session call for the utterances of `block`, their rows placed at `slots` of the grid."""
+        size = len(block) * beam
+        full = len(tokens) == size
+        if not full:
+            grid_tokens = np.zeros(size, dtype=tokens.dtype)
+            grid_tokens[slots] = tokens
+            grid_past = np.zeros(past.shape[:2] + (size,) + past.shape[3:], dtype=past.dtype)
+            grid_past[:, :, slots] = past
+            tokens, past = grid_tokens, grid_past
         feeds = {"tokens": tokens, "position": np.array([self.length]), "past": np.ascontiguousarray(past),
-                 "source": source, "source_mask": mask, "rows": local}
-        if self.speech is not None:
-            speech, speech_mask = self.speech, self.speech_mask
-            if utterances is not None and len(utterances) == 1:
-                speech, speech_mask = speech[:, :, utterances], speech_mask[utterances]
-            feeds.update(speech=speech, speech_mask=speech_mask)
-        return self.graphs.session(self.graph).run(None, feeds)
+                 **self._memories(block)}
+        outputs = self.graphs.session(self.graph).run(None, feeds)
+        return outputs if full else [outputs[0][slots], outputs[1][slots], outputs[2][:, :, slots]]
 
     def select(self, hypotheses: torch.Tensor) -> None:
         """Keep the cached keys and values of these hypotheses, in this order."""
@@ -120,10 +166,11 @@ class OrtDecoderStep:
 
     def keep_utterances(self, utterances: torch.Tensor) -> None:
         """Keep these utterances' memories, in this order."""
-        index = utterances.numpy()
-        self.source, self.source_mask = self.source[:, :, index], self.source_mask[index]
-        if self.speech is not None:
-            self.speech, self.speech_mask = self.speech[:, :, index], self.speech_mask[index]
+        index = utterances.tolist()
+        self.sources = [self.sources[i] for i in index]
+        if self.speeches is not None:
+            self.speeches = [self.speeches[i] for i in index]
+        self._batch = None
 
 
 class OnnxRuntimeSearch(LeanBeamSearch):
@@ -183,9 +230,12 @@ def cached_export(bundle: Any) -> Path:
     torch.save(bundle.model.state_dict(), buffer)
     import hashlib
 
-    digest = hashlib.sha256(buffer.getvalue() + bundle.files.config.read_bytes()).hexdigest()[:16]
+    from runner.ort.sessions import FORMAT_VERSION
+
+    digest = hashlib.sha256(buffer.getvalue() + bundle.files.config.read_bytes()
+                            + str(FORMAT_VERSION).encode()).hexdigest()[:16]
     target = cache_dir() / "onnx" / digest
-    if not is_exported(target):
+    if not is_current_export(target):
         logger.info("exporting the model's graphs for the onnxruntime engine into %s", target)
         export(bundle, target, ExportOptions(force=True))
     return target

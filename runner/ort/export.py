@@ -37,10 +37,9 @@ from runner.errors import RunnerError
 from runner.model import ModelBundle
 from runner.model_files import REQUIRED_PATH_KEYS
 from runner.ort import graphs
+from runner.ort.sessions import FORMAT_VERSION, MANIFEST
 
 OPSET = 17
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
 QUANTS = ("none", "dynamic-int8", "static-int8")
 MAX_POSITIONS = 4096  # decoder positional-encoding table exported (longest hypothesis a step can take)
 
@@ -183,12 +182,12 @@ def _step_graphs(prefix: str, decoder: Any, encoded: torch.Tensor, save: Callabl
     with torch.no_grad():
         source = memory(encoded).unsqueeze(2)  # (layers, 2, utterances, heads, T, d_k)
     layers, _, _, heads, _, d_k = source.shape
-    rows = 2
+    rows = 2  # one utterance's grid of 2 rows (the graph reads the beam from rows / utterances)
     args: list[Any] = [torch.zeros(rows, dtype=torch.long), torch.tensor([1]), torch.zeros(layers, 2, rows, heads, 1, d_k),
-                       source, torch.ones(1, source.size(4), dtype=torch.bool), torch.zeros(rows, dtype=torch.long)]
-    names = ["tokens", "position", "past", "source", "source_mask", "rows"]
+                       source, torch.ones(1, source.size(4), dtype=torch.bool)]
+    names = ["tokens", "position", "past", "source", "source_mask"]
     axes = {"tokens": {0: "rows"}, "past": {2: "rows", 4: "positions"}, "source": {2: "utterances", 4: "length"},
-            "source_mask": {0: "utterances", 1: "length"}, "rows": {0: "rows"}, "log_probs": {0: "rows"},
+            "source_mask": {0: "utterances", 1: "length"}, "log_probs": {0: "rows"},
             "hidden": {0: "rows"}, "new_key_values": {2: "rows"}}
     if step.speech:
         speech = graphs.MemoryGraph(decoder, speech=True)

@@ -2,8 +2,8 @@
 
 `DecoderStepGraph` is the lean engine's decoder step (`runner.lean.decoder.DecoderStep`) for a whole
 beam, with the self-attention keys/values of earlier positions as an input and the new position's as
-an output, and each utterance's source (and speech) keys/values, projected once by
-`MemoryGraph`, gathered per row: one session call per decoder per search step. `EncoderGraph` is the
+an output, and each utterance's source (and speech) keys/values, projected once by `MemoryGraph`:
+one session call per decoder per search step. `EncoderGraph` is the
 feature normalization and the encoder from the frontend's features (the STFT frontend itself stays in
 torch: ONNX's exporter takes no complex STFT), `CtcGraph` a CTC head's log-probabilities, and
 `MdEncoderGraph` the multi-decoder model's MD encoder. Every graph calls ESPnet's own modules in
@@ -54,11 +54,13 @@ class MemoryGraph(torch.nn.Module):
 class DecoderStepGraph(torch.nn.Module):
     """One search step of an ESPnet Transformer (or MD) decoder for every running hypothesis.
 
-    Inputs: tokens (N,) of the new position, its index `position` (a 1-element int64 tensor), `past`
-    (layers, 2, N, heads, t, d_k) the keys/values of earlier positions, `source` (layers, 2, U, heads, T,
-    d_k) and `source_mask` (U, T) each utterance's memory, `rows` (N,) each row's utterance, and for
-    a speech-attention decoder `speech`/`speech_mask` likewise. Outputs: log-probabilities (N, V), the
-    last layer's normalized output (N, d), and the new position's keys/values (layers, 2, N, heads, 1, d_k).
+    The hypotheses come as a grid of `utterances` x `beam` rows (rows an utterance lacks are padding, whose
+    outputs the caller drops), so each utterance's queries attend to its own memory in one batched product.
+    Inputs: tokens (U*B,) of the new position, its index `position` (a 1-element int64 tensor), `past`
+    (layers, 2, U*B, heads, t, d_k) the keys/values of earlier positions, `source` (layers, 2, U, heads, T,
+    d_k) and `source_mask` (U, T) each utterance's memory, and for a speech-attention decoder
+    `speech`/`speech_mask` likewise. Outputs: log-probabilities (U*B, V), the last layer's normalized
+    output (U*B, d), and the new position's keys/values (layers, 2, U*B, heads, 1, d_k).
     """
 
     def __init__(self, decoder: Any) -> None:
@@ -78,17 +80,16 @@ class DecoderStepGraph(torch.nn.Module):
         return attention.linear_out(context), torch.stack((key, value))
 
     @staticmethod
-    def _source_attention(attention: Any, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor,
-                          rows: torch.Tensor) -> torch.Tensor:
+    def _source_attention(attention: Any, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         heads, d_k = attention.h, attention.d_k
-        query = attention.q_norm(_heads(attention.linear_q(x.unsqueeze(1)), heads, d_k))
-        keys, values = memory[0].index_select(0, rows), memory[1].index_select(0, rows)
-        row_mask = mask.index_select(0, rows).view(rows.size(0), 1, 1, -1)
-        context = _attend(query, keys, values, row_mask).transpose(1, 2).reshape(x.size(0), heads * d_k)
-        return attention.linear_out(context)
+        utterances = memory.size(1)
+        query = attention.linear_q(x).view(utterances, -1, heads, d_k).transpose(1, 2)  # (U, heads, B, d_k)
+        query = attention.q_norm(query)
+        context = _attend(query, memory[0], memory[1], mask.view(utterances, 1, 1, -1))  # (U, heads, B, d_k)
+        return attention.linear_out(context.transpose(1, 2).reshape(x.size(0), heads * d_k))
 
     def forward(self, tokens: torch.Tensor, position: torch.Tensor, past: torch.Tensor, source: torch.Tensor,
-                source_mask: torch.Tensor, rows: torch.Tensor, speech: torch.Tensor | None = None,
+                source_mask: torch.Tensor, speech: torch.Tensor | None = None,
                 speech_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         decoder = self.decoder
         embedding, positions = decoder.embed[0], decoder.embed[1]
@@ -103,11 +104,10 @@ class DecoderStepGraph(torch.nn.Module):
                 x = layer.norm1(x)
             if self.speech and speech is not None and speech_mask is not None:
                 x = x + self._source_attention(layer.sequential_attn, layer.norm4(x) if pre else x, speech[index],
-                                               speech_mask, rows)
+                                               speech_mask)
                 if not pre:
                     x = layer.norm4(x)
-            x = x + self._source_attention(layer.src_attn, layer.norm2(x) if pre else x, source[index],
-                                           source_mask, rows)
+            x = x + self._source_attention(layer.src_attn, layer.norm2(x) if pre else x, source[index], source_mask)
             if not pre:
                 x = layer.norm2(x)
             x = x + layer.feed_forward(layer.norm3(x) if pre else x)

@@ -21,12 +21,21 @@ from runner.archive import sha256
 from runner.errors import RunnerError
 
 MANIFEST = "manifest.json"
+FORMAT_VERSION = 2  # the graphs' inputs and outputs: an export of another format is refused (export it again)
 MIN_ONNXRUNTIME = (1, 17)  # opset 17 graphs need ONNX Runtime 1.17 or later (its release notes)
 
 
 def is_exported(directory: Path) -> bool:
     """Whether `directory` is a `runner export` output (a manifest.json beside model/)."""
     return (directory / MANIFEST).is_file() and (directory / "model" / "config.yaml").is_file()
+
+
+def is_current_export(directory: Path) -> bool:
+    """Whether `directory` is an export of the format this runner reads (a cached one is otherwise redone)."""
+    try:
+        return is_exported(directory) and json.loads((directory / MANIFEST).read_text())["format"] == FORMAT_VERSION
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def check_onnxruntime() -> str:
@@ -69,6 +78,9 @@ class ExportedGraphs:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             raise RunnerError(f"{path}: not a readable export manifest ({error})") from error
+        if manifest.get("format") != FORMAT_VERSION:
+            raise RunnerError(f"{path}: an export of format {manifest.get('format')!r}, this runner reads format "
+                              f"{FORMAT_VERSION}; export the model again (runner export)")
         files = manifest.get("files")
         if not isinstance(files, dict) or not isinstance(manifest.get("graphs"), dict):
             raise RunnerError(f"{path}: lists no files and graphs; export the model again")

@@ -47,7 +47,7 @@ def model_config(runner: Runner) -> dict[str, Any]:
     return {
         "plugins": list(conditions.plugins),
         "hop_length": conditions.hop_length,
-        "size_mb": summary["state_dict_bytes"] / 1e6,
+        "size_mb": summary["size_bytes"] / 1e6,
         "model_file_bytes": summary["model_file_bytes"],
         "parameters": summary["parameters"],
         "threads": conditions.threads,
