@@ -40,6 +40,9 @@ SCHEMES: dict[str, list[Any]] = {
     "lean fp32": ["lean"],
     "lean dynamic-int8": ["dynamic-int8", "lean"],
     "lean static-int8-all": [STATIC_ALL, "lean"],
+    "ort fp32": [{"export": "none"}],
+    "ort dynamic-int8": [{"export": "dynamic-int8"}],
+    "ort static-int8": [{"export": "static-int8"}],
 }
 
 

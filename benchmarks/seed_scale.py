@@ -124,11 +124,11 @@ def scheme_runner(bundle: Any, entries: list[Any], **options: Any) -> Runner:
 
 def exported(bundle: Any, quant: str) -> Path:
     """`bundle`'s model exported in number format `quant` (static int8 calibrated on 4 demo dev utterances),
-    written once into the cache beside the seed-scale model."""
+    written once into the cache (~/.cache/st-runner/benchmark-exports)."""
     from runner.ort.export import ExportOptions, export
     from runner.ort.sessions import is_current_export
 
-    target = cache_dir() / "seed-scale-exports" / f"{bundle.files.content_hash}-{quant}"
+    target = cache_dir() / "benchmark-exports" / f"{bundle.files.content_hash}-{quant}"
     if not is_current_export(target):
         calibration = (preload(load_test_set(defaults.data_path(), "dev"), bundle.sample_rate, limit=4).utterances
                        if quant == "static-int8" else [])
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 last = results[(scheme, threads)][-1]
                 print(f"threads {threads} repeat {repeat + 1} {scheme}: {last['mean']:.3f} s", file=sys.stderr)
     text = render(results, sizes, schemes, args, config, count_parameters(float_bundle.model), len(test.utterances),
-                  device)
+                  device) + onnxruntime_profiles(float_bundle, schemes)
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     previous = args.doc.read_text(encoding="utf-8") if args.doc.is_file() else ""
     if ANALYSIS in previous:  # the hand-written reading of the numbers survives regeneration
@@ -245,6 +245,23 @@ def main(argv: list[str] | None = None) -> int:
     args.doc.write_text(text, encoding="utf-8")
     print(text)
     return 0
+
+
+def onnxruntime_profiles(bundle: Any, schemes: list[str]) -> str:
+    """ONNX Runtime's per-operator profile of one ST decoder step (1 thread) of each ONNX Runtime scheme run."""
+    from benchmarks.ort_profile import profile, table
+
+    sections = []
+    for scheme in schemes:
+        entries = SCHEMES[scheme]
+        if entries and isinstance(entries[0], dict) and "export" in entries[0]:
+            rows = profile(exported(bundle, entries[0]["export"]), "st_step", calls=50, threads=1)
+            sections += [f"### {scheme}", "", table(rows), ""]
+    if not sections:
+        return ""
+    return "\n".join(["", "## ONNX Runtime's profile of one ST decoder step", "",
+                      "`python -m benchmarks.ort_profile`: a middle step of one demo utterance's ST search, run 50 "
+                      "times on 1 thread with ONNX Runtime's profiler; kernel time per operator type.", "", *sections])
 
 
 def render(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: dict[str, tuple[float, int]],

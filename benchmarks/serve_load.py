@@ -44,6 +44,8 @@ SERVERS: dict[str, list[str]] = {
     "lean batch<=8": ["--search", "lean", "--max-batch", "8", "--max-wait-ms", "10"],
     "lean+dynamic-int8 batch<=8": ["--search", "lean", "--quant", "dynamic-int8", "--max-batch", "8",
                                    "--max-wait-ms", "10"],
+    # ONNX Runtime over the served model's fp32 graphs (exported once into the cache by the server)
+    "onnxruntime batch<=8": ["--search", "onnxruntime", "--max-batch", "8", "--max-wait-ms", "10"],
 }
 BASELINE = "espnet one-at-a-time"  # the server as it was before batching
 

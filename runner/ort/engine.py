@@ -130,25 +130,30 @@ class OrtDecoderStep:
         counts, beam = list(layout.counts), layout.beam_size
         if self.past.shape[2] != len(tokens):  # the first step: no earlier position yet
             self.past = np.zeros(self.past.shape[:2] + (len(tokens),) + self.past.shape[3:], dtype=self.past.dtype)
-        slots = layout.slots(tokens.device).numpy()  # each row's place in the (utterances x beam) grid
-        blocks = [range(len(counts))] if not self.per_utterance else [range(u, u + 1) for u in range(len(counts))]
-        starts = np.cumsum([0] + counts)
-        outputs = []
-        for block in blocks:
-            rows = slice(starts[block.start], starts[block.stop])
-            outputs.append(self._call(tokens.numpy()[rows], self.past[:, :, rows], slots[rows] - block.start * beam,
-                                      block, beam))
-        log_probs, hidden, new = (np.concatenate(parts, axis=axis) for parts, axis in zip(zip(*outputs), (0, 0, 2)))
+        if len(counts) == 1 or not self.per_utterance:
+            slots = None if layout.full else layout.slots(tokens.device).numpy()
+            log_probs, hidden, new = self._call(tokens.numpy(), self.past, slots, range(len(counts)), beam)
+        else:
+            slots = layout.slots(tokens.device).numpy()  # each row's place in the (utterances x beam) grid
+            starts = np.cumsum([0] + counts)
+            outputs = []
+            for u in range(len(counts)):
+                rows = slice(starts[u], starts[u + 1])
+                outputs.append(self._call(tokens.numpy()[rows], self.past[:, :, rows], slots[rows] - u * beam,
+                                          range(u, u + 1), beam))
+            log_probs, hidden, new = (np.concatenate(parts, axis=axis)
+                                      for parts, axis in zip(zip(*outputs), (0, 0, 2)))
         self.past = np.concatenate((self.past, new), axis=4)
         self.length += 1
         self.hidden = torch.from_numpy(hidden)
         return torch.from_numpy(log_probs)
 
-    def _call(self, tokens: np.ndarray, past: np.ndarray, slots: np.ndarray, block: range, beam: int
+    def _call(self, tokens: np.ndarray, past: np.ndarray, slots: np.ndarray | None, block: range, beam: int
               ) -> list[np.ndarray]:
-        """One session call for the utterances of `block`, their rows placed at `slots` of the grid."""
+        """One session call for the utterances of `block`, their rows placed at `slots` of the grid (None: the
+        rows are the grid)."""
         size = len(block) * beam
-        full = len(tokens) == size
+        full = slots is None or len(tokens) == size
         if not full:
             grid_tokens = np.zeros(size, dtype=tokens.dtype)
             grid_tokens[slots] = tokens

@@ -33,6 +33,14 @@ def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     return torch.matmul(torch.softmax(scores, dim=-1), values)
 
 
+def _stacked(attention: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The query, key and value projections' weights (and biases) stacked: one (3 d, d) product."""
+    linears = (attention.linear_q, attention.linear_k, attention.linear_v)
+    weight = torch.cat([linear.weight for linear in linears])
+    biases = [linear.bias for linear in linears]
+    return weight, (torch.cat(biases) if all(b is not None for b in biases) else None)
+
+
 class MemoryGraph(torch.nn.Module):
     """One utterance's memory (1, T, d) -> every layer's source-attention keys and values (layers, 2, heads, T, d_k);
     with `speech`, the speech attention's instead."""
@@ -71,10 +79,15 @@ class DecoderStepGraph(torch.nn.Module):
     def _self_attention(self, attention: Any, x: torch.Tensor, past_kv: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         rows, heads, d_k = x.size(0), attention.h, attention.d_k
-        x = x.unsqueeze(1)
-        query = attention.q_norm(_heads(attention.linear_q(x), heads, d_k))
-        key = attention.k_norm(_heads(attention.linear_k(x), heads, d_k))
-        value = _heads(attention.linear_v(x), heads, d_k)
+        if isinstance(attention.q_norm, torch.nn.Identity) and isinstance(attention.k_norm, torch.nn.Identity):
+            # the three projections as one product over [W_q; W_k; W_v] (one quantized call instead of three)
+            qkv = torch.nn.functional.linear(x, *_stacked(attention)).view(rows, 3, heads, 1, d_k)
+            query, key, value = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+        else:
+            x1 = x.unsqueeze(1)
+            query = attention.q_norm(_heads(attention.linear_q(x1), heads, d_k))
+            key = attention.k_norm(_heads(attention.linear_k(x1), heads, d_k))
+            value = _heads(attention.linear_v(x1), heads, d_k)
         keys, values = torch.cat((past_kv[0], key), dim=2), torch.cat((past_kv[1], value), dim=2)
         context = _attend(query, keys, values).transpose(1, 2).reshape(rows, heads * d_k)
         return attention.linear_out(context), torch.stack((key, value))

@@ -1,7 +1,7 @@
 """int8 exports through ONNX Runtime's own quantization tools.
 
-dynamic-int8: `quantize_dynamic` on every graph (int8 weights, activations quantized per call:
-MatMulInteger/DynamicQuantizeLinear). static-int8: `quantize_static` in the QDQ format
+dynamic-int8: `quantize_dynamic` of every graph's products (int8 weights, activations quantized per
+call: MatMulInteger/DynamicQuantizeLinear). static-int8: `quantize_static` in the QDQ format
 (QuantizeLinear/DequantizeLinear around the products, ONNX Runtime's static PTQ), after
 `quant_pre_process`, with activation ranges calibrated on the inputs each graph receives during real
 beam searches: the fp32 export decodes the calibration utterances (dev, never test) on the
@@ -23,8 +23,11 @@ from runner.ort.sessions import ExportedGraphs
 
 logger = logging.getLogger("runner")
 METHODS = ("minmax", "entropy", "percentile")
-OP_TYPES = ["MatMul", "Gemm"]  # the products: normalizations, softmax and residual adds stay float (they lose
-# most to int8: wyoming-whisper-trt #1052 measured cosine 0.61 -> 0.98 keeping them out)
+# The products: normalizations, softmax and residual adds stay float (they lose most to int8: wyoming-whisper-trt
+# #1052 measured cosine 0.61 -> 0.98 keeping them out), and so do the conformer's convolutions and the token
+# embedding (dynamic int8 of every op type made the seed-scale encoder 1.8x slower than fp32, of the products alone
+# 0.6x; a step 1.93 against 1.43 ms: benchmarks.seed_scale, EPYC).
+OP_TYPES = ["MatMul", "Gemm"]
 CALLS_KEPT = 128  # recorded session calls kept per graph: beyond it every other one is dropped (all steps stay spanned)
 
 
@@ -111,7 +114,7 @@ def _quantize_graphs(directory: Path, graphs: dict[str, dict[str, Any]], options
     if options.quant == "dynamic-int8":
         for name, graph in graphs.items():
             path = directory / graph["file"]
-            quantize_dynamic(path, path, weight_type=QuantType.QInt8)
+            quantize_dynamic(path, path, weight_type=QuantType.QInt8, op_types_to_quantize=OP_TYPES)
             progress(f"quantized {graph['file']} (dynamic int8)")
         return
     if options.calibration_method not in METHODS:

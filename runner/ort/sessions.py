@@ -21,7 +21,7 @@ from runner.archive import sha256
 from runner.errors import RunnerError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2  # the graphs' inputs and outputs: an export of another format is refused (export it again)
+FORMAT_VERSION = 3  # the graphs' inputs and outputs: an export of another format is refused (export it again)
 MIN_ONNXRUNTIME = (1, 17)  # opset 17 graphs need ONNX Runtime 1.17 or later (its release notes)
 
 
@@ -113,6 +113,9 @@ class ExportedGraphs:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # ONNX Runtime's threads spin after a call by default: between a search's session calls torch runs
+            # (top-k, CTC prefix scores) on the same cores, and spinning doubled an ASR step at 2 threads
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             providers = [self.provider] + (["CPUExecutionProvider"] if self.provider != "CPUExecutionProvider" else [])
             file = self.directory / self.manifest["graphs"][graph]["file"]
             self._sessions[key] = onnxruntime.InferenceSession(str(file), options, providers=providers)
