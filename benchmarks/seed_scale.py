@@ -80,6 +80,8 @@ SCHEMES: dict[str, list[Any]] = {
     "ort": [{"export": "none"}],
     "ort-dynamic-int8": [{"export": "dynamic-int8"}],
     "ort-static-int8": [{"export": "static-int8"}],
+    "ort-dynamic-int8+st1": [{"export": "dynamic-int8"}, ONE_SEARCH_THREAD],
+    "ort-static-int8+st1": [{"export": "static-int8"}, ONE_SEARCH_THREAD],
 }
 # Earlier runs' intermediate combinations (docs/benchmarks-run3.md ...) stay runnable by name.
 SUPERSEDED = ("dynamic-int8+kv", "static-int8-all+kv", "dynamic-int8+kv+st1", "static-int8-all+kv+st1")
@@ -117,7 +119,8 @@ def scheme_runner(bundle: Any, entries: list[Any], **options: Any) -> Runner:
     `{"export": Q}` for the model exported in number format Q and searched by the onnxruntime engine."""
     if entries and isinstance(entries[0], dict) and "export" in entries[0]:
         options.pop("calibration_data", None)
-        return Runner(exported(bundle, entries[0]["export"]), bundle.options, search="onnxruntime", **options)
+        return Runner(exported(bundle, entries[0]["export"]), bundle.options, search="onnxruntime",
+                      plugins=entries[1:], **options)
     plugins = [entry for entry in entries if entry != ENGINE]
     return Runner.from_bundle(bundle, plugins=plugins, search=ENGINE if ENGINE in entries else "espnet", **options)
 

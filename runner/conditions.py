@@ -31,6 +31,8 @@ class RunConditions:
         machine: the environment manifest (CPU model, kind and flags, cores, GPU, library versions, commit).
         warmup: leading utterances left out of latency; batch_size: utterances per beam search.
         model_hash: the model file's content hash.
+        runtime: what the search engine runs on beyond torch (ONNX Runtime's version, execution provider and
+            graph optimization level); empty for an engine that runs in torch.
     """
 
     device: str
@@ -46,6 +48,7 @@ class RunConditions:
     warmup: int = 1
     batch_size: int = 1
     model_hash: str = ""
+    runtime: dict[str, str] = field(default_factory=dict)
 
     def evaluated(self, warmup: int, batch_size: int) -> RunConditions:
         """These conditions for an evaluation with `warmup` and `batch_size`."""
@@ -57,7 +60,7 @@ class RunConditions:
         return {**self.machine, "threads": self.threads, "quantized_engine": self.quantized_engine,
                 "device": self.device, "warmup": self.warmup, "batch_size": self.batch_size,
                 "hop_length": self.hop_length, "search": self.search, "plugins": list(self.plugins),
-                "dtype": self.dtype}
+                "dtype": self.dtype, "runtime": dict(self.runtime)}
 
     def plugin_labels(self) -> str:
         """The plugins as the conditions line names them ("none" without plugins)."""
@@ -66,7 +69,9 @@ class RunConditions:
     def line(self) -> str:
         """The terminal's conditions line."""
         decode = asdict(self.decode)
+        runtime = f" ({', '.join(self.runtime.values())})" if self.runtime else ""
         return (f"device {self.device}, cpu {self.machine.get('cpu_kind', 'unknown')}, threads {self.threads}, "
-                f"engine {self.quantized_engine}, search {self.search}, hop {self.hop_length}, dtype {self.dtype}, "
+                f"engine {self.quantized_engine}, search {self.search}{runtime}, hop {self.hop_length}, "
+                f"dtype {self.dtype}, "
                 f"plugins {self.plugin_labels()}, warm-up {self.warmup}, batch {self.batch_size}, "
                 f"beam {decode['beam_size']}/asr {decode['asr_beam_size']}")

@@ -105,6 +105,12 @@ class SearchEngine(torch.nn.Module):
         return None
 
     @property
+    def runtime(self) -> dict[str, str]:
+        """What the engine runs on beyond torch (e.g. ONNX Runtime's version, execution provider and graph
+        optimization level), for the run conditions; empty for an engine that runs in torch."""
+        return {}
+
+    @property
     def graphs(self) -> Any:
         """Graphs that also run the encoder and the MD encoder (`encode(features)`, `md_encode(states)`), for an
         engine that runs the whole model elsewhere; None: they run in torch."""

@@ -84,6 +84,14 @@ class ModelBundle:
             return next(iter(names.values()))
         return ", ".join(f"{stage} {name}" for stage, name in names.items())
 
+    @property
+    def engine_runtime(self) -> dict[str, str]:
+        """What the searches' engines run on beyond torch (`SearchEngine.runtime`, merged); empty in torch."""
+        runtime: dict[str, str] = {}
+        for search in self.searches:
+            runtime.update(getattr(search, "runtime", {}))
+        return runtime
+
     def install_engine(self, name: str, context: Any = None) -> dict[str, str]:
         """Run the beam searches on engine `name` (`runner.engines`), with `context` (default: what the engine
         prepares of this model); returns which engine runs which search."""

@@ -54,6 +54,7 @@ class Runner:
         calibration_data: str | Path | None = None,
         device: str | torch.device = "cpu",
         search: str = DEFAULT_ENGINE,
+        engine: str | None = None,
     ) -> None:
         """Load `model`, apply `plugins` and install the search engine.
 
@@ -71,7 +72,8 @@ class Runner:
             device: cpu (the default), cuda, cuda:N, or auto (a visible GPU, when every plugin runs
                 there); ignored for a `ModelBundle`, which runs where it was loaded. A plugin that
                 does not run on the device is refused before the model loads.
-            search: the beam-search engine (`runner.engines`: espnet, lean, or a registered one).
+            search: the beam-search engine (`runner.engines`: espnet, lean, onnxruntime, or a registered one).
+            engine: the same as `search` (the CLI's `--engine`); given, it wins.
 
         Raises:
             RunnerError: bad model files, plugin options, search engine or device (one line each).
@@ -79,6 +81,7 @@ class Runner:
         self.threads = resolve_threads(threads)
         self._thread = threading.get_ident()  # see _check_thread
         plugin_set = PluginSet.resolve(plugins)
+        search = engine or search
         engine_class(search)  # an unknown engine is refused before the model loads
         if isinstance(model, ModelBundle) or isinstance(device, torch.device):
             device = model.device if isinstance(model, ModelBundle) else device
@@ -124,7 +127,8 @@ class Runner:
             dtype=formats[-1].dtype if formats else "float32", plugins=tuple(p.describe() for p in self.plugins),
             calibrations=tuple((p.name, p.calibration) for p in self.plugins if p.calibration is not None),
             decode=self.decode, machine=manifest(self.threads, self.quantized_engine or "none", self.device),
-            warmup=warmup, batch_size=batch_size, model_hash=self.bundle.files.content_hash)
+            warmup=warmup, batch_size=batch_size, model_hash=self.bundle.files.content_hash,
+            runtime=self.bundle.engine_runtime)
 
     def model_info(self) -> dict[str, Any]:
         """The model's files (origin, config, weights, packed or not, content hash) and its summary."""

@@ -83,3 +83,17 @@ def test_serve_info_shows_the_gpu(tmp_path: Path) -> None:
     with live_server(tmp_path / "serve.log", "--device", "cuda") as url:
         info = httpx.get(f"{url}/info").json()
     assert info["models"]["fp32"]["device"] == "cuda:0" and info["environment"]["gpu"]
+
+
+def test_onnxruntime_engine_on_cuda_uses_the_cuda_provider_and_keeps_the_translations(demo: Any) -> None:
+    """With onnxruntime-gpu installed, the sessions run on CUDA's execution provider; translations as on the CPU
+    except where the two devices' best scores tie (as for torch on the GPU)."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA execution provider (pip install onnxruntime-gpu)")
+    cpu, cuda = Runner(threads=2, search="onnxruntime"), Runner(threads=2, device="cuda", search="onnxruntime")
+    session = cuda.bundle.speech2text.beam_search.context.session("st_step")
+    assert session.get_providers()[0] == "CUDAExecutionProvider"
+    texts = [(cpu.translate(u.waveform, 16000).text, cuda.translate(u.waveform, 16000).text) for u in demo.utterances]
+    assert sum(a != b for a, b in texts) <= 1

@@ -209,7 +209,7 @@ def test_search_engines_are_registered_and_checked(tiny_exp: Path) -> None:
     from runner.plugin_set import PluginSet
 
     assert {"espnet": EspnetSearch, "lean": LeanBeamSearch}.items() <= available().items()
-    with pytest.raises(RunnerError, match="unknown search engine 'fast'; available: espnet, lean"):
+    with pytest.raises(RunnerError, match="unknown search engine 'fast'; available: espnet, lean, onnxruntime"):
         Runner(tiny_exp, search="fast")
     with pytest.raises(RunnerError, match="'lean' is a search engine, not a plugin: choose it with --search lean"):
         PluginSet.resolve(["lean"])
@@ -251,7 +251,10 @@ def test_serve_refuses_an_unknown_search_engine_in_one_line(tiny_exp: Path) -> N
     from typer.testing import CliRunner
 
     from runner.cli import app
+    from runner.engines import available
 
     result = CliRunner().invoke(app, ["serve", "--model", str(tiny_exp), "--search", "fastest"])
     assert result.exit_code == 2
-    assert result.output.strip() == "error: --search: unknown search engine 'fastest'; available: espnet, lean"
+    assert {"espnet", "lean", "onnxruntime"} <= set(available())
+    assert result.output.strip() == ("error: --search: unknown search engine 'fastest'; available: "
+                                     + ", ".join(available()))

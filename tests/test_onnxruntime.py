@@ -101,8 +101,16 @@ def test_the_export_states_itself_and_its_figures_name_the_engine(demo_exports: 
     assert manifest["calibration"]["split"] == "dev" and manifest["calibration"]["utterances"] == 8
     assert {"encoder", "asr_step", "st_step", "md_encoder", "asr_ctc"} <= set(manifest["graphs"])
     assert {"onnxruntime", "onnx", "torch"} <= set(manifest["versions"]) and "model/config.yaml" in manifest["files"]
-    report = Runner(demo_exports["none"], threads=1, search="onnxruntime").evaluate(limit=2, warmup=0)
-    assert "search onnxruntime" in report.format()
+    import onnxruntime
+
+    runner = Runner(demo_exports["none"], threads=1, engine="onnxruntime")
+    report = runner.evaluate(limit=2, warmup=0)
+    assert f"search onnxruntime (onnxruntime {onnxruntime.__version__}, CPUExecutionProvider, graph optimization " \
+        "ORT_ENABLE_ALL)" in report.format()
+    assert report.to_dict()["conditions"]["runtime"]["provider"] == "CPUExecutionProvider"
+    from runner.serve.app import model_config
+
+    assert model_config(runner)["runtime"] == report.conditions.runtime
     espnet_here = Runner(demo_exports["none"], threads=1).evaluate(limit=2, warmup=0)  # the export is a --model
     assert espnet_here.conditions.search == "espnet" and espnet_here.hypotheses() == report.hypotheses()
 

@@ -153,10 +153,10 @@ def test_repeats_are_interleaved_and_report_spread(sweep_yaml: Path, tmp_path: P
         ("grid: {hop: []}\n", "grid must map keys to non-empty lists"),
         ("grid: {quant: [none, dynamic-int9]}\n", "unknown plugin 'dynamic-int9'"),
         ("grid: {hop: [0]}\n", "hop_length must be positive"),
-        ("grid: {beam: [1]}\n", "grid key 'beam' is not hop, quant, search or <plugin>.<option>"),
+        ("grid: {beam: [1]}\n", "grid key 'beam' is not hop, quant, search (engine) or <plugin>.<option>"),
         ("grid: {hop: [160]\n", "invalid YAML"),
         ("repeats: 0\ngrid: {hop: [160]}\n", "repeats must be a positive integer"),
-        ("grid: {search: [espnet, fast]}\n", "grid search: unknown search engine 'fast'; available: espnet, lean"),
+        ("grid: {search: [espnet, fast]}\n", "grid search: unknown search engine 'fast'; available: espnet, lean, onnxruntime"),
     ],
 )
 def test_invalid_sweep_yaml_is_a_one_line_error_naming_the_file(tmp_path: Path, text: str, message: str) -> None:
@@ -185,6 +185,11 @@ def test_grid_over_the_search_engine(tmp_path: Path) -> None:
                                         "trained hop + lean + dynamic-int8"]
     assert [p.search for p in plans] == ["espnet", "espnet", "lean", "lean"]
     assert [p.plugins.names for p in plans] == [(), ("dynamic-int8",), (), ("dynamic-int8",)]  # resolved once
+    path.write_text("grid:\n  engine: [lean, onnxruntime]\n")  # --engine's name for the grid key
+    assert [p.search for p in SweepConfig.from_yaml(path).plan()] == ["lean", "onnxruntime"]
+    path.write_text("grid:\n  engine: [lean]\n  search: [espnet]\n")
+    with pytest.raises(RunnerError, match="grid has both engine and search"):
+        SweepConfig.from_yaml(path)
     path.write_text("plugins: [lean]\n")
     with pytest.raises(RunnerError, match=r"'lean' is a search engine, not a plugin: choose it with --search lean"):
         SweepConfig.from_yaml(path)

@@ -104,19 +104,24 @@ class OrtDecoderStep:
         self.per_utterance = per_utterance
         self._batch: dict[str, np.ndarray] | None = None  # every utterance's memories joined, for one call
         layers, _, _, heads, _, d_k = self.sources[0][0].shape
-        self.past = np.zeros((layers, 2, 0, heads, 0, d_k), dtype=self.sources[0][0].dtype)
+        # per layer, the keys and the values of every earlier position: (rows, heads, positions, d_k) each
+        self.past = [np.zeros((0, heads, 0, d_k), dtype=self.sources[0][0].dtype) for _ in range(2 * layers)]
         self.length = 0
         self.hidden: torch.Tensor | None = None
 
     def _memories(self, block: range) -> dict[str, np.ndarray]:
-        """The feeds of these utterances' memories (one utterance's own arrays, or all of them joined)."""
+        """The feeds of these utterances' memories (one utterance's own arrays, or all of them joined), per layer."""
         if len(block) == len(self.sources) and self._batch is not None:
             return self._batch
         chosen = slice(block.start, block.stop)
-        source, source_mask = _joined(self.sources[chosen])
-        feeds = {"source": source, "source_mask": source_mask}
-        if self.speeches is not None:
-            feeds["speech"], feeds["speech_mask"] = _joined(self.speeches[chosen])
+        feeds: dict[str, np.ndarray] = {}
+        for kind, memories in (("source", self.sources), ("speech", self.speeches)):
+            if memories is None:
+                continue
+            joined, mask = _joined(memories[chosen])
+            for layer in range(joined.shape[0]):
+                feeds[f"{kind}_key_{layer}"], feeds[f"{kind}_value_{layer}"] = joined[layer, 0], joined[layer, 1]
+            feeds[f"{kind}_mask"] = mask
         if len(block) == len(self.sources):
             self._batch = feeds
         return feeds
@@ -128,27 +133,27 @@ class OrtDecoderStep:
         (and dropped from the outputs); with `per_utterance`, each utterance's block is its own call.
         """
         counts, beam = list(layout.counts), layout.beam_size
-        if self.past.shape[2] != len(tokens):  # the first step: no earlier position yet
-            self.past = np.zeros(self.past.shape[:2] + (len(tokens),) + self.past.shape[3:], dtype=self.past.dtype)
+        if self.past[0].shape[0] != len(tokens):  # the first step: no earlier position yet
+            self.past = [np.zeros((len(tokens),) + p.shape[1:], dtype=p.dtype) for p in self.past]
         if len(counts) == 1 or not self.per_utterance:
             slots = None if layout.full else layout.slots(tokens.device).numpy()
-            log_probs, hidden, new = self._call(tokens.numpy(), self.past, slots, range(len(counts)), beam)
+            outputs = self._call(tokens.numpy(), self.past, slots, range(len(counts)), beam)
         else:
             slots = layout.slots(tokens.device).numpy()  # each row's place in the (utterances x beam) grid
             starts = np.cumsum([0] + counts)
-            outputs = []
+            parts = []
             for u in range(len(counts)):
                 rows = slice(starts[u], starts[u + 1])
-                outputs.append(self._call(tokens.numpy()[rows], self.past[:, :, rows], slots[rows] - u * beam,
-                                          range(u, u + 1), beam))
-            log_probs, hidden, new = (np.concatenate(parts, axis=axis)
-                                      for parts, axis in zip(zip(*outputs), (0, 0, 2)))
-        self.past = np.concatenate((self.past, new), axis=4)
+                parts.append(self._call(tokens.numpy()[rows], [p[rows] for p in self.past], slots[rows] - u * beam,
+                                        range(u, u + 1), beam))
+            outputs = [np.concatenate(pieces) for pieces in zip(*parts)]
+        log_probs, hidden, new = outputs[0], outputs[1], outputs[2:]
+        self.past = [np.concatenate((past, position), axis=2) for past, position in zip(self.past, new)]
         self.length += 1
         self.hidden = torch.from_numpy(hidden)
         return torch.from_numpy(log_probs)
 
-    def _call(self, tokens: np.ndarray, past: np.ndarray, slots: np.ndarray | None, block: range, beam: int
+    def _call(self, tokens: np.ndarray, past: list[np.ndarray], slots: np.ndarray | None, block: range, beam: int
               ) -> list[np.ndarray]:
         """One session call for the utterances of `block`, their rows placed at `slots` of the grid (None: the
         rows are the grid)."""
@@ -157,17 +162,22 @@ class OrtDecoderStep:
         if not full:
             grid_tokens = np.zeros(size, dtype=tokens.dtype)
             grid_tokens[slots] = tokens
-            grid_past = np.zeros(past.shape[:2] + (size,) + past.shape[3:], dtype=past.dtype)
-            grid_past[:, :, slots] = past
-            tokens, past = grid_tokens, grid_past
-        feeds = {"tokens": tokens, "position": np.array([self.length]), "past": np.ascontiguousarray(past),
-                 **self._memories(block)}
+            grid = []
+            for kv in past:
+                padded = np.zeros((size,) + kv.shape[1:], dtype=kv.dtype)
+                padded[slots] = kv
+                grid.append(padded)
+            tokens, past = grid_tokens, grid
+        feeds = {"tokens": tokens, "position": np.array([self.length]), **self._memories(block)}
+        for layer in range(len(past) // 2):
+            feeds[f"past_key_{layer}"], feeds[f"past_value_{layer}"] = past[2 * layer], past[2 * layer + 1]
         outputs = self.graphs.session(self.graph).run(None, feeds)
-        return outputs if full else [outputs[0][slots], outputs[1][slots], outputs[2][:, :, slots]]
+        return outputs if full else [output[slots] for output in outputs]
 
     def select(self, hypotheses: torch.Tensor) -> None:
         """Keep the cached keys and values of these hypotheses, in this order."""
-        self.past = np.ascontiguousarray(self.past[:, :, hypotheses.numpy()])
+        index = hypotheses.numpy()
+        self.past = [past[index] for past in self.past]
 
     def keep_utterances(self, utterances: torch.Tensor) -> None:
         """Keep these utterances' memories, in this order."""
@@ -196,6 +206,10 @@ class OnnxRuntimeSearch(LeanBeamSearch):
         super().__init__(search, context)
         if context is None:
             raise RunnerError("the onnxruntime engine needs the model's exported graphs")
+
+    @property
+    def runtime(self) -> dict[str, str]:
+        return self.context.runtime
 
     @property
     def graphs(self) -> ModelGraphs:

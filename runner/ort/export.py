@@ -184,23 +184,28 @@ def _step_graphs(prefix: str, decoder: Any, encoded: torch.Tensor, save: Callabl
                                                                                 "projected": {3: "length"}})
     step = graphs.DecoderStepGraph(decoder)
     with torch.no_grad():
-        source = memory(encoded).unsqueeze(2)  # (layers, 2, utterances, heads, T, d_k)
-    layers, _, _, heads, _, d_k = source.shape
+        source = memory(encoded)  # (layers, 2, heads, T, d_k) of one utterance
+    layers, _, heads, _, d_k = source.shape
     rows = 2  # one utterance's grid of 2 rows (the graph reads the beam from rows / utterances)
-    args: list[Any] = [torch.zeros(rows, dtype=torch.long), torch.tensor([1]), torch.zeros(layers, 2, rows, heads, 1, d_k),
-                       source, torch.ones(1, source.size(4), dtype=torch.bool)]
-    names = ["tokens", "position", "past", "source", "source_mask"]
-    axes = {"tokens": {0: "rows"}, "past": {2: "rows", 4: "positions"}, "source": {2: "utterances", 4: "length"},
-            "source_mask": {0: "utterances", 1: "length"}, "log_probs": {0: "rows"},
-            "hidden": {0: "rows"}, "new_key_values": {2: "rows"}}
+    past = [torch.zeros(rows, heads, 1, d_k) for _ in range(2 * layers)]
+    memories = [source[i, kind].unsqueeze(0) for i in range(layers) for kind in (0, 1)]
+    mask = torch.ones(1, source.size(3), dtype=torch.bool)
+    args: list[Any] = [torch.zeros(rows, dtype=torch.long), torch.tensor([1]), *past, *memories, mask]
     if step.speech:
         speech = graphs.MemoryGraph(decoder, speech=True)
         save(f"{prefix}_speech", speech, (encoded,), ["speech"], ["projected"], {"speech": {1: "length"},
                                                                                   "projected": {3: "length"}})
-        args += [source, torch.ones(1, source.size(4), dtype=torch.bool)]
-        names += ["speech", "speech_mask"]
-        axes.update(speech={2: "utterances", 4: "speech_length"}, speech_mask={0: "utterances", 1: "speech_length"})
-    save(f"{prefix}_step", step, tuple(args), names, ["log_probs", "hidden", "new_key_values"], axes)
+        args += [*memories, mask]
+    names, outputs = step.input_names(), step.output_names()
+    axes: dict[str, dict[int, str]] = {"tokens": {0: "rows"}, "log_probs": {0: "rows"}, "hidden": {0: "rows"}}
+    for name in names:
+        if name.startswith("past_"):
+            axes[name] = {0: "rows", 2: "positions"}
+        elif name.startswith(("source_", "speech_")):
+            length = "length" if name.startswith("source") else "speech_length"
+            axes[name] = {0: "utterances", 1: length} if name.endswith("mask") else {0: "utterances", 2: length}
+    axes.update({name: {0: "rows"} for name in outputs[2:]})
+    save(f"{prefix}_step", step, tuple(args), names, outputs, axes)
 
 
 def _examples(bundle: ModelBundle) -> dict[str, torch.Tensor]:

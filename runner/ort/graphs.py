@@ -64,11 +64,12 @@ class DecoderStepGraph(torch.nn.Module):
 
     The hypotheses come as a grid of `utterances` x `beam` rows (rows an utterance lacks are padding, whose
     outputs the caller drops), so each utterance's queries attend to its own memory in one batched product.
-    Inputs: tokens (U*B,) of the new position, its index `position` (a 1-element int64 tensor), `past`
-    (layers, 2, U*B, heads, t, d_k) the keys/values of earlier positions, `source` (layers, 2, U, heads, T,
-    d_k) and `source_mask` (U, T) each utterance's memory, and for a speech-attention decoder
-    `speech`/`speech_mask` likewise. Outputs: log-probabilities (U*B, V), the last layer's normalized
-    output (U*B, d), and the new position's keys/values (layers, 2, U*B, heads, 1, d_k).
+    Inputs (`input_names`): tokens (U*B,) of the new position, its index `position` (a 1-element int64
+    tensor), then per layer the keys and values of earlier positions (U*B, heads, t, d_k), per layer each
+    utterance's source keys and values (U, heads, T, d_k) and `source_mask` (U, T), and for a
+    speech-attention decoder its speech keys, values and mask likewise: one tensor per layer, so no step
+    splits (copies) a cache or a memory. Outputs: log-probabilities (U*B, V), the last layer's normalized
+    output (U*B, d), and per layer the new position's key and value (U*B, heads, 1, d_k).
     """
 
     def __init__(self, decoder: Any) -> None:
@@ -76,8 +77,8 @@ class DecoderStepGraph(torch.nn.Module):
         self.decoder = decoder
         self.speech = getattr(decoder.decoders[0], "sequential_attn", None) is not None
 
-    def _self_attention(self, attention: Any, x: torch.Tensor, past_kv: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _self_attention(self, attention: Any, x: torch.Tensor, past_kv: tuple[torch.Tensor, ...]
+                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         rows, heads, d_k = x.size(0), attention.h, attention.d_k
         if isinstance(attention.q_norm, torch.nn.Identity) and isinstance(attention.k_norm, torch.nn.Identity):
             # the three projections as one product over [W_q; W_k; W_v] (one quantized call instead of three)
@@ -90,37 +91,53 @@ class DecoderStepGraph(torch.nn.Module):
             value = _heads(attention.linear_v(x1), heads, d_k)
         keys, values = torch.cat((past_kv[0], key), dim=2), torch.cat((past_kv[1], value), dim=2)
         context = _attend(query, keys, values).transpose(1, 2).reshape(rows, heads * d_k)
-        return attention.linear_out(context), torch.stack((key, value))
+        return attention.linear_out(context), [key, value]
 
     @staticmethod
-    def _source_attention(attention: Any, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _source_attention(attention: Any, x: torch.Tensor, memory: tuple[torch.Tensor, ...],
+                          mask: torch.Tensor) -> torch.Tensor:
         heads, d_k = attention.h, attention.d_k
-        utterances = memory.size(1)
+        utterances = memory[0].size(0)
         query = attention.linear_q(x).view(utterances, -1, heads, d_k).transpose(1, 2)  # (U, heads, B, d_k)
         query = attention.q_norm(query)
         context = _attend(query, memory[0], memory[1], mask.view(utterances, 1, 1, -1))  # (U, heads, B, d_k)
         return attention.linear_out(context.transpose(1, 2).reshape(x.size(0), heads * d_k))
 
-    def forward(self, tokens: torch.Tensor, position: torch.Tensor, past: torch.Tensor, source: torch.Tensor,
-                source_mask: torch.Tensor, speech: torch.Tensor | None = None,
-                speech_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def input_names(self) -> list[str]:
+        layers = range(len(self.decoder.decoders))
+        names = ["tokens", "position", *(f"past_{kind}_{i}" for i in layers for kind in ("key", "value")),
+                 *(f"source_{kind}_{i}" for i in layers for kind in ("key", "value")), "source_mask"]
+        if self.speech:
+            names += [*(f"speech_{kind}_{i}" for i in layers for kind in ("key", "value")), "speech_mask"]
+        return names
+
+    def output_names(self) -> list[str]:
+        return ["log_probs", "hidden", *(f"new_{kind}_{i}" for i in range(len(self.decoder.decoders))
+                                         for kind in ("key", "value"))]
+
+    def forward(self, tokens: torch.Tensor, position: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         decoder = self.decoder
+        layers = len(decoder.decoders)
+        past, source, source_mask = tensors[:2 * layers], tensors[2 * layers:4 * layers], tensors[4 * layers]
+        speech, speech_mask = (tensors[4 * layers + 1:6 * layers + 1], tensors[6 * layers + 1]) if self.speech \
+            else (None, None)
         embedding, positions = decoder.embed[0], decoder.embed[1]
         x = embedding(tokens) * positions.xscale + positions.pe[0].index_select(0, position)
-        new = []
+        new: list[torch.Tensor] = []
         for index, layer in enumerate(decoder.decoders):
             pre = layer.normalize_before
-            attended, kv = self._self_attention(layer.self_attn, layer.norm1(x) if pre else x, past[index])
-            new.append(kv)
+            pair = slice(2 * index, 2 * index + 2)
+            attended, kv = self._self_attention(layer.self_attn, layer.norm1(x) if pre else x, past[pair])
+            new += kv
             x = x + attended
             if not pre:
                 x = layer.norm1(x)
-            if self.speech and speech is not None and speech_mask is not None:
-                x = x + self._source_attention(layer.sequential_attn, layer.norm4(x) if pre else x, speech[index],
+            if speech is not None and speech_mask is not None:
+                x = x + self._source_attention(layer.sequential_attn, layer.norm4(x) if pre else x, speech[pair],
                                                speech_mask)
                 if not pre:
                     x = layer.norm4(x)
-            x = x + self._source_attention(layer.src_attn, layer.norm2(x) if pre else x, source[index], source_mask)
+            x = x + self._source_attention(layer.src_attn, layer.norm2(x) if pre else x, source[pair], source_mask)
             if not pre:
                 x = layer.norm2(x)
             x = x + layer.feed_forward(layer.norm3(x) if pre else x)
@@ -128,7 +145,7 @@ class DecoderStepGraph(torch.nn.Module):
                 x = layer.norm3(x)
         hidden = decoder.after_norm(x) if decoder.normalize_before else x
         logits = decoder.output_layer(hidden)
-        return torch.log_softmax(logits, dim=-1), hidden, torch.stack(new)
+        return (torch.log_softmax(logits, dim=-1), hidden, *new)
 
 
 class EncoderGraph(torch.nn.Module):

@@ -21,8 +21,9 @@ from runner.archive import sha256
 from runner.errors import RunnerError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 3  # the graphs' inputs and outputs: an export of another format is refused (export it again)
+FORMAT_VERSION = 4  # the graphs' inputs and outputs: an export of another format is refused (export it again)
 MIN_ONNXRUNTIME = (1, 17)  # opset 17 graphs need ONNX Runtime 1.17 or later (its release notes)
+OPTIMIZATION = "ORT_ENABLE_ALL"  # every graph optimization ONNX Runtime has, applied when a session loads
 
 
 def is_exported(directory: Path) -> bool:
@@ -102,6 +103,15 @@ class ExportedGraphs:
         """The execution provider the sessions run on."""
         return "CUDAExecutionProvider" if self.device.type == "cuda" else "CPUExecutionProvider"
 
+    @property
+    def runtime(self) -> dict[str, str]:
+        """ONNX Runtime's version, the execution provider and the graph optimization level, as run conditions
+        state them."""
+        import onnxruntime
+
+        return {"onnxruntime": f"onnxruntime {onnxruntime.__version__}", "provider": self.provider,
+                "graph_optimization": f"graph optimization {OPTIMIZATION}"}
+
     def session(self, graph: str) -> Any:
         """The session of `graph` for torch's current intra-op thread count."""
         import onnxruntime
@@ -112,7 +122,7 @@ class ExportedGraphs:
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel, OPTIMIZATION)
             # ONNX Runtime's threads spin after a call by default: between a search's session calls torch runs
             # (top-k, CTC prefix scores) on the same cores, and spinning doubled an ASR step at 2 threads
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -53,6 +53,7 @@ def model_config(runner: Runner) -> dict[str, Any]:
         "threads": conditions.threads,
         "quantized_engine": conditions.quantized_engine,
         "search": conditions.search,
+        "runtime": dict(conditions.runtime),
         "dtype": conditions.dtype,
         "device": conditions.device,
         "decode": conditions.decode.speech2text_kwargs(),

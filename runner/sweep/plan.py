@@ -46,10 +46,14 @@ class SweepConfig:
         shards = values.get("shards")
         if shards is not None and (not isinstance(shards, int) or isinstance(shards, bool) or shards < 1):
             raise RunnerError(f"{path}: shards must be a positive integer, got {shards!r}")
+        if "engine" in grid:  # --engine's name for the search engine, as on translate and serve
+            if "search" in grid:
+                raise RunnerError(f"{path}: grid has both engine and search (one key names the search engine)")
+            grid["search"] = grid.pop("engine")
         config = cls(run, grid, repeats, str(path), measure, shards)
         for key in grid:
             if key not in ("hop", "quant", "search") and "." not in key:
-                raise RunnerError(f"{path}: grid key '{key}' is not hop, quant, search or <plugin>.<option>")
+                raise RunnerError(f"{path}: grid key '{key}' is not hop, quant, search (engine) or <plugin>.<option>")
         for engine in grid.get("search", []):
             engine_class(engine, f"{path}: grid search")
         config.check_plans()

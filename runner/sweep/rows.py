@@ -96,7 +96,7 @@ def row_from_reports(plan: RunPlan, reports: list[Report]) -> dict[str, Any]:
         "stages_mean": m.stages_mean, "steps_mean": m.steps_mean, "seconds_per_step": m.seconds_per_step,
         "calibration_seconds": calibration or None, "n": middle.data["n"],
         "timed": m.latency.count, "threads": c.threads, "warmup": c.warmup, "engine": c.quantized_engine,
-        "search": c.search, "batch_size": c.batch_size, "device": c.device,
+        "search": c.search, "runtime": dict(c.runtime) or None, "batch_size": c.batch_size, "device": c.device,
         "gpu": c.machine.get("gpu"), "gpu_peak_memory_bytes": m.gpu_peak_memory_bytes,
         "utterances_per_second": m.throughput.utterances_per_second if m.throughput else None,
         "audio_seconds_per_second": m.throughput.audio_seconds_per_second if m.throughput else None,
