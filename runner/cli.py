@@ -12,7 +12,7 @@ from typing import Any, NoReturn, Optional
 
 import typer
 
-from runner import cli_export, cli_quant, defaults
+from runner import cli_export, cli_longform, cli_quant, defaults
 from runner.errors import RunnerError
 
 DEBUG_VARIABLE = "ST_RUNNER_DEBUG"
@@ -96,14 +96,16 @@ def translate(
     config: Optional[Path] = typer.Option(None, help="Run YAML (model, data, decode, plugins, ...), or a shipped one by name (run, fast-search); options override it"),
     decode_config: Optional[Path] = typer.Option(None, help="Decoding YAML [default: configs/decode.yaml]"),
     set_: list[str] = typer.Option([], "--set", help="Override a decoding option, e.g. --set beam_size=4"),
-    out: Optional[Path] = typer.Option(None, help="Write every figure and condition to this JSON file"),
+    out: Optional[Path] = typer.Option(None, help="Write every figure and condition to this JSON file (with --audio: the translation in --out-format)"),
     progress: bool = typer.Option(True, help="Show progress bars"),
+    audio: Optional[Path] = typer.Option(None, help="Translate this recording, of any length, cut by --segmenter (vad unless told) instead of a test set"),
+    out_format: Optional[str] = typer.Option(None, help="With --audio: json, srt, vtt or txt [default: from --out's suffix, else txt]"),
+    segmenter: Optional[str] = typer.Option(None, "--segmenter", "--segmentation", help="yaml (the data's own segments), vad (Silero VAD; with --data: whole talks re-aligned by mweralign, IWSLT-style) or fixed [default: yaml; vad with --audio]"),
+    max_segment: float = typer.Option(20.0, help="Longest segment in seconds (vad, fixed)"),
 ) -> None:
-    """Translate a test set and report size, parameters, BLEU, chrF, source WER and latency."""
-    from runner.config import RunConfig, compose_plugins
+    """Translate a test set and report size, parameters, BLEU, chrF, source WER and latency; or a recording (--audio)."""
+    from runner.config import RunConfig
     from runner.outputs import check_writable
-    from runner.plugin import PluginSpec
-    from runner.runner import Runner
 
     try:
         if out is not None:
@@ -112,13 +114,14 @@ def translate(
                else RunConfig.from_dict({}, "options", decode_config))
         run.evaluate = run.evaluate.replace(data=data, split=split, text=text, limit=limit, sample=sample, seed=seed,
                                             warmup=warmup, batch_size=batch_size, progress=progress)
-        decode = run.decode.replace(parse_overrides(set_), "--set")
-        hops = [PluginSpec("hop", {"hop_length": hop})] if hop is not None else []  # --hop: the hop plugin's option
-        plugins = (compose_plugins(run.plugins.specs(), quant=quant, extra=plugin, replace=hops)
-                   if quant is not None or hops or plugin else run.plugins)
-        runner = Runner(str(model) if model else run.model, decode, threads=threads or run.threads,
-                        model_file=model_file, plugins=plugins, calibration_data=run.data,
-                        device=device or run.device, search=search or run.search)
+        cut = cli_longform.segment_options(segmenter, max_segment, audio)
+        fmt = cli_longform.output_format(out, out_format) if audio is not None else None
+        runner = _runner(run, model, model_file, quant, hop, plugin, set_, threads, device, search)
+        segments_per_search = batch_size if batch_size is not None else cli_longform.BATCH
+        if audio is not None:
+            return cli_longform.translate_recording(runner, audio, cut, out, fmt, segments_per_search, progress)
+        if cut is not None:
+            return cli_longform.translate_talks(runner, cut, out, run.evaluate, segments_per_search)
         preloaded = runner.preload(run.evaluate)
         typer.echo(f"preloaded {len(preloaded.utterances)} utterances ({preloaded.audio_seconds:.1f} s audio, "
                    f"{preloaded.memory_bytes / 1e6:.1f} MB in memory)", err=True)
@@ -137,6 +140,22 @@ def translate(
         except RunnerError as error:
             fail(str(error), 2, error)
         typer.echo(f"wrote {out}", err=True)
+
+
+def _runner(run: Any, model: Optional[Path], model_file: Optional[Path], quant: Optional[str], hop: Optional[int],
+            plugin: list[str], set_: list[str], threads: Optional[int], device: Optional[str],
+            search: Optional[str]) -> Any:
+    """The `Runner` of a translate command: the run config with the command line's options over it."""
+    from runner.config import compose_plugins
+    from runner.plugin import PluginSpec
+    from runner.runner import Runner
+
+    decode = run.decode.replace(parse_overrides(set_), "--set")
+    hops = [PluginSpec("hop", {"hop_length": hop})] if hop is not None else []  # --hop: the hop plugin's option
+    plugins = (compose_plugins(run.plugins.specs(), quant=quant, extra=plugin, replace=hops)
+               if quant is not None or hops or plugin else run.plugins)
+    return Runner(str(model) if model else run.model, decode, threads=threads or run.threads, model_file=model_file,
+                  plugins=plugins, calibration_data=run.data, device=device or run.device, search=search or run.search)
 
 
 @app.command()
@@ -200,7 +219,7 @@ def serve(
     max_batch: int = typer.Option(1, help="Requests for one model decoded in one batched search (needs an engine that batches: --search lean); 1: one at a time"),
     max_wait_ms: float = typer.Option(5.0, help="How long the oldest waiting request waits for others to join its batch"),
     max_mb: float = typer.Option(20.0, help="Largest upload in MB"),
-    max_seconds: float = typer.Option(60.0, help="Longest audio in seconds"),
+    max_seconds: float = typer.Option(600.0, help="Longest audio in seconds (audio over 20 s is cut by VAD into segments)"),
     max_decode_seconds: Optional[float] = typer.Option(None, help="Stop a request's decoding after this many seconds (503) [default: 10 s + 2x its audio]"),
     header_seconds: float = typer.Option(10.0, help="A request's headers must arrive within this many seconds (else 408, connection closed)"),
     body_seconds: float = typer.Option(60.0, help="A request's body must arrive within this many seconds of its headers (else 408)"),

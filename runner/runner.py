@@ -26,11 +26,13 @@ from runner.engines import engine_class
 from runner.environment import manifest, resolve_threads, torch_settings
 from runner.errors import RunnerError, first_line
 from runner.model import ModelBundle, load
+from runner.longform import LongForm, translate_long
 from runner.options import EvaluateOptions
 from runner.pipeline import batch_ranges, batch_ready, translate, translate_batch
 from runner.plugin import Plugin, PluginSpec, translation_contexts
 from runner.plugin_set import PluginSet
 from runner.report import Report
+from runner.segment import SegmentOptions
 from runner.reporting import build_report
 from runner.staging import PluginStages, segment_key
 
@@ -216,6 +218,18 @@ class Runner:
                 return translate(self.bundle.speech2text, audio, translation_contexts(self.plugins, self.bundle))
             except RunnerError as error:
                 raise type(error)(f"waveform: {error}") from error
+
+    def translate_long(self, waveform: np.ndarray | torch.Tensor, sample_rate: int,
+                       options: SegmentOptions = SegmentOptions(), batch_size: int = 8,
+                       progress: Callable[[Iterable], Iterable] | None = None) -> LongForm:
+        """Translate a recording of any length: cut by `options` (Silero VAD by default), segments decoded in
+        batches of `batch_size` where the search engine batches (see `runner.longform.translate_long`).
+
+        Returns:
+            A `LongForm`: its `segments` (start, end, translation, transcript), the segmentation's and the
+            decoding's wall times, and `subtitles(fmt)` for SRT, WebVTT, text or JSON.
+        """
+        return translate_long(self, waveform, sample_rate, options, batch_size, progress)
 
     def translate_batch(self, waveforms: Sequence[np.ndarray | torch.Tensor],
                         sample_rate: int | Sequence[int]) -> list[Translation]:

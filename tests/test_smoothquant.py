@@ -74,7 +74,8 @@ def test_the_quantization_page_holds_and_its_targets_are_met(outlier_copy: Path)
     """docs/quantization.md's outlier rows and its tuned plans (docs/plans/) against a fresh decode of tst-COMMON
     (exact on the CPU kind it names, quantized rows within the cross-kind tolerance elsewhere): fp32 unchanged by
     the outliers, int8 collapses, smoothquant + dynamic int8 within 2 BLEU of fp32, the tuned plans within 1 BLEU
-    of fp32 at most 0.45x its size."""
+    of fp32 at most 0.45x its size. (The plans tuned without smoothquant, rows of the page for comparison, are not
+    decoded again here: CI's time budget.)"""
     import yaml
 
     from benchmarks.quantization import ALL_PARTS, TUNES, plan_label, plan_path
@@ -84,7 +85,7 @@ def test_the_quantization_page_holds_and_its_targets_are_met(outlier_copy: Path)
     schemes = {"fp32": [], "dynamic-int8": ["dynamic-int8"],
                "static-int8 (histogram)": [{"name": "static-int8", "parts": ALL_PARTS}],
                "smoothquant + dynamic-int8": ["smoothquant", "dynamic-int8"]}
-    for quant, smoothquant in TUNES:
+    for quant, smoothquant in TUNES[:2]:  # the default ladder's plans; the plain-fallback ones are the page's alone
         plugins = yaml.safe_load(plan_path("outliers", quant, smoothquant).read_text())["plugins"]
         schemes[plan_label(quant, smoothquant, plugins)] = plugins
     fresh, sizes, stale = {}, {}, []

@@ -1,6 +1,7 @@
 """`runner serve`: an HTTP API and a web page over loaded `Runner`s.
 
-Routes: `POST /translate`, `GET /health` (liveness: the process answers), `GET /ready`
+Routes: `POST /translate` (audio over one segment's length is cut by VAD), the OpenAI audio API
+(`runner.serve.openai_api`: `/v1/audio/translations`, `/v1/audio/transcriptions`, `/v1/models`), `GET /health` (liveness: the process answers), `GET /ready`
 (readiness: every model warmed up and the decoder queue not full), `GET /info`, `GET /metrics`
 (Prometheus text) and the web page at `/`. Decoding goes through one `Batcher`: one batch at a
 time across all models, requests for one model arriving within `max_wait_ms` decoded together.
@@ -32,7 +33,9 @@ from runner.runner import Runner
 from runner.serve.batching import Batcher, decoder_thread
 from runner.serve.metrics import CONTENT_TYPE, ServeMetrics
 from runner.serve.security import Security
-from runner.serve.upload import ApiError, DeclaredSizeLimit, ServeLimits, read_body, read_upload
+from runner.serve.openai_api import add_routes
+from runner.serve.segments import Decodes, decode
+from runner.serve.upload import ApiError, DeclaredSizeLimit, ServeLimits, error_body, read_body, read_upload
 
 logger = logging.getLogger("runner.serve")
 KEEP_ALIVE_S = 10  # an idle kept-alive connection is closed after this
@@ -127,8 +130,8 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
     app = FastAPI(title="st-runner", lifespan=lifespan)
 
     @app.exception_handler(ApiError)
-    async def api_error(_request: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse({"error": error.message, "status": error.status}, status_code=error.status,
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(request.url.path, error.status, error.message), status_code=error.status,
                             headers=error.headers)
 
     @app.get("/", response_class=HTMLResponse)
@@ -173,27 +176,27 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
     @app.post("/translate")
     async def translate(request: Request, model: str | None = None) -> dict[str, Any]:
         """Body: the audio file itself, or multipart form data with a `file` field (and optional `model`)."""
-        data, form_model = await read_body(request, limits.max_upload_bytes, limits.body_seconds)
-        name = model or form_model or next(iter(models))
+        data, form = await read_body(request, limits.max_upload_bytes, limits.body_seconds)
+        name = model or form.get("model") or next(iter(models))
         if name not in models:
             raise ApiError(404, f"unknown model '{name}'; this server has {list(models)}")
         audio = read_upload(data, limits)
         queued = time.perf_counter()
-        decoded = await batcher.submit(name, audio, request.is_disconnected)
-        translation = decoded.translation
-        metrics.translated(name, translation.seconds, decoded.queue_seconds, time.perf_counter() - queued)
+        decodes = await decode(batcher, name, audio, request.is_disconnected)
+        for _, decoded in decodes.parts:
+            metrics.translated(name, decoded.translation.seconds, decoded.queue_seconds, time.perf_counter() - queued)
         return {
             "model": name,
-            "translation": translation.text,
-            "transcript": translation.source_text,
-            "latency": {"seconds": translation.seconds, "stages": translation.stages,
-                        "queue_seconds": decoded.queue_seconds, "search_steps": translation.steps,
-                        "batch": {"id": decoded.batch_id, "size": decoded.batch_size}},
+            "translation": decodes.text,
+            "transcript": decodes.transcript,
+            "segments": decodes.segments(),
+            "latency": latency(decodes),
             "audio": {"seconds": audio.seconds, "sample_rate": audio.sample_rate,
                       "channels": int(audio.waveform.shape[1]), "format": audio.format},
             "config": configs[name],
         }
 
+    add_routes(app, models, batcher, limits, metrics)
     guarded = Security(DeclaredSizeLimit(app, limits.max_upload_bytes), api_key, cors_origins, allowed_hosts)
 
     async def counted(scope: Any, receive: Any, send: Any) -> None:
@@ -210,6 +213,26 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
 
     counted.fastapi = app  # type: ignore[attr-defined]
     return counted
+
+
+def latency(decodes: Decodes) -> dict[str, Any]:
+    """A request's latency: its one decode's figures, or, for segmented audio, the segments' summed."""
+    if not decodes.segmented:
+        decoded = decodes.parts[0][1]
+        translation = decoded.translation
+        return {"seconds": translation.seconds, "stages": translation.stages, "queue_seconds": decoded.queue_seconds,
+                "search_steps": translation.steps, "batch": {"id": decoded.batch_id, "size": decoded.batch_size}}
+    stages: dict[str, float] = {}
+    steps: dict[str, int] = {}
+    for _, decoded in decodes.parts:
+        for key, value in decoded.translation.stages.items():
+            stages[key] = stages.get(key, 0.0) + value
+        for key, count in decoded.translation.steps.items():
+            steps[key] = steps.get(key, 0) + count
+    return {"seconds": decodes.seconds, "stages": stages, "segment_seconds": decodes.segment_seconds,
+            "queue_seconds": sum(d.queue_seconds for _, d in decodes.parts), "search_steps": steps,
+            "batch": {"id": None, "size": max((d.batch_size for _, d in decodes.parts), default=0)},
+            "segments": len(decodes.parts)}
 
 
 async def _warm_all(batcher: Batcher, models: dict[str, Runner], limits: ServeLimits, warmed: asyncio.Event) -> None:

@@ -17,7 +17,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-from runner.serve.upload import drain
+from runner.serve.upload import drain, error_body
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -51,7 +51,7 @@ class Security:
         if self.allowed_hosts is not None and host_name(headers.get("host", "")) not in self.allowed_hosts:
             await drain(receive)
             await _json(send, 421, f"Host '{headers.get('host', '')[:100]}' is not this server's; start it with "
-                                   f"--allowed-host NAME to accept that name")
+                                   f"--allowed-host NAME to accept that name", path=scope["path"])
             return
         origin = headers.get("origin")
         cross = origin is not None and not self._same_origin(origin, scope, headers)
@@ -60,7 +60,7 @@ class Security:
             if "*" not in self.cors_origins and origin.rstrip("/") not in self.cors_origins:
                 await drain(receive)
                 await _json(send, 403, f"cross-origin request from {origin} refused; start the server with "
-                                       f"--cors-origin {origin} to allow it")
+                                       f"--cors-origin {origin} to allow it", path=scope["path"])
                 return
             extra = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
             if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
@@ -73,7 +73,7 @@ class Security:
         if self.api_key is not None and scope["path"] not in OPEN_PATHS and not self._authorized(headers):
             await drain(receive)  # so a client still uploading reads the answer rather than a reset
             await _json(send, 401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
-                        extra + [(b"www-authenticate", b'Bearer realm="st-runner"')])
+                        extra + [(b"www-authenticate", b'Bearer realm="st-runner"')], scope["path"])
             return
         if not extra:
             await self.app(scope, receive, send)
@@ -122,8 +122,9 @@ def allowed_hosts(bind: str, names: Sequence[str], cors_origins: Sequence[str]) 
     return hosts
 
 
-async def _json(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    body = json.dumps({"error": message, "status": status}).encode()
+async def _json(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = (),
+                path: str = "") -> None:
+    body = json.dumps(error_body(path, status, message)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *headers]})

@@ -48,7 +48,7 @@ class ServeLimits:
     """
 
     max_upload_bytes: int = 20_000_000
-    max_audio_seconds: float = 60.0
+    max_audio_seconds: float = 600.0
     max_queue: int = 32
     max_batch: int = 1
     max_wait_ms: float = 0.0
@@ -75,6 +75,20 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.headers = headers or {}
+
+
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 408: "timeout_error", 413: "invalid_request_error", 415: "invalid_request_error",
+                421: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
+                503: "server_error"}
+
+
+def error_body(path: str, status: int, message: str) -> dict[str, Any]:
+    """A refusal's JSON: OpenAI's error shape under /v1/ (what its clients parse), the server's own elsewhere."""
+    if path.startswith("/v1/"):
+        return {"error": {"message": message, "type": OPENAI_TYPES.get(status, "server_error"), "param": None,
+                          "code": status}}
+    return {"error": message, "status": status}
 
 
 @dataclass
@@ -118,8 +132,8 @@ def read_upload(data: bytes, limits: ServeLimits) -> Audio:
     return Audio(samples, int(rate), samples.shape[0] / rate, info.format)
 
 
-async def read_body(request: Request, limit: int, seconds: float = BODY_SECONDS) -> tuple[bytes, str | None]:
-    """The uploaded file's bytes (raw body or multipart `file`) and the form's `model`, if any.
+async def read_body(request: Request, limit: int, seconds: float = BODY_SECONDS) -> tuple[bytes, dict[str, str]]:
+    """The uploaded file's bytes (raw body or multipart `file`) and the form's other text fields (`model`, ...).
 
     More than `limit` bytes is refused with 413 as soon as the declared length or the streamed
     bytes pass it, so an oversized body is never held in memory; the rest of it is read and
@@ -139,10 +153,9 @@ async def read_body(request: Request, limit: int, seconds: float = BODY_SECONDS)
             if upload is None or isinstance(upload, str):
                 raise ApiError(400, "multipart upload has no 'file' field")
             data = await upload.read()
-            model = form.get("model")
-            model = model if isinstance(model, str) and model else None
+            fields = {key: value for key, value in form.multi_items() if isinstance(value, str) and value}
         else:
-            data, model = await bounded.body(), None
+            data, fields = await bounded.body(), {}
     except _TooLarge:
         if not receive.complete:
             await drain(request.receive)
@@ -155,7 +168,7 @@ async def read_body(request: Request, limit: int, seconds: float = BODY_SECONDS)
         raise ApiError(400, f"malformed multipart upload: {error.detail}") from error
     if len(data) > limit:
         raise ApiError(413, f"upload is {len(data) / 1e6:.1f} MB; the limit is {limit / 1e6:g} MB")
-    return data, model
+    return data, fields
 
 
 class _TooLarge(Exception):

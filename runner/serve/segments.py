@@ -1,0 +1,77 @@
+"""Long uploads: audio longer than one segment is cut by Silero VAD and its segments decoded through the batcher.
+
+Audio up to `SEGMENT_SECONDS` is decoded whole, as it always was (its translation is `Runner.translate`'s);
+longer audio is cut as `runner.segment` cuts a recording, and its segments join the decoder's queue a
+batch at a time (`max_batch` of them), so one long request neither fills the queue nor holds more than
+a segment's activations, and its segments share batches with each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from runner.longform import MIN_SECONDS
+from runner.segment import SegmentOptions, Span, segment
+from runner.serve.batching import Batcher, Decoded
+from runner.serve.upload import Audio
+
+SEGMENT_SECONDS = SegmentOptions().max_seconds  # longer uploads are segmented
+
+
+@dataclass(frozen=True)
+class Decodes:
+    """A request's decoded segments.
+
+    Attributes:
+        parts: each segment's span and its decode, in order (empty: no speech heard).
+        segmented: whether the audio was cut (False: decoded whole, one part).
+        segment_seconds: the VAD's wall time (0 when not cut).
+        seconds: wall time from the first segment queued to the last decoded.
+    """
+
+    parts: list[tuple[Span, Decoded]]
+    segmented: bool
+    segment_seconds: float
+    seconds: float
+
+    @property
+    def text(self) -> str:
+        return " ".join(d.translation.text for _, d in self.parts if d.translation.text)
+
+    @property
+    def transcript(self) -> str | None:
+        texts = [d.translation.source_text for _, d in self.parts]
+        return None if any(t is None for t in texts) else " ".join(t for t in texts if t)
+
+    def segments(self) -> list[dict[str, Any]]:
+        """Each segment: id, start, end (seconds), translation and transcript."""
+        return [{"id": i, "start": round(span.start, 3), "end": round(span.end, 3), "text": d.translation.text,
+                 "transcript": d.translation.source_text} for i, (span, d) in enumerate(self.parts)]
+
+
+async def decode(batcher: Batcher, model: str, audio: Audio, gone: Callable[[], Awaitable[bool]]) -> Decodes:
+    """Decode `audio` for `model`: whole when it is one segment long, else cut by VAD and decoded by segments.
+
+    Raises:
+        ApiError: as `Batcher.submit` does (queue full 503, client gone 400, a segment's own refusal).
+    """
+    started = time.perf_counter()
+    if audio.seconds <= SEGMENT_SECONDS:
+        decoded = await batcher.submit(model, audio, gone)
+        return Decodes([(Span(0.0, audio.seconds), decoded)], False, 0.0, time.perf_counter() - started)
+    mono = audio.waveform.mean(axis=1)
+    # the VAD (ONNX Runtime, one thread) runs beside the decoder thread, not on it
+    spans = [s for s in await asyncio.to_thread(segment, mono, audio.sample_rate) if s.seconds >= MIN_SECONDS]
+    cut = time.perf_counter()
+    parts: list[tuple[Span, Decoded]] = []
+    step = max(1, batcher.limits.max_batch)
+    for start in range(0, len(spans), step):
+        group = spans[start:start + step]
+        pieces = [replace(audio, waveform=audio.waveform[s.samples(audio.sample_rate)], seconds=s.seconds)
+                  for s in group]
+        parts += zip(group, await asyncio.gather(*(batcher.submit(model, p, gone) for p in pieces)))
+    return Decodes(parts, True, cut - started, time.perf_counter() - cut)
