@@ -181,10 +181,7 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
         if name not in models:
             raise ApiError(404, f"unknown model '{name}'; this server has {list(models)}")
         audio = read_upload(data, limits)
-        queued = time.perf_counter()
-        decodes = await decode(batcher, name, audio, request.is_disconnected)
-        for _, decoded in decodes.parts:
-            metrics.translated(name, decoded.translation.seconds, decoded.queue_seconds, time.perf_counter() - queued)
+        decodes = await decode(batcher, name, audio, request.is_disconnected, metrics)
         return {
             "model": name,
             "translation": decodes.text,

@@ -70,10 +70,7 @@ async def _answer(request: Request, task: str, models: dict[str, Runner], batche
     if task == "transcribe" and not models[name].bundle.is_multidecoder:
         raise ApiError(404, f"model '{name}' has no ASR decoder to transcribe with (a multi-decoder model has)")
     audio = read_upload(data, limits)
-    queued = time.perf_counter()
-    decodes = await decode(batcher, name, audio, request.is_disconnected)
-    for _, decoded in decodes.parts:
-        metrics.translated(name, decoded.translation.seconds, decoded.queue_seconds, time.perf_counter() - queued)
+    decodes = await decode(batcher, name, audio, request.is_disconnected, metrics)
     return _response(_as_long_form(decodes, audio.seconds), task, fmt, language(models[name], task))
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from runner.longform import MIN_SECONDS
 from runner.segment import SegmentOptions, Span, segment
 from runner.serve.batching import Batcher, Decoded
+from runner.serve.metrics import ServeMetrics
 from runner.serve.upload import Audio
 
 SEGMENT_SECONDS = SegmentOptions().max_seconds  # longer uploads are segmented
@@ -53,16 +54,27 @@ class Decodes:
                  "transcript": d.translation.source_text} for i, (span, d) in enumerate(self.parts)]
 
 
-async def decode(batcher: Batcher, model: str, audio: Audio, gone: Callable[[], Awaitable[bool]]) -> Decodes:
-    """Decode `audio` for `model`: whole when it is one segment long, else cut by VAD and decoded by segments.
+async def decode(batcher: Batcher, model: str, audio: Audio, gone: Callable[[], Awaitable[bool]],
+                 metrics: ServeMetrics | None = None) -> Decodes:
+    """Decode `audio` for `model`: whole when it is one segment long, else cut by VAD and decoded by segments;
+    each decode is recorded in `metrics`.
 
     Raises:
         ApiError: as `Batcher.submit` does (queue full 503, client gone 400, a segment's own refusal).
     """
     started = time.perf_counter()
     if audio.seconds <= SEGMENT_SECONDS:
-        decoded = await batcher.submit(model, audio, gone)
-        return Decodes([(Span(0.0, audio.seconds), decoded)], False, 0.0, time.perf_counter() - started)
+        decodes = Decodes([(Span(0.0, audio.seconds), await batcher.submit(model, audio, gone))], False, 0.0,
+                          time.perf_counter() - started)
+    else:
+        decodes = await _by_segments(batcher, model, audio, gone)
+    for _, decoded in decodes.parts if metrics is not None else ():
+        metrics.translated(model, decoded.translation.seconds, decoded.queue_seconds, time.perf_counter() - started)
+    return decodes
+
+
+async def _by_segments(batcher: Batcher, model: str, audio: Audio, gone: Callable[[], Awaitable[bool]]) -> Decodes:
+    started = time.perf_counter()
     mono = audio.waveform.mean(axis=1)
     # the VAD (ONNX Runtime, one thread) runs beside the decoder thread, not on it
     spans = [s for s in await asyncio.to_thread(segment, mono, audio.sample_rate) if s.seconds >= MIN_SECONDS]
