@@ -124,3 +124,34 @@ def test_page_asks_for_the_api_key_once(tmp_path: Path, served_utterances: dict[
             assert page.inner_text("#translation") == utterance.translation
         browser.close()
     assert prompts == ["This server needs an API key:"]
+
+
+def test_page_shows_a_long_recordings_segments_and_offers_subtitles(page, tmp_path: Path) -> None:
+    """25 s of a demo talk: the server cuts it by VAD; its segments appear with their times, SRT/WebVTT download."""
+    import numpy as np
+    import pysubs2
+    import soundfile
+    from playwright.sync_api import expect
+
+    from runner import defaults
+
+    talk = sorted((defaults.data_path() / "en-de/data/tst-HE/wav").iterdir())[0]
+    samples, rate = soundfile.read(str(talk), dtype="float32")
+    recording = tmp_path / "talk.wav"
+    soundfile.write(str(recording), np.asarray(samples[:25 * rate]), rate, subtype="PCM_16")
+    page.select_option("#model", "fp32")
+    page.set_input_files("#file", str(recording))
+    page.click("#translate")
+    expect(page.locator("#status")).to_contain_text("done in", timeout=120_000)
+    rows = page.locator("#segments tbody tr")
+    assert rows.count() >= 3
+    texts = [rows.nth(i).locator("td").nth(2).inner_text() for i in range(rows.count())]
+    assert page.inner_text("#translation") == " ".join(t for t in texts if t)
+    assert "segmentation (VAD)" in page.inner_text("#latency")
+    with page.expect_download() as download:
+        page.click("#download-srt")
+    subtitles = pysubs2.load(download.value.path(), format_="srt")
+    assert [e.plaintext for e in subtitles] == texts
+    assert [round(e.start / 1000, 2) for e in subtitles] == [float(rows.nth(i).locator("td").nth(0).inner_text())
+                                                             for i in range(rows.count())]
+    page.screenshot(path=str(SCREENSHOTS / "serve-page-long.png"), full_page=True)

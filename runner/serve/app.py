@@ -1,6 +1,7 @@
 """`runner serve`: an HTTP API and a web page over loaded `Runner`s.
 
-Routes: `POST /translate` (audio over one segment's length is cut by VAD), the OpenAI audio API
+Routes: `POST /translate` (audio over one segment's length is cut by VAD), `POST /translate/stream` (the same,
+as NDJSON: each segment as it is decoded, then the result with SRT and WebVTT), the OpenAI audio API
 (`runner.serve.openai_api`: `/v1/audio/translations`, `/v1/audio/transcriptions`, `/v1/models`), `GET /health` (liveness: the process answers), `GET /ready`
 (readiness: every model warmed up and the decoder queue not full), `GET /info`, `GET /metrics`
 (Prometheus text) and the web page at `/`. Decoding goes through one `Batcher`: one batch at a
@@ -11,6 +12,7 @@ time across all models, requests for one model arriving within `max_wait_ms` dec
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 
 from runner import defaults
 from runner.decode import DecodeOptions
@@ -34,7 +36,7 @@ from runner.serve.batching import Batcher, decoder_thread
 from runner.serve.metrics import CONTENT_TYPE, ServeMetrics
 from runner.serve.security import Security
 from runner.serve.openai_api import add_routes
-from runner.serve.segments import Decodes, decode
+from runner.serve.segments import Decodes, decode, segment_json
 from runner.serve.upload import ApiError, DeclaredSizeLimit, ServeLimits, error_body, read_body, read_upload
 
 logger = logging.getLogger("runner.serve")
@@ -173,25 +175,46 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
                 "auth": "bearer API key" if api_key else "none",
                 "environment": environment}
 
-    @app.post("/translate")
-    async def translate(request: Request, model: str | None = None) -> dict[str, Any]:
-        """Body: the audio file itself, or multipart form data with a `file` field (and optional `model`)."""
+    async def upload(request: Request, model: str | None) -> tuple[str, Any]:
         data, form = await read_body(request, limits.max_upload_bytes, limits.body_seconds)
         name = model or form.get("model") or next(iter(models))
         if name not in models:
             raise ApiError(404, f"unknown model '{name}'; this server has {list(models)}")
-        audio = read_upload(data, limits)
-        decodes = await decode(batcher, name, audio, request.is_disconnected, metrics)
-        return {
-            "model": name,
-            "translation": decodes.text,
-            "transcript": decodes.transcript,
-            "segments": decodes.segments(),
-            "latency": latency(decodes),
-            "audio": {"seconds": audio.seconds, "sample_rate": audio.sample_rate,
-                      "channels": int(audio.waveform.shape[1]), "format": audio.format},
-            "config": configs[name],
-        }
+        return name, read_upload(data, limits)
+
+    def answer(name: str, audio: Any, decodes: Decodes) -> dict[str, Any]:
+        return {"model": name, "translation": decodes.text, "transcript": decodes.transcript,
+                "segments": decodes.segments(), "latency": latency(decodes),
+                "audio": {"seconds": audio.seconds, "sample_rate": audio.sample_rate,
+                          "channels": int(audio.waveform.shape[1]), "format": audio.format},
+                "config": configs[name]}
+
+    @app.post("/translate")
+    async def translate(request: Request, model: str | None = None) -> dict[str, Any]:
+        """Body: the audio file itself, or multipart form data with a `file` field (and optional `model`)."""
+        name, audio = await upload(request, model)
+        return answer(name, audio, await decode(batcher, name, audio, request.is_disconnected, metrics))
+
+    @app.post("/translate/stream")
+    async def translate_stream(request: Request, model: str | None = None) -> StreamingResponse:
+        """As /translate, answered as NDJSON: a `segment` line per segment as it is decoded, then a `result` line
+        (/translate's answer with the whole recording's `srt` and `vtt`), or an `error` line."""
+        name, audio = await upload(request, model)
+        ready: asyncio.Queue = asyncio.Queue()
+
+        async def run() -> Decodes:
+            try:
+                return await decode(batcher, name, audio, request.is_disconnected, metrics, ready.put_nowait)
+            finally:
+                ready.put_nowait(None)
+
+        task = asyncio.create_task(run())
+        first = await ready.get()  # a request refused before its first segment is decoded gets its 4xx, not a stream
+        if first is None:
+            await task
+        return StreamingResponse(_stream(task, first, ready, lambda decodes: {
+            **answer(name, audio, decodes), "srt": decodes.long_form(audio.seconds).subtitles("srt"),
+            "vtt": decodes.long_form(audio.seconds).subtitles("vtt")}), media_type="application/x-ndjson")
 
     add_routes(app, models, batcher, limits, metrics)
     guarded = Security(DeclaredSizeLimit(app, limits.max_upload_bytes), api_key, cors_origins, allowed_hosts)
@@ -210,6 +233,27 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
 
     counted.fastapi = app  # type: ignore[attr-defined]
     return counted
+
+
+async def _stream(task: asyncio.Task, first: Any, ready: asyncio.Queue, result: Any) -> AsyncIterator[str]:
+    """The NDJSON lines of a streamed translation: its segments as they are ready (`first`, then the queue's), then
+    its result or error."""
+    count = 0
+    parts = first
+    try:
+        while parts is not None:
+            for span, decoded in parts:
+                yield json.dumps({"event": "segment", **segment_json(count, span, decoded)}, ensure_ascii=False) + "\n"
+                count += 1
+            parts = await ready.get()
+        try:
+            decodes = await task
+        except ApiError as error:
+            yield json.dumps({"event": "error", "status": error.status, "error": error.message}) + "\n"
+            return
+        yield json.dumps({"event": "result", **result(decodes)}, ensure_ascii=False) + "\n"
+    finally:
+        task.cancel()  # the client left mid-stream: its remaining segments are not waited for
 
 
 def latency(decodes: Decodes) -> dict[str, Any]:

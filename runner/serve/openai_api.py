@@ -26,12 +26,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from runner.longform import LongForm, Segment
+from runner.longform import LongForm
 from runner.runner import Runner
-from runner.segment import SegmentOptions
 from runner.serve.batching import Batcher
 from runner.serve.metrics import ServeMetrics
-from runner.serve.segments import Decodes, decode
+from runner.serve.segments import decode
 from runner.serve.upload import ApiError, ServeLimits, read_body, read_upload
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
@@ -71,7 +70,7 @@ async def _answer(request: Request, task: str, models: dict[str, Runner], batche
         raise ApiError(404, f"model '{name}' has no ASR decoder to transcribe with (a multi-decoder model has)")
     audio = read_upload(data, limits)
     decodes = await decode(batcher, name, audio, request.is_disconnected, metrics)
-    return _response(_as_long_form(decodes, audio.seconds), task, fmt, language(models[name], task))
+    return _response(decodes.long_form(audio.seconds), task, fmt, language(models[name], task))
 
 
 def language(runner: Runner, task: str) -> str:
@@ -81,12 +80,6 @@ def language(runner: Runner, task: str) -> str:
     found = re.search(r"[_.-]([a-z]{2,3})(?:[_.-]|$)", Path(str(getattr(
         args, "src_bpemodel" if task == "transcribe" else "bpemodel", None) or "")).stem + ".")
     return found.group(1) if found else "unknown"
-
-
-def _as_long_form(decodes: Decodes, duration: float) -> LongForm:
-    segments = [Segment(i, round(span.start, 3), round(span.end, 3), d.translation.text, d.translation.source_text)
-                for i, (span, d) in enumerate(decodes.parts)]
-    return LongForm(segments, duration, SegmentOptions(), decodes.segment_seconds, decodes.seconds)
 
 
 def _response(result: LongForm, task: str, fmt: str, lang: str) -> Response:

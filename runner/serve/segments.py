@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from runner.longform import MIN_SECONDS
+from runner.longform import MIN_SECONDS, LongForm
+from runner.longform import Segment as LongSegment
 from runner.segment import SegmentOptions, Span, segment
 from runner.serve.batching import Batcher, Decoded
 from runner.serve.metrics import ServeMetrics
@@ -50,14 +51,28 @@ class Decodes:
 
     def segments(self) -> list[dict[str, Any]]:
         """Each segment: id, start, end (seconds), translation and transcript."""
-        return [{"id": i, "start": round(span.start, 3), "end": round(span.end, 3), "text": d.translation.text,
-                 "transcript": d.translation.source_text} for i, (span, d) in enumerate(self.parts)]
+        return [segment_json(i, span, d) for i, (span, d) in enumerate(self.parts)]
+
+    def long_form(self, duration: float) -> LongForm:
+        """The request as `Runner.translate_long` gives a recording (for its subtitles)."""
+        return LongForm([LongSegment(i, round(span.start, 3), round(span.end, 3), d.translation.text,
+                                     d.translation.source_text) for i, (span, d) in enumerate(self.parts)],
+                        duration, SegmentOptions(), self.segment_seconds, self.seconds)
+
+
+def segment_json(index: int, span: Span, decoded: Decoded) -> dict[str, Any]:
+    """One decoded segment as the API answers it: id, start, end (seconds), translation and transcript."""
+    return {"id": index, "start": round(span.start, 3), "end": round(span.end, 3), "text": decoded.translation.text,
+            "transcript": decoded.translation.source_text}
+
+
+Parts = list[tuple[Span, Decoded]]
 
 
 async def decode(batcher: Batcher, model: str, audio: Audio, gone: Callable[[], Awaitable[bool]],
-                 metrics: ServeMetrics | None = None) -> Decodes:
+                 metrics: ServeMetrics | None = None, on_parts: Callable[[Parts], None] | None = None) -> Decodes:
     """Decode `audio` for `model`: whole when it is one segment long, else cut by VAD and decoded by segments;
-    each decode is recorded in `metrics`.
+    each decode is recorded in `metrics`, and each batch of decoded parts passed to `on_parts` as it is ready.
 
     Raises:
         ApiError: as `Batcher.submit` does (queue full 503, client gone 400, a segment's own refusal).
@@ -66,24 +81,30 @@ async def decode(batcher: Batcher, model: str, audio: Audio, gone: Callable[[], 
     if audio.seconds <= SEGMENT_SECONDS:
         decodes = Decodes([(Span(0.0, audio.seconds), await batcher.submit(model, audio, gone))], False, 0.0,
                           time.perf_counter() - started)
+        if on_parts is not None:
+            on_parts(decodes.parts)
     else:
-        decodes = await _by_segments(batcher, model, audio, gone)
+        decodes = await _by_segments(batcher, model, audio, gone, on_parts)
     for _, decoded in decodes.parts if metrics is not None else ():
         metrics.translated(model, decoded.translation.seconds, decoded.queue_seconds, time.perf_counter() - started)
     return decodes
 
 
-async def _by_segments(batcher: Batcher, model: str, audio: Audio, gone: Callable[[], Awaitable[bool]]) -> Decodes:
+async def _by_segments(batcher: Batcher, model: str, audio: Audio, gone: Callable[[], Awaitable[bool]],
+                       on_parts: Callable[[Parts], None] | None) -> Decodes:
     started = time.perf_counter()
     mono = audio.waveform.mean(axis=1)
     # the VAD (ONNX Runtime, one thread) runs beside the decoder thread, not on it
     spans = [s for s in await asyncio.to_thread(segment, mono, audio.sample_rate) if s.seconds >= MIN_SECONDS]
     cut = time.perf_counter()
-    parts: list[tuple[Span, Decoded]] = []
+    parts: Parts = []
     step = max(1, batcher.limits.max_batch)
     for start in range(0, len(spans), step):
         group = spans[start:start + step]
         pieces = [replace(audio, waveform=audio.waveform[s.samples(audio.sample_rate)], seconds=s.seconds)
                   for s in group]
-        parts += zip(group, await asyncio.gather(*(batcher.submit(model, p, gone) for p in pieces)))
+        done = list(zip(group, await asyncio.gather(*(batcher.submit(model, p, gone) for p in pieces))))
+        parts += done
+        if on_parts is not None:
+            on_parts(done)
     return Decodes(parts, True, cut - started, time.perf_counter() - cut)
