@@ -128,7 +128,7 @@ def server_pass(model: Path | None, soak: int, work: Path) -> dict[str, Any]:
             mixed = _post_all(url, [*valid, *crafted.values(), *valid])
         crafted_results = dict(zip(crafted, mixed[len(valid):len(valid) + len(crafted)]))
         valid_results = mixed[:len(valid)] + mixed[len(valid) + len(crafted):]
-        long_noise = _wav(np.random.default_rng(1).normal(scale=0.1, size=16000 * 30).astype(np.float32))
+        long_noise = _wav(np.random.default_rng(1).normal(scale=0.1, size=16000 * 19).astype(np.float32))  # under 20 s: decoded whole, not cut by VAD
         with PeakMemory(pid) as client_peak:
             clients = client_pass(url, long_noise, valid[0])
         soak_before = rss(pid)

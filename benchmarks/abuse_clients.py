@@ -90,7 +90,7 @@ def half_body_then_gone(url: str) -> Row:
 
 
 def vanishing_clients(url: str, long_body: bytes, short_body: bytes, count: int = 3) -> Row:
-    """`count` requests whose clients give up (after 0.5 s) while a long decode (30 s of noise) holds the decoder."""
+    """`count` requests whose clients give up (after 0.5 s) while a long decode (19 s of noise, under the 20 s the server decodes whole) holds the decoder."""
     before = httpx.get(f"{url}/health", timeout=30).json()["queue"]["dropped_disconnected"]
     started = time.perf_counter()
     busy = threading.Thread(target=lambda: httpx.post(f"{url}/translate", content=long_body, timeout=300))
