@@ -89,12 +89,16 @@ def half_body_then_gone(url: str) -> Row:
     return "half a body, then the client leaves", "-", time.perf_counter() - started, f"/health then {health}"
 
 
-def vanishing_clients(url: str, long_body: bytes, short_body: bytes, count: int = 3) -> Row:
-    """`count` requests whose clients give up (after 0.5 s) while a long decode (19 s of noise, under the 20 s the server decodes whole) holds the decoder."""
+def vanishing_clients(url: str, long_body: bytes, short_body: bytes, count: int = 3, holders: int = 8) -> Row:
+    """`count` requests whose clients give up (after 0.5 s) while `holders` long decodes (19 s of noise each, under
+    the 20 s the server decodes whole) hold the decoder: two batches at the harness's --max-batch 4, about 2.5 s
+    on the lean engine, so the leavers are still queued when they go."""
     before = httpx.get(f"{url}/health", timeout=30).json()["queue"]["dropped_disconnected"]
     started = time.perf_counter()
-    busy = threading.Thread(target=lambda: httpx.post(f"{url}/translate", content=long_body, timeout=300))
-    busy.start()
+    busy = [threading.Thread(target=lambda: httpx.post(f"{url}/translate", content=long_body, timeout=300))
+            for _ in range(holders)]
+    for thread in busy:
+        thread.start()
     time.sleep(0.3)
 
     def give_up() -> None:
@@ -106,7 +110,7 @@ def vanishing_clients(url: str, long_body: bytes, short_body: bytes, count: int 
     leavers = [threading.Thread(target=give_up) for _ in range(count)]
     for thread in leavers:
         thread.start()
-    for thread in [*leavers, busy]:
+    for thread in [*leavers, *busy]:
         thread.join()
     time.sleep(0.5)
     dropped = httpx.get(f"{url}/health", timeout=30).json()["queue"]["dropped_disconnected"] - before
