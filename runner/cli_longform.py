@@ -83,6 +83,6 @@ def translate_talks(runner: Any, options: SegmentOptions, out: Optional[Path], e
 
 
 def _bar(unit: str = "batch") -> Any:
-    from tqdm import tqdm
+    from runner.runner import _bar as bar  # the runner's own progress bar (stderr, left behind by nothing)
 
-    return lambda items: tqdm(items, desc="translate", unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+    return bar("translate", unit)
