@@ -39,8 +39,11 @@ SCHEMES = {"fp32": [], "dynamic-int8": ["dynamic-int8"],
            "static-int8 (decoder, histogram)": [{"name": "static-int8", **CALIBRATION}]}
 
 
-def agreement(utterances: int, threads: int) -> list[tuple[str, str, float, float, float]]:
-    """(model, scheme, identical share, chrF vs fp32, seconds per utterance) for both models."""
+def agreement(utterances: int, threads: int, schemes: list[str] | None = None) -> list[tuple[str, str, float, float,
+                                                                                             float]]:
+    """(model, scheme, identical share, chrF vs fp32, seconds per utterance) for both models; `schemes`: which
+    of `SCHEMES` (default all; fp32 always, first)."""
+    chosen = {name: SCHEMES[name] for name in ["fp32", *(s for s in schemes or SCHEMES if s != "fp32")]}
     config = yaml.safe_load(CONFIG.read_text())
     built = load(build_model(config), decode_options(config))
     planted = built.copy()
@@ -49,7 +52,7 @@ def agreement(utterances: int, threads: int) -> list[tuple[str, str, float, floa
     rows = []
     for name, bundle in (("seed scale", built), ("seed scale, outliers planted", planted)):
         reference: list[str] = []
-        for scheme, plugins in SCHEMES.items():
+        for scheme, plugins in chosen.items():
             runner = Runner.from_bundle(bundle, threads=threads, plugins=plugins, search="lean")
             started = time.perf_counter()
             texts = [runner.translate(u.waveform, built.sample_rate).text for u in test.utterances]
@@ -85,8 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--utterances", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--doc", type=Path, default=DOC)
+    parser.add_argument("--schemes", default=",".join(SCHEMES), help=f"comma-separated, of: {', '.join(SCHEMES)}")
     args = parser.parse_args(argv)
-    rows = agreement(args.utterances, args.threads)
+    unknown = sorted(set(args.schemes.split(",")) - set(SCHEMES))
+    if unknown:
+        parser.error(f"--schemes: unknown {', '.join(unknown)}; choose from {', '.join(SCHEMES)}")
+    rows = agreement(args.utterances, args.threads, args.schemes.split(","))
     command = ("python -m benchmarks.quantization_seed " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     text = render(rows, command)
     args.doc.write_text(text, encoding="utf-8")

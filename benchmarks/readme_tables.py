@@ -32,11 +32,6 @@ from runner.defaults import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
 PAGES = (README, *sorted((REPO_ROOT / "docs").glob("*.md")))  # where published tables live
-# How far a quantized or bf16 figure may move on a CPU kind other than the one it was measured on
-# (issue #30: on an AMD EPYC, int8 and bf16 BLEU moved by up to 0.31 from the Xeon's; fp32 by nothing).
-ACROSS_KINDS = {"BLEU": 0.5, "chrF": 0.5, "source WER": 0.5, "ΔBLEU": 0.5}
-
-
 @dataclass
 class Table:
     """One Markdown table: its file, the text since the previous table or heading, header, rows, first row's line."""
@@ -85,23 +80,26 @@ def _number(cell: str) -> float | None:
     return float(match.group()) if match else None
 
 
-def stale_cell(name: str, published: str, fresh: str, exact: bool) -> str | None:
-    """Why a published cell does not hold against a fresh run's (None when it holds).
+def stale_cell(name: str, published: str, fresh: str) -> str | None:
+    """Why a published cell does not hold against a fresh run's (None when it holds): they must be equal.
 
-    Args:
-        name: the column; published: the cell as published; fresh: the fresh run's figure, formatted alike.
-        exact: whether the cell must be equal (measured on this CPU kind, or a float row, or a column
-            that no CPU kind changes, such as size); otherwise `ACROSS_KINDS` bounds how far it may move.
+    Only cells that can be equal are compared: every cell on the CPU kind its table names, and float rows
+    (and columns no CPU kind changes, such as size) on any kind. A quantized or bf16 figure is a
+    measurement on one kind (one sentence translated differently moves BLEU on 100 sentences by about 0.5),
+    so on another kind it is printed beside the fresh one (`differences`), never bounded by a tolerance.
     """
-    if published == fresh:
-        return None
-    column = "ΔBLEU" if name.startswith("ΔBLEU") else name
-    if exact or column not in ACROSS_KINDS:
-        return f"published {published}, fresh {fresh}"
-    before, now = _number(published), _number(fresh)
-    if before is None or now is None or abs(before - now) > ACROSS_KINDS[column] + 1e-9:
-        return f"published {published}, fresh {fresh} (more than {ACROSS_KINDS[column]} apart across CPU kinds)"
-    return None
+    return None if published == fresh else f"published {published}, fresh {fresh}"
+
+
+def float_command(command: str) -> bool:
+    """Whether a table row's command runs the model in float32 (no number-format plugin), so that its figures
+    are the same on every CPU kind."""
+    return "--quant" not in shlex.split(command)
+
+
+def comparable(table: Table, float_row: bool, here: str) -> bool:
+    """Whether a row of `table` is compared cell by cell on a machine of kind `here`."""
+    return float_row or measured_kind(table) == here
 
 
 def command_tables(paths: tuple[Path, ...] = PAGES) -> list[Table]:

@@ -140,6 +140,8 @@ def register(app: typer.Typer, fail: Callable[..., NoReturn]) -> None:
         observer: str = typer.Option("histogram", help="static-int8's activation observer"),
         parts: Optional[list[str]] = typer.Option(None, help=PARTS_HELP),
         threads: int = typer.Option(2, help="Intra-op threads"),
+        search: Optional[str] = typer.Option(None, help="Search engine the trials decode on (lean: faster) [default: espnet]"),
+        batch_size: int = typer.Option(1, help="Utterances per beam search in the trials (needs an engine that batches: --search lean)"),
         out: Path = typer.Option(Path("plan.yaml"), help="The plan (a run config); trials.jsonl goes beside it"),
     ) -> None:
         """Keep the fewest, most sensitive Linears in float so dev BLEU stays within --max-bleu-drop of fp32."""
@@ -164,11 +166,11 @@ def register(app: typer.Typer, fail: Callable[..., NoReturn]) -> None:
             plugin_options = ({"observer": observer, "parts": chosen} if quant == "static-int8" else
                               {} if set(chosen) == set(MODEL_PARTS) else {"parts": chosen})
             options = TuneOptions(quant, max_bleu_drop, smoothquant, threads, calibration=calibrating_options,
-                                  plugin_options=plugin_options)
+                                  plugin_options=plugin_options, search=search, batch_size=batch_size)
             plan = run_tune(bundle, rest, calibrating, options, trials, root,
                             progress=lambda line: typer.echo(f"note: {line}", err=True))
             conditions = {"data": str(root), "utterances": len(rest.utterances), "threads": threads, "cpu": cpu_kind(),
-                          "warmup": 1}
+                          "warmup": 1, **({"search": search, "batch": batch_size} if search or batch_size > 1 else {})}
             write_plan(plan, out, str(model) if model else None, conditions)
         except KeyboardInterrupt:
             fail(f"interrupted; the trials measured so far are in {trials / 'trials.jsonl'}", 130)

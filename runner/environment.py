@@ -103,8 +103,10 @@ def cpu_kind(model: str | None = None, flags: list[str] | None = None) -> str:
         model: a CPU model name (default: this machine's); flags: its flags (default: this machine's).
 
     Returns:
-        `<vendor>-<isa>`, e.g. `intel-amx`; the vendor is `intel`, `amd` or the machine's architecture.
+        `<vendor>-<isa>`, e.g. `intel-amx`; the vendor is `intel`, `amd` or the machine's architecture. For this
+        machine with its libraries capped by `ISA_SWITCHES`, `-capped-<caps>` follows.
     """
+    here = model is None and flags is None
     if model is None or flags is None:
         here_model, here_flags = cpu_model()
         model, flags = model if model is not None else here_model, flags if flags is not None else here_flags
@@ -112,7 +114,25 @@ def cpu_kind(model: str | None = None, flags: list[str] | None = None) -> str:
     vendor = "intel" if "intel" in lowered else "amd" if ("amd" in lowered or "epyc" in lowered) else platform.machine()
     present = set(flags)
     isa = next((name for name, needed in _ISA_LEVELS if present & set(needed)), "base")
-    return f"{vendor}-{isa}"
+    capped = isa_caps() if here else None
+    return f"{vendor}-{isa}" + (f"-capped-{capped}" if capped else "")
+
+
+# The switches that make torch's CPU libraries use fewer instructions than the CPU has (to reproduce
+# another kind's kernels). ONNX Runtime's MLAS has none: it dispatches on cpuid alone.
+ISA_SWITCHES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "FBGEMM_ENABLE_INSTRUCTIONS")
+
+
+def isa_caps() -> str | None:
+    """The instruction-set caps set in this process's environment (`ISA_SWITCHES`), as one word, or None.
+
+    A capped machine is not the kind its flags say and not quite the kind it imitates (ONNX Runtime still uses
+    every instruction), so `cpu_kind` names it apart, e.g. `amd-avx512-bf16-capped-avx2`: no published table
+    names such a kind, and its quantized figures are compared with none.
+    """
+    values = sorted({os.environ[name].strip().lower().replace("_", "-") for name in ISA_SWITCHES
+                     if os.environ.get(name, "").strip()})
+    return "+".join(values) or None
 
 
 def cpu_description() -> str:

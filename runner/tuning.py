@@ -86,10 +86,12 @@ def quant_plugins(scheme: str, float_modules: Sequence[str], smoothquant: bool,
 
 def measure(bundle: ModelBundle, preloaded: PreloadedSet, options: EvaluateOptions, plugins: list[dict[str, Any]],
             threads: int, reference: list[str] | None, calibration_data: str | Path | None,
-            float_modules: Sequence[str] = ()) -> tuple[Trial, list[str]]:
-    """Decode `preloaded` with `plugins` over a copy of `bundle`; the trial and its translations."""
+            float_modules: Sequence[str] = (), search: str | None = None) -> tuple[Trial, list[str]]:
+    """Decode `preloaded` with `plugins` over a copy of `bundle` (on the `search` engine, default the
+    bundle's); the trial and its translations."""
     started = time.perf_counter()
-    runner = Runner.from_bundle(bundle, threads=threads, plugins=plugins, calibration_data=calibration_data)
+    runner = Runner.from_bundle(bundle, threads=threads, plugins=plugins, calibration_data=calibration_data,
+                                **({"search": search} if search else {}))
     report = runner.evaluate_preloaded(preloaded, options)
     texts = [u["hypothesis"] for u in report.utterances]
     changed = (sum(a != b for a, b in zip(texts, reference)) / len(texts)) if reference else 0.0
@@ -145,6 +147,8 @@ class TuneOptions:
         ranking_utterances: calibration utterances the sensitivity ranking decodes.
         calibration: calibration_data/_split/_size of the plugins that calibrate.
         plugin_options: extra options of the int8 plugin (e.g. observer, parts).
+        search: the search engine every trial decodes on (default: the model's, ESPnet's search).
+        batch_size: utterances per beam search in the trials (an engine that batches, e.g. lean).
     """
 
     scheme: str
@@ -154,6 +158,8 @@ class TuneOptions:
     ranking_utterances: int = 8
     calibration: dict[str, Any] = field(default_factory=dict)
     plugin_options: dict[str, Any] = field(default_factory=dict)
+    search: str | None = None
+    batch_size: int = 1
 
     def plugins(self, float_modules: Sequence[str], smoothquant: bool) -> list[dict[str, Any]]:
         """The plan's plugin entries with `float_modules` left in float."""
@@ -167,14 +173,15 @@ class _Trials:
                  calibration_data: str | Path, progress: Callable[[str], None]) -> None:
         self.bundle, self.preloaded, self.options = bundle, preloaded, options
         self.calibration_data, self.progress = calibration_data, progress
-        self.evaluate = EvaluateOptions(data=str(preloaded.test_set.path), split=preloaded.test_set.split, warmup=1)
+        self.evaluate = EvaluateOptions(data=str(preloaded.test_set.path), split=preloaded.test_set.split, warmup=1,
+                                        batch_size=options.batch_size)
         self.log = TrialLog(out)
         self.done: list[Trial] = []
         self.reference: list[str] | None = None  # fp32's translations
 
     def run(self, label: str, plugins: list[dict[str, Any]], float_modules: Sequence[str] = ()) -> Trial:
         trial, texts = measure(self.bundle, self.preloaded, self.evaluate, plugins, self.options.threads,
-                               self.reference, self.calibration_data, float_modules)
+                               self.reference, self.calibration_data, float_modules, self.options.search)
         if self.reference is None:
             self.reference = texts
         self.done.append(trial)

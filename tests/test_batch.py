@@ -17,6 +17,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from conftest import Decodes
 from runner import defaults
 from runner.pipeline import translate_batch
 from runner.cli import app
@@ -82,19 +83,21 @@ def test_a_batch_gives_each_utterance_what_it_gets_alone(shapes: dict[str, Path]
                     assert torch.equal(got["asr_hs"], expected["asr_hs"]), label
 
 
-def test_batched_evaluation_keeps_every_demo_translation(tmp_path: Path) -> None:
-    """On the demo test set, fp32 and dynamic int8: batch 8 gives batch 1's 100 translations and transcripts."""
-    for scheme in ("none", "dynamic-int8"):
-        runner = Runner(threads=2, plugins=[] if scheme == "none" else [scheme], search="lean")
-        one, eight = runner.evaluate(batch_size=1), runner.evaluate(batch_size=8)
-        assert [u["hypothesis"] for u in eight.utterances] == [u["hypothesis"] for u in one.utterances], scheme
-        assert [u["source_hypothesis"] for u in eight.utterances] == [u["source_hypothesis"] for u in one.utterances]
-        assert eight.bleu.score == one.bleu.score
-        assert eight.conditions.batch_size == 8 and one.conditions.batch_size == 1
-        speed = eight.metrics.throughput
-        assert speed.batch_size == 8 and speed.batches == 13  # 99 timed utterances after the warm-up batch
-        assert speed.utterances_per_second == pytest.approx(99 / speed.wall_seconds)
-        assert [u["batch_size"] for u in eight.utterances[:3]] == [1, 8, 8]
+@pytest.mark.slow
+def test_batched_evaluation_keeps_every_demo_translation(decodes: Decodes) -> None:
+    """On the demo test set, fp32 and dynamic int8: batch 8 gives batch 1's 100 translations and transcripts (the
+    session's one decode of each command; tests/demo/test_published_figures.py reads the same ones)."""
+    for quant in ("", " --quant dynamic-int8"):
+        one = decodes.report(f"runner translate --search lean{quant}")
+        eight = decodes.report(f"runner translate --search lean --batch-size 8{quant}")
+        for field in ("hypothesis", "source_hypothesis"):
+            assert [u[field] for u in eight["utterances"]] == [u[field] for u in one["utterances"]], (quant, field)
+        assert eight["metrics"]["bleu"]["score"] == one["metrics"]["bleu"]["score"]
+        assert eight["conditions"]["batch_size"] == 8 and one["conditions"]["batch_size"] == 1
+        speed = eight["metrics"]["throughput"]
+        assert speed["batch_size"] == 8 and speed["batches"] == 13  # 99 timed utterances after the warm-up batch
+        assert speed["utterances_per_second"] == pytest.approx(99 / speed["wall_seconds"])
+        assert [u["batch_size"] for u in eight["utterances"][:3]] == [1, 8, 8]
 
 
 def _row_by_row(alone: Any, batched: Any, in_features: int, rows: int, batch_rows: int) -> bool:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from benchmarks import seed_scale
+
+pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
 
 
 def test_benchmark_runs_on_two_utterances(tmp_path: Path) -> None:
@@ -22,22 +26,23 @@ def test_benchmark_runs_on_two_utterances(tmp_path: Path) -> None:
 
 def test_the_seed_scale_quantization_page_holds(tmp_path: Path) -> None:
     """docs/quantization-seed-scale.md regenerated with its own command (8 utterances): every agreement cell equal
-    on the CPU kind it names; elsewhere the fp32 rows equal and the int8 rows measured (kernels round differently)."""
+    on the CPU kind it names; elsewhere the fp32 rows equal and dynamic int8 measured (kernels round differently;
+    the other int8 rows are that kind's measurement and are not decoded here)."""
     from benchmarks import quantization_seed
     from benchmarks.readme_tables import measured_kind, tables
     from runner.environment import cpu_kind
 
+    published_table = next(t for t in tables(quantization_seed.DOC) if t.header[:2] == ["model", "scheme"])
+    exact = measured_kind(published_table) == cpu_kind()
     doc = tmp_path / "q.md"
-    assert quantization_seed.main(["--doc", str(doc)]) == 0
+    assert quantization_seed.main(["--doc", str(doc)] + ([] if exact else ["--schemes", "fp32,dynamic-int8"])) == 0
 
     def rows(path: Path) -> dict[tuple[str, str], list[str]]:
         table = next(t for t in tables(path) if t.header[:2] == ["model", "scheme"])
         return {(row[0], row[1]): row[2:4] for row in table.rows}
 
-    published_table = next(t for t in tables(quantization_seed.DOC) if t.header[:2] == ["model", "scheme"])
     published, fresh = rows(quantization_seed.DOC), rows(doc)
-    assert set(fresh) == set(published) and len(fresh) == 8
-    exact = measured_kind(published_table) == cpu_kind()
+    assert len(published) == 8 and set(fresh) <= set(published) and len(fresh) == (8 if exact else 4)
     assert "cpu kind `" + cpu_kind() + "`" in doc.read_text()
     for key, cells in fresh.items():
         if exact or key[1] == "fp32":

@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import Utterance
+
+pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY_PAGE = ROOT / "docs" / "library.md"

@@ -22,6 +22,8 @@ from runner.runner import Runner
 from runner.serve.batching import decode_batch
 from runner.serve.upload import ApiError, Audio
 
+pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
+
 
 def wav(samples: np.ndarray, rate: int = 16000, subtype: str = "PCM_16", claimed_rate: int | None = None) -> bytes:
     buffer = io.BytesIO()

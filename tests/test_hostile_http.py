@@ -132,6 +132,7 @@ def test_a_trickling_body_gets_408_within_the_body_deadline(server: str) -> None
         assert b"upload not complete within 3 s" in received
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_server_with_an_upload_stalled_mid_body(tiny_exp: Path, tmp_path: Path) -> None:
     processes: list[subprocess.Popen] = []
     with live_server(tmp_path / "serve.log", "--model", str(tiny_exp), "--threads", "1", "--shutdown-seconds", "2",

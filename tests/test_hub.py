@@ -46,6 +46,7 @@ def _runner_cli(cache: Path, *args: str) -> subprocess.CompletedProcess:
                           timeout=600, check=False)
 
 
+@pytest.mark.slow
 def test_a_cached_hub_model_loads_by_name_offline(hub_cache: Path, recipe_exp: Path, shared_corpus: Path,
                                                   tmp_path: Path) -> None:
     out = tmp_path / "report.json"

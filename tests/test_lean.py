@@ -138,6 +138,7 @@ def espnet_call(bundle: Any, waveform: np.ndarray) -> Any:
     return speech2text(waveform)
 
 
+@pytest.mark.slow
 def test_espnet_engine_equals_espnets_own_call(shapes: dict[str, Path], waveforms: list[np.ndarray]) -> None:
     """The default engine (ESPnet's search through the engine protocol) gives `Speech2Text.__call__`'s n-best
     exactly, scores and all, on every shape."""

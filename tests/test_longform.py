@@ -27,6 +27,8 @@ from runner.iwslt import evaluate_talks, realign
 from runner.runner import Runner
 from runner.segment import SegmentOptions, segment
 
+pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
+
 CLI = CliRunner()
 SPLIT = defaults.data_path() / "en-de/data/tst-HE"
 

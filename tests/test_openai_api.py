@@ -21,6 +21,8 @@ from benchmarks.live_server import live_server
 from runner import defaults
 from runner.runner import Runner
 
+pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
+
 KEY = "test-key"
 
 

@@ -17,6 +17,8 @@ import pytest
 from runner import defaults
 from runner.runner import Runner
 
+pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
+
 LIMIT = 3
 REPO_ROOT = defaults.REPO_ROOT
 

@@ -77,6 +77,7 @@ def test_random_subset_is_reproducible(tiny_runner: Runner, shared_corpus: Path)
     assert a.indices == b.indices and len(a.indices) == 3 and a.content_hash == b.content_hash
 
 
+@pytest.mark.slow
 def test_fp32_translations_equal_espnet_st_inference(tiny_exp: Path, shared_corpus: Path, tmp_path: Path) -> None:
     """The runner is a measuring instrument: same model, same options, same words as ESPnet's CLI."""
     options = DecodeOptions(beam_size=3, asr_beam_size=3)

@@ -136,6 +136,7 @@ def test_twenty_concurrent_requests_get_their_own_answers(
     assert waits[-1] > waits[0]  # they queued: decoded one at a time, not side by side
 
 
+@pytest.mark.slow
 def test_full_queue_answers_503_and_recovers(tmp_path: Path,
                                              served_utterances: dict[str, list[Utterance]]) -> None:
     utterance = served_utterances["fp32"][0]

@@ -19,6 +19,8 @@ from starlette.testclient import TestClient
 from conftest import Utterance, live_server
 from runner.serve import ServeLimits, create_app, load_models
 
+pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
+
 
 def wav_bytes(samples: np.ndarray, rate: int = 16000) -> bytes:
     buffer = io.BytesIO()

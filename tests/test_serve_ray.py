@@ -13,6 +13,8 @@ import soundfile
 
 from conftest import Utterance, live_server
 
+pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
+
 pytest.importorskip("ray.serve")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from conftest import write_corpus
 from runner import defaults
 from runner.model import load
 from runner.plugin import MODEL_PARTS
+from runner.environment import cpu_kind
 from runner.runner import Runner
 from runner.smoothing import norm_groups, plant_outliers
 
@@ -63,23 +63,28 @@ def outlier_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _page() -> tuple[dict[tuple[str, str], list[str]], bool]:
     """docs/quantization.md's table rows by (model, scheme), and whether it was measured on this CPU kind."""
-    from benchmarks.readme_tables import measured_kind, tables
-    from runner.environment import cpu_kind
+    from benchmarks.readme_tables import tables
 
     table = next(t for t in tables(QUANTIZATION_PAGE) if t.header[:2] == ["model", "scheme"])
-    return {(row[0], row[1]): row for row in table.rows}, measured_kind(table) == cpu_kind()
+    return {(row[0], row[1]): row for row in table.rows}, _page_kind() == cpu_kind()
 
 
-def test_the_quantization_page_holds_and_its_targets_are_met(outlier_copy: Path) -> None:
-    """docs/quantization.md's outlier rows and its tuned plans (docs/plans/) against a fresh decode of tst-COMMON
-    (exact on the CPU kind it names, quantized rows within the cross-kind tolerance elsewhere): fp32 unchanged by
-    the outliers, int8 collapses, smoothquant + dynamic int8 within 2 BLEU of fp32, the tuned plans within 1 BLEU
-    of fp32 at most 0.45x its size. (The plans tuned without smoothquant, rows of the page for comparison, are not
-    decoded again here: CI's time budget.)"""
+@pytest.mark.slow
+def test_the_quantization_page_holds_and_its_targets_are_met(outlier_copy: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/quantization.md's outlier rows and its tuned plans (docs/plans/) against a fresh decode of tst-COMMON,
+    and the page's targets: fp32 unchanged by the outliers, int8 collapses, smoothquant + dynamic int8 keeps BLEU
+    within 2 of fp32, the tuned plans within 1 at most 0.45x its size (each a paired bootstrap interval reaching
+    the margin). On the CPU kind the page names, every row is decoded as the page decoded it (ESPnet's search,
+    batch 1) and compared exactly; on another kind the fp32 row is, and the quantized rows are a measurement of
+    this kind's: decoded on the lean engine in batches (fast, every utterance what it gets alone), printed beside
+    the published figures and held to the targets only. (The plans tuned without smoothquant, comparison rows of
+    the page, are not decoded again here: CI's time budget.)"""
     import yaml
 
     from benchmarks.quantization import ALL_PARTS, TUNES, plan_label, plan_path
     from benchmarks.readme_tables import stale_cell
+    from runner.metrics.paired import paired_difference
 
     published, exact = _page()
     schemes = {"fp32": [], "dynamic-int8": ["dynamic-int8"],
@@ -88,31 +93,53 @@ def test_the_quantization_page_holds_and_its_targets_are_met(outlier_copy: Path)
     for quant, smoothquant in TUNES[:2]:  # the default ladder's plans; the plain-fallback ones are the page's alone
         plugins = yaml.safe_load(plan_path("outliers", quant, smoothquant).read_text())["plugins"]
         schemes[plan_label(quant, smoothquant, plugins)] = plugins
-    fresh, sizes, stale = {}, {}, []
+    fresh, stale, said = {}, [], []
     for label, plugins in schemes.items():
-        runner = Runner(outlier_copy, threads=2, plugins=plugins, calibration_data=defaults.data_path())
-        report = runner.evaluate()
-        fresh[label], sizes[label] = report.bleu.score, report.metrics.size_mb
+        search, batch = ("espnet", 1) if exact or not plugins else ("lean", 8)
+        fresh[label] = Runner(outlier_copy, threads=2, plugins=plugins, calibration_data=defaults.data_path(),
+                              search=search).evaluate(batch_size=batch)
         row = published.get(("outliers", label))
-        why = ("no such row" if row is None else
-               stale_cell("BLEU", row[2], f"{fresh[label]:.2f}", exact or not plugins)
-               or stale_cell("size MB", row[4], f"{sizes[label]:.2f}", True))
-        if why:
-            stale.append(f"{label}: {why}")
+        bleu, size = f"{fresh[label].bleu.score:.2f}", f"{fresh[label].metrics.size_mb:.2f}"
+        if row is None:
+            stale.append(f"{label}: no such row")
+        elif exact or not plugins:
+            stale += [f"{label}: {why}" for why in (stale_cell("BLEU", row[2], bleu), stale_cell("size MB", row[4], size))
+                      if why]
+        else:
+            said.append(f"  {label}: BLEU {row[2]} published ({_page_kind()}), {bleu} here (lean, batch 8)")
+            stale += [f"{label}: {why}" for why in [stale_cell("size MB", row[4], size)] if why]
+    if said:
+        with capsys.disabled():
+            print(f"\ndocs/quantization.md: measured on cpu kind {_page_kind()}, this is {cpu_kind()}: fp32 "
+                  "compared, the quantized rows measured here:\n" + "\n".join(said))
     assert not stale, "docs/quantization.md is stale (python -m benchmarks.quantization):\n" + "\n".join(stale)
     original = float(published[("embedded", "fp32")][2])
-    assert abs(fresh["fp32"] - original) <= 0.1  # the outliers leave the float model's translations alone
-    assert fresh["dynamic-int8"] < original - 20 and fresh["static-int8 (histogram)"] < original - 20
-    assert fresh["smoothquant + dynamic-int8"] >= original - 2
+    assert abs(fresh["fp32"].bleu.score - original) <= 0.1  # the outliers leave the float model's translations alone
+    for collapsed in ("dynamic-int8", "static-int8 (histogram)"):
+        assert fresh[collapsed].bleu.score < original - 20, collapsed
+
+    def keeps(label: str, margin: float) -> bool:
+        difference = paired_difference(fresh["fp32"].hypotheses(), fresh[label].hypotheses(),
+                                       fresh["fp32"].references())
+        return difference.holds(margin)
+
+    assert keeps("smoothquant + dynamic-int8", 2.0)
     for quant, smoothquant in TUNES[:2]:  # the plans `runner tune` gives by default
         label = next(k for k in schemes if k.startswith(f"tuned {quant} plan ("))
-        assert fresh[label] >= fresh["fp32"] - 1.0 and sizes[label] <= 0.45 * sizes["fp32"], label
+        assert keeps(label, 1.0) and fresh[label].metrics.size_mb <= 0.45 * fresh["fp32"].metrics.size_mb, label
 
 
+def _page_kind() -> str | None:
+    from benchmarks.readme_tables import measured_kind, tables
+
+    return measured_kind(next(t for t in tables(QUANTIZATION_PAGE) if t.header[:2] == ["model", "scheme"]))
+
+
+@pytest.mark.slow
 def test_runner_tune_writes_the_published_plans(outlier_copy: Path, tmp_path: Path) -> None:
     """`runner tune --quant dynamic-int8`, run as the page ran it, writes docs/plans/'s default-ladder plan again (on
-    the CPU kind the page names; elsewhere int8 may rank or round differently, and the plan is only checked to hold
-    the budget). The static plan's tune climbs the same ladder; its plan is decoded by the test above."""
+    the CPU kind the page names; elsewhere int8 may rank or round differently, so it is skipped there: test_tune.py
+    tests the ladder and its budget on every kind). The static plan's tune climbs the same ladder; its plan is decoded by the test above."""
     import yaml
     from typer.testing import CliRunner
 
@@ -120,6 +147,9 @@ def test_runner_tune_writes_the_published_plans(outlier_copy: Path, tmp_path: Pa
     from runner.cli import app
 
     _, exact = _page()
+    if not exact:
+        pytest.skip(f"docs/plans/ were tuned on cpu kind {_page_kind()}, this is {cpu_kind()}: int8 ranks and rounds "
+                    "differently here; the tuner's ladder and budget are tested on every kind by tests/test_tune.py")
     for quant, smoothquant in TUNES[:1]:
         published = plan_path("outliers", quant, smoothquant).read_text()
         out = tmp_path / f"{quant}.yaml"
@@ -128,11 +158,7 @@ def test_runner_tune_writes_the_published_plans(outlier_copy: Path, tmp_path: Pa
         plugins = [{k: v for k, v in p.items() if k != "calibration_data"}
                    for p in yaml.safe_load(out.read_text())["plugins"]]
         dev = next(line for line in out.read_text().splitlines() if line.startswith("# dev BLEU"))
-        if exact:
-            assert plugins == yaml.safe_load(published)["plugins"] and dev in published.splitlines()
-        else:
-            fp32, plan = (float(x) for x in re.findall(r"fp32 ([\d.]+).*this plan ([\d.]+)", dev)[0])
-            assert fp32 - plan <= 1.0
+        assert plugins == yaml.safe_load(published)["plugins"] and dev in published.splitlines()
 
 
 def test_norm_groups_skip_post_norm_layers(tiny_exp: Path) -> None:

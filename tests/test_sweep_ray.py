@@ -17,6 +17,8 @@ from runner.metrics.bleu import corpus_bleu
 from runner.sweep import Sweep, SweepConfig, read_rows
 from runner.sweep.report import summary_markdown
 
+pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
+
 ray = pytest.importorskip("ray")
 
 COMMON = "threads: 1\nwarmup: 1\ndecode: {beam_size: 2, asr_beam_size: 2}\n"  # the shipped demo model and corpus

@@ -184,6 +184,7 @@ def test_static_int8_without_a_dev_split_says_it_used_the_demo_corpus(tiny_exp: 
 
 # --- errors keep their cause -----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_debug_prints_the_whole_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = tmp_path / "run.yaml"
     bad.write_text("plugins: [\n")
@@ -210,6 +211,7 @@ def test_malformed_kaldi_segments_line_is_a_one_line_error(tmp_path: Path, corpu
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_fresh_process_keeps_its_warning_filters_logging_and_environment(tiny_exp: Path,
                                                                            shared_corpus: Path) -> None:
     code = f"""

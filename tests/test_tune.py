@@ -21,7 +21,10 @@ from runner.quantize import select_engine
 from runner.sensitivity import module_sensitivity, rollup
 from runner.smoothing import plant_outliers
 
+pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
+
 CLI = CliRunner()
+FAST = ("--search", "lean", "--batch-size", "6")  # the trials on the lean engine, batched: same ladder, a third of the time
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,7 @@ def test_sensitivity_ranks_the_planted_layers_first(tiny_exp: Path, shared_corpu
 def test_tune_keeps_the_fewest_sensitive_linears_in_float(outlier_model: Path, tmp_path: Path) -> None:
     plan = tmp_path / "plan.yaml"
     result = CLI.invoke(app, ["tune", "--model", str(outlier_model), "--limit", "12", "--calibration", "4",
-                              "--threads", "2", "--no-smoothquant", "--out", str(plan)])
+                              "--threads", "2", *FAST, "--no-smoothquant", "--out", str(plan)])
     assert result.exit_code == 0, result.output
     trials = [json.loads(line) for line in (tmp_path / "plan.trials" / "trials.jsonl").read_text().splitlines()]
     fp32, all_int8, final = trials[0], trials[1], max(trials[2:], key=lambda t: (t["bleu"] >= trials[0]["bleu"] - 1,
@@ -63,6 +66,7 @@ def test_tune_keeps_the_fewest_sensitive_linears_in_float(outlier_model: Path, t
     assert config["plugins"][0]["name"] == "dynamic-int8" and 0 < len(skip) < 100
     assert skip == final["float_modules"] and final["bleu"] >= fp32["bleu"] - 1.0
     assert "kept in float" in result.output and "dev BLEU" in plan.read_text()
+    assert "search lean, batch 6" in plan.read_text()  # the conditions the trials ran under
     report = CLI.invoke(app, ["translate", "--config", str(plan), "--limit", "3", "--no-progress"])  # report on test
     assert report.exit_code == 0, report.output
 
@@ -73,7 +77,7 @@ def test_tune_smooths_before_it_falls_back_to_float(outlier_model: Path, tmp_pat
     brings every Linear of every part back within the budget, so nothing is kept in float."""
     plan = tmp_path / "plan.yaml"
     result = CLI.invoke(app, ["tune", "--model", str(outlier_model), "--quant", scheme, "--limit", "12",
-                              "--calibration", "4", "--threads", "2", "--out", str(plan)])
+                              "--calibration", "4", "--threads", "2", *FAST, "--out", str(plan)])
     assert result.exit_code == 0, result.output
     trials = [json.loads(line) for line in (tmp_path / "plan.trials" / "trials.jsonl").read_text().splitlines()]
     assert [t["label"] for t in trials] == ["fp32", "all-int8", "smoothquant + all-int8"]

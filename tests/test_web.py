@@ -11,6 +11,8 @@ import pytest
 
 from conftest import Utterance
 
+pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
+
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "results" / "screenshots"
 
 

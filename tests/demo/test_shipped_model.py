@@ -13,6 +13,7 @@ from runner.runner import Runner
 BLEU_FLOORS = {"tst-COMMON": 50.0, "tst-HE": 25.0}  # measured: 87.7 (espeak-ng), 56.7 (flite awb)
 
 
+@pytest.mark.slow
 def test_shipped_model_is_a_multidecoder_with_speech_attention() -> None:
     assert (defaults.DEMO_MODEL / "config.yaml").is_file() and (defaults.DEMO_MODEL / "valid.acc.ave.pth").is_file()
     summary = load(defaults.DEMO_MODEL).summary()
@@ -28,6 +29,7 @@ def default_runner() -> Runner:
     return runner
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", BLEU_FLOORS)
 def test_shipped_model_translates_20_committed_utterances(default_runner: Runner, split: str) -> None:
     report = default_runner.evaluate(split=split, limit=20)

@@ -34,6 +34,7 @@ def test_a_bad_init_is_one_line_before_any_work(tmp_path: Path) -> None:
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(bool(missing_engines()),
                     reason="espeak-ng, festival and flite build the corpus (apt-get install espeak-ng festival "
                            "festvox-kallpc16k festvox-us-slt-hts flite)")
