@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -192,7 +191,7 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def served_utterances(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Utterance]]:
+def served_utterances(tmp_path_factory: pytest.TempPathFactory, decodes: Decodes) -> dict[str, list[Utterance]]:
     """The first demo test utterances cut to files, with `runner translate`'s output for each scheme."""
     from runner import defaults
     from runner.audio import read_audio
@@ -207,10 +206,7 @@ def served_utterances(tmp_path_factory: pytest.TempPathFactory) -> dict[str, lis
         soundfile.write(str(paths[-1]), waveform, rate, subtype="PCM_16")
     expected = {}
     for quant in ("none", "dynamic-int8"):
-        report = root / f"{quant}.json"
-        done = run_cli("translate", "--limit", str(SERVED), "--quant", quant, "--no-progress", "--out", str(report))
-        assert done.returncode == 0, done.stderr
-        rows = json.loads(report.read_text())["utterances"]
+        rows = decodes.report(f"runner translate --limit {SERVED} --quant {quant}")["utterances"]
         expected["fp32" if quant == "none" else quant] = [
             Utterance(row["id"], path, row["hypothesis"], row["source_hypothesis"]) for row, path in zip(rows, paths)]
     return expected

@@ -89,7 +89,7 @@ def test_a_bad_request_in_a_batch_fails_alone(batching_server: str,
 
 
 def test_full_queue_answers_503_with_retry_after(tmp_path: Path, tiny_exp: Path) -> None:
-    long_audio = wav_bytes(np.random.default_rng(0).normal(0, 0.1, 16000 * 20).astype(np.float32))
+    long_audio = wav_bytes(np.random.default_rng(0).normal(0, 0.1, 16000 * 6).astype(np.float32))  # decodes for seconds: the other five arrive meanwhile
     with live_server(tmp_path / "serve.log", "--model", str(tiny_exp), "--max-queue", "1", "--threads", "1") as url:
         responses = asyncio.run(post_all(url, [long_audio] * 6))
         codes = [r.status_code for r in responses]

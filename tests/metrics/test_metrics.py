@@ -61,3 +61,31 @@ def test_latency_statistics_match_numpy() -> None:
     assert percentile([3.0], 90) == 3.0
     with pytest.raises(ValueError, match="warm-up"):
         latency_stats([], [])
+
+
+def _demo_references() -> list[str]:
+    from runner import defaults
+    from runner.data import load_test_set
+
+    return [s.reference for s in load_test_set(defaults.data_path(), "tst-COMMON").segments]
+
+
+def test_the_paired_difference_knows_its_sample() -> None:
+    """On the demo's 100 references: no change is exactly nothing; one sentence lost is about half a point and
+    within the keeps-BLEU margin; every sentence broken lies far outside it; the same call gives the same
+    interval (sacrebleu's seed)."""
+    from runner.metrics.paired import paired_difference
+
+    references = _demo_references()
+    same = paired_difference(references, references, references)
+    assert (same.delta, same.low, same.high, same.changed, same.chrf_delta) == (0.0, 0.0, 0.0, 0, 0.0)
+    one_lost = list(references)
+    one_lost[7] = " ".join(references[7].split()[:2])
+    lost = paired_difference(references, one_lost, references)
+    expected = corpus_bleu(one_lost, references).score - 100.0
+    assert lost.delta == pytest.approx(expected) and lost.changed == 1 and lost.low <= lost.delta <= lost.high
+    assert lost.holds(1.0) and lost == paired_difference(references, one_lost, references)
+    broken = paired_difference(references, [r.split()[0] for r in references], references)
+    assert broken.high < -20 and not broken.holds(1.0) and broken.changed == 100 and broken.chrf_delta < -20
+    with pytest.raises(ValueError, match="as many baseline, system and reference sentences, got 100, 99, 100"):
+        paired_difference(references, references[:99], references)
