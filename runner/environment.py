@@ -138,7 +138,7 @@ def isa_caps() -> str | None:
 def cpu_description() -> str:
     """One line naming this machine's CPU, its kind and the flags that chose its kernels."""
     model, flags = cpu_model()
-    return f"{model}, cpu kind `{cpu_kind(model, flags)}` ({', '.join(flags) or 'no AVX2'})"
+    return f"{model}, cpu kind `{cpu_kind()}` ({', '.join(flags) or 'no AVX2'})"
 
 
 LIBRARIES = ("torch", "torchaudio", "espnet", "sacrebleu", "numpy")
@@ -183,7 +183,7 @@ def manifest(threads: int | None = None, engine: str | None = None,
     return {
         **device_facts(device),
         "cpu": model,
-        "cpu_kind": cpu_kind(model, flags),
+        "cpu_kind": cpu_kind(),  # this machine's, with its instruction-set caps
         "cpu_flags": flags,
         "cores": available_cores(),
         "threads": threads if threads is not None else torch.get_num_threads(),
