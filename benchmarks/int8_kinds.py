@@ -96,7 +96,7 @@ def section(rows: list[str], command: str, threads: int) -> str:
              if caps else "no instruction-set caps")
     return "\n".join([
         f"## cpu kind `{env['cpu_kind']}`", "",
-        f"`{command}` at commit {env['runner_commit']} on the 2-core {env['cpu']} (flags "
+        f"`{command}` at commit {env['runner_commit']} on the 2-core {env['cpu']} (cpu kind `{env['cpu_kind']}`, flags "
         f"{', '.join(env['cpu_flags'])}; {where}), {threads} threads, batch 8, the 100 utterances of each demo "
         "split; calibration (static int8, smoothquant) on demo dev.", "", *HEADER, *rows, ""])
 

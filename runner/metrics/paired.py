@@ -53,6 +53,8 @@ def paired_difference(baseline: list[str], system: list[str], references: list[s
                          f"{len(baseline)}, {len(system)}, {len(references)}")
     seed = int(os.environ.get("SACREBLEU_SEED", SEED))
     metric = BLEU()
+    # sacrebleu's PairedTest gives a p-value and each system's own interval, not the difference's; these are the
+    # hooks it resamples with (per-sentence sufficient statistics, a score from their sum)
     stats = [np.array(metric._extract_corpus_statistics(hyps, [references]), dtype="float64")
              for hyps in (baseline, system)]
     indices = np.random.default_rng(seed).choice(len(references), size=(samples, len(references)), replace=True)
