@@ -88,12 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--utterances", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--doc", type=Path, default=DOC)
-    parser.add_argument("--schemes", default=",".join(SCHEMES), help=f"comma-separated, of: {', '.join(SCHEMES)}")
+    parser.add_argument("--schemes", action="append", choices=list(SCHEMES), metavar="SCHEME",
+                        help=f"a scheme to measure (repeat for more; default all): {'; '.join(SCHEMES)}")
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.schemes.split(",")) - set(SCHEMES))
-    if unknown:
-        parser.error(f"--schemes: unknown {', '.join(unknown)}; choose from {', '.join(SCHEMES)}")
-    rows = agreement(args.utterances, args.threads, args.schemes.split(","))
+    rows = agreement(args.utterances, args.threads, args.schemes)
     command = ("python -m benchmarks.quantization_seed " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     text = render(rows, command)
     args.doc.write_text(text, encoding="utf-8")
