@@ -32,6 +32,8 @@ from runner.defaults import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
 PAGES = (README, *sorted((REPO_ROOT / "docs").glob("*.md")))  # where published tables live
+
+
 @dataclass
 class Table:
     """One Markdown table: its file, the text since the previous table or heading, header, rows, first row's line."""
@@ -75,18 +77,13 @@ def measured_kind(table: Table) -> str | None:
     return found[-1] if found else None
 
 
-def _number(cell: str) -> float | None:
-    match = re.match(r"^[+-]?\d+(\.\d+)?", cell.replace(",", ""))
-    return float(match.group()) if match else None
-
-
 def stale_cell(name: str, published: str, fresh: str) -> str | None:
     """Why a published cell does not hold against a fresh run's (None when it holds): they must be equal.
 
     Only cells that can be equal are compared: every cell on the CPU kind its table names, and float rows
     (and columns no CPU kind changes, such as size) on any kind. A quantized or bf16 figure is a
     measurement on one kind (one sentence translated differently moves BLEU on 100 sentences by about 0.5),
-    so on another kind it is printed beside the fresh one (`differences`), never bounded by a tolerance.
+    so on another kind it is not compared (`comparable` says which rows are), never bounded by a tolerance.
     """
     return None if published == fresh else f"published {published}, fresh {fresh}"
 
