@@ -27,9 +27,9 @@ from benchmarks.serve_load import rss
 from runner import defaults
 from runner.data import load_test_set
 from runner.environment import manifest
-from runner.iwslt import evaluate_talks
+from runner.longform.iwslt import evaluate_talks
 from runner.runner import Runner
-from runner.segment import SegmentOptions
+from runner.longform.segment import SegmentOptions
 
 SPLITS = ("tst-COMMON", "tst-HE")
 

@@ -7,7 +7,7 @@ Trained Transformers carry a few activation channels tens of times larger than t
 embedded demo model, trained briefly on synthetic speech, does not, so int8 costs it nothing.
 This writes a copy in which `channels` seeded random output channels of every pre-norm LayerNorm
 of `--parts` are `--scale` times larger and the matching input columns of the Linears that read
-them `--scale` times smaller (`runner.smoothing.plant_outliers`): the same function in float, the
+them `--scale` times smaller (`runner.quant.smoothing.plant_outliers`): the same function in float, the
 int8 collapse of a real model. The copy is an experiment directory every runner command loads.
 With `--table`, it also decodes tst-COMMON with fp32, dynamic int8 and static int8 on the
 original and the copy and prints their BLEU.
@@ -28,7 +28,7 @@ from runner.errors import RunnerError
 from runner.model import load
 from runner.model_files import cache_dir
 from runner.plugin import MODEL_PARTS
-from runner.smoothing import plant_outliers
+from runner.quant.smoothing import plant_outliers
 
 SCALE, CHANNELS = 100.0, 4  # on the demo model: fp32 unchanged, dynamic and static int8 lose > 20 BLEU
 

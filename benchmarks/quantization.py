@@ -153,14 +153,14 @@ def sensitivity_chart(model: Path, path: Path, threads: int) -> str:
     from runner.data import load_test_set, preload
     from runner.environment import torch_settings
     from runner.model import load
-    from runner.quant_report import chart
-    from runner.quantize import select_engine
-    from runner.sensitivity import module_sensitivity, rollup
+    from runner.quant.report import chart
+    from runner.quant.parts import select_backend
+    from runner.quant.sensitivity import module_sensitivity, rollup
 
     bundle = load(model)
     utterances = preload(load_test_set(defaults.data_path(), "dev"), bundle.sample_rate, limit=8).utterances
     with torch_settings(threads):
-        select_engine("auto")
+        select_backend("auto")
         scores = module_sensitivity(bundle, utterances, "dynamic-int8")
     chart(scores[:30], path, "dynamic-int8 on the outlier model")
     worst = [g for g in rollup(scores) if g.kind == "layer"][:3]

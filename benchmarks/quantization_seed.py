@@ -7,7 +7,7 @@ The seed-scale model (configs/models/seed-scale.yaml, about 58 M parameters) has
 BLEU against references means nothing; what int8 does is measured as agreement with the same
 model's fp32 translations: the share of utterances translated identically, and corpus chrF with
 the fp32 translations as references. Measured on the model as built and on a copy with outliers
-planted (`runner.smoothing.plant_outliers`, x100 on 4 channels per LayerNorm, seed 0), each with
+planted (`runner.quant.smoothing.plant_outliers`, x100 on 4 channels per LayerNorm, seed 0), each with
 fp32, dynamic int8, smoothquant + dynamic int8 and static int8 (the decoder, histogram), on the
 lean engine (same translations as ESPnet's search, faster) and demo tst-COMMON audio. Calibration
 (smoothquant, static int8) reads 4 utterances of the demo corpus's dev split.
@@ -30,7 +30,7 @@ from runner.metrics.bleu import corpus_chrf
 from runner.model import load
 from runner.plugin import MODEL_PARTS
 from runner.runner import Runner
-from runner.smoothing import plant_outliers
+from runner.quant.smoothing import plant_outliers
 
 DOC = defaults.REPO_ROOT / "docs" / "quantization-seed-scale.md"
 CALIBRATION = {"calibration_data": str(defaults.data_path()), "calibration_size": 4}

@@ -8,14 +8,14 @@ import torch
 
 from runner.model import ModelBundle
 from runner.plugin import MODEL_PARTS, Effects, NumberFormat, Plugin
-from runner.quantize import MODULE_TYPES, check_globs, check_parts, named_targets, select_engine
+from runner.quant.parts import MODULE_TYPES, check_globs, check_parts, named_targets, select_backend
 
 
 @dataclass
 class DynamicConfig:
     parts: list[str] = field(default_factory=lambda: list(MODEL_PARTS))
     module_types: list[str] = field(default_factory=lambda: ["Linear", "LSTM", "GRU"])
-    engine: str = "auto"  # x86, fbgemm, onednn, qnnpack or auto (the best this CPU supports)
+    backend: str = "auto"  # torch.ao's quantized engine: x86, fbgemm, onednn, qnnpack or auto (the best here)
     skip: list[str] = field(default_factory=list)  # module-name globs left in float, e.g. decoder.output_layer
     only: list[str] = field(default_factory=list)  # module-name globs: quantize only these (empty: every one)
     per_channel: bool = False  # int8 only: a scale per output channel (more accurate, larger: float64+int64 per channel)
@@ -37,7 +37,7 @@ class DynamicInt8(Plugin):
     dtype = torch.qint8
 
     def apply(self, bundle: ModelBundle) -> None:
-        engine = select_engine(self.config.engine)
+        backend = select_backend(self.config.backend)
         types = tuple(MODULE_TYPES[t] for t in self.config.module_types)
         check_globs(bundle.model, self.name, skip=self.config.skip, only=self.config.only)
         names = [name for name, _ in named_targets(bundle.model, self.config.parts, types, self.config.skip,
@@ -51,5 +51,5 @@ class DynamicInt8(Plugin):
         # In place, on the model Speech2Text holds: its beam searches keep seeing the same decoders.
         torch.ao.quantization.quantize_dynamic(bundle.model, {name: qconfig for name in names}, dtype=self.dtype,
                                                inplace=True)
-        self.number_format = NumberFormat(str(self.dtype).replace("torch.", ""), engine)
+        self.number_format = NumberFormat(str(self.dtype).replace("torch.", ""), backend)
         self.details.update(modules_quantized=len(names))

@@ -25,7 +25,7 @@ import torch
 
 from runner.model import ModelBundle
 from runner.plugin import MODEL_PARTS, Effects, NumberFormat, Plugin
-from runner.quantize import part_prefixes
+from runner.quant.parts import part_prefixes
 
 # Parts kept in float32 and outside autocast: a power spectrum (up to n_fft^2) overflows float16.
 FLOAT32_PARTS = ("frontend", "normalize")

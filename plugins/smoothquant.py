@@ -4,7 +4,7 @@ Trained Transformers carry a few activation channels far larger than the rest; p
 activations then lose their resolution. SmoothQuant (Xiao et al., 2023) divides each channel j of
 the activation by s_j = max|X_j|^alpha / max|W_j|^(1-alpha) and multiplies the weights' input
 column j by it, so the product is unchanged in float and both factors quantize well. Here the
-division is folded into the LayerNorm before the Linears (`runner.smoothing`), so the float model
+division is folded into the LayerNorm before the Linears (`runner.quant.smoothing`), so the float model
 computes the same function (translations identical, scores within rounding) and an int8 plugin
 after it (`dynamic-int8`, `static-int8`) sees flattened activations. max|X_j| is measured with
 full beam searches over the calibration utterances, before any later plugin applies.
@@ -18,8 +18,8 @@ from runner.data import Utterance
 from runner.model import ModelBundle
 from runner.pipeline import translate
 from runner.plugin import MODEL_PARTS, CalibrationConfig, Plugin
-from runner.quantize import check_parts
-from runner.smoothing import ActivationMax, norm_groups, rescale, smooth_factors
+from runner.quant.parts import check_parts
+from runner.quant.smoothing import ActivationMax, norm_groups, rescale, smooth_factors
 
 
 @dataclass

@@ -25,10 +25,10 @@ from torch.ao.quantization import (
 
 from runner.data import Utterance
 from runner.model import ModelBundle
-from runner.observers import EntropyObserver, PercentileObserver
+from runner.quant.observers import EntropyObserver, PercentileObserver
 from runner.pipeline import translate
 from runner.plugin import CalibrationConfig, Effects, NumberFormat, Plugin
-from runner.quantize import check_globs, check_parts, count_types, named_targets, select_engine, set_submodule
+from runner.quant.parts import check_globs, check_parts, count_types, named_targets, select_backend, set_submodule
 
 
 @dataclass
@@ -38,7 +38,7 @@ class StaticConfig(CalibrationConfig):
     observer: Literal["minmax", "histogram", "percentile", "entropy"] = "histogram"
     percentile: float = 99.99  # observer percentile: the share of activation values kept inside the range
     per_channel: bool = True
-    engine: str = "auto"
+    backend: str = "auto"  # torch.ao's quantized engine, as dynamic-int8's
     skip: list[str] = field(default_factory=list)  # module-name globs left in float
     only: list[str] = field(default_factory=list)  # module-name globs: quantize only these (empty: every one)
 
@@ -74,7 +74,7 @@ class StaticInt8(Plugin):
         return QConfig(activation=activation, weight=weight)
 
     def apply(self, bundle: ModelBundle) -> None:
-        engine = select_engine(self.config.engine)
+        backend = select_backend(self.config.backend)
         model, qconfig = bundle.model, self.qconfig()
         check_globs(model, self.name, skip=self.config.skip, only=self.config.only)
         blocks: list[str] = []
@@ -100,7 +100,7 @@ class StaticInt8(Plugin):
             wrapped += 1
         torch.ao.quantization.prepare(model, inplace=True)
         bundle.rewire_searches()
-        self.number_format = NumberFormat("qint8", engine)
+        self.number_format = NumberFormat("qint8", backend)
         self.details.update(regions=wrapped, feed_forward_blocks=len(blocks))
 
     def calibrate(self, bundle: ModelBundle, utterances: list[Utterance]) -> None:

@@ -21,7 +21,8 @@ class RunConditions:
     Attributes:
         device: where the model ran (cpu, cuda:0).
         threads: the runner's intra-op threads.
-        quantized_engine: the torch.ao engine the plugins packed weights for ("none" for a float model).
+        int8_backend: torch.ao's quantized engine (x86, fbgemm, onednn, qnnpack) the plugins packed int8
+            weights for ("none" for a float model); not a search engine.
         search: the search engine of the beam searches ("espnet", "lean", or per search).
         hop_length: the frontend's STFT hop (None without an STFT frontend).
         dtype: the number format the last number-format plugin left ("float32" without one).
@@ -37,7 +38,7 @@ class RunConditions:
 
     device: str
     threads: int
-    quantized_engine: str
+    int8_backend: str
     search: str
     hop_length: int | None
     dtype: str
@@ -57,7 +58,7 @@ class RunConditions:
     def to_dict(self) -> dict[str, Any]:
         """The report JSON's `conditions`: the machine's fields and the run's, flat (decoding options are
         written beside it, as the report's `decode`)."""
-        return {**self.machine, "threads": self.threads, "quantized_engine": self.quantized_engine,
+        return {**self.machine, "threads": self.threads, "int8_backend": self.int8_backend,
                 "device": self.device, "warmup": self.warmup, "batch_size": self.batch_size,
                 "hop_length": self.hop_length, "search": self.search, "plugins": list(self.plugins),
                 "dtype": self.dtype, "runtime": dict(self.runtime)}
@@ -71,7 +72,7 @@ class RunConditions:
         decode = asdict(self.decode)
         runtime = f" ({', '.join(self.runtime.values())})" if self.runtime else ""
         return (f"device {self.device}, cpu {self.machine.get('cpu_kind', 'unknown')}, threads {self.threads}, "
-                f"engine {self.quantized_engine}, search {self.search}{runtime}, hop {self.hop_length}, "
+                f"int8 backend {self.int8_backend}, search {self.search}{runtime}, hop {self.hop_length}, "
                 f"dtype {self.dtype}, "
                 f"plugins {self.plugin_labels()}, warm-up {self.warmup}, batch {self.batch_size}, "
                 f"beam {decode['beam_size']}/asr {decode['asr_beam_size']}")

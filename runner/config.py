@@ -106,8 +106,9 @@ def decode_options(values: dict[str, Any] | None = None, config: str | Path | No
 FLOAT = ("none", "fp32")  # --quant values meaning "no number-format plugin"
 
 
-def compose_plugins(base: Sequence[PluginSpec] = (), *, quant: str | None = None, replace: Sequence[PluginSpec] = (),
-                    extra: Sequence[str] = (), options: dict[str, Any] | None = None) -> list[PluginSpec]:
+def compose_plugins(base: Sequence[PluginSpec] = (), *, quant: str | None = None, hop: int | None = None,
+                    replace: Sequence[PluginSpec] = (), extra: Sequence[str] = (),
+                    options: dict[str, Any] | None = None) -> list[PluginSpec]:
     """The plugin list of one run; `runner translate`, every sweep row and `runner serve` compose it here.
 
     Args:
@@ -115,8 +116,9 @@ def compose_plugins(base: Sequence[PluginSpec] = (), *, quant: str | None = None
         quant: `--quant` or a grid's `quant`: "none"/"fp32" removes every number-format plugin
             (int8, fp16, bf16, and third-party ones whose `effects` declare `number_format`);
             another name replaces them with that plugin, keeping `base`'s options for it if listed.
-        replace: specs that take the place of `base`'s plugins of the same name (`--hop N` is
-            `hop` with `hop_length: N`).
+        hop: `--hop N` or a grid's `hop`, the shorthand for the `hop` plugin with `hop_length: N`
+            (in place of `base`'s hop plugin, if it lists one).
+        replace: specs that take the place of `base`'s plugins of the same name.
         extra: `--plugin` names, added with their defaults unless `base` lists them already.
         options: a grid row's `{"<plugin>.<option>": value}`, set on plugins in the list
             (options of absent plugins are ignored).
@@ -126,7 +128,7 @@ def compose_plugins(base: Sequence[PluginSpec] = (), *, quant: str | None = None
     """
     specs = [PluginSpec(s.name, dict(s.values)) for s in base]
     specs += [PluginSpec(name) for name in dict.fromkeys(extra) if all(s.name != name for s in specs)]
-    for spec in replace:
+    for spec in [*replace, *([PluginSpec("hop", {"hop_length": hop})] if hop is not None else [])]:
         specs = [s for s in specs if s.name != spec.name] + [PluginSpec(spec.name, dict(spec.values))]
     if quant is not None:
         formats = set(number_format_plugins())

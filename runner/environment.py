@@ -1,4 +1,5 @@
-"""The conditions a figure was measured under: machine, threads, engine and versions."""
+"""The machine a figure was measured on: CPU model and kind, cores, GPU, library versions, commit (the
+manifest that `runner.conditions.RunConditions` carries), and torch's process-wide settings around a run."""
 
 from __future__ import annotations
 
@@ -49,8 +50,8 @@ def ignore_library_warnings() -> None:
 
 
 @contextlib.contextmanager
-def torch_settings(threads: int, engine: str | None = None) -> Iterator[None]:
-    """Run the block on `threads` intra-op threads and quantized `engine`; restore the caller's after.
+def torch_settings(threads: int, int8_backend: str | None = None) -> Iterator[None]:
+    """Run the block on `threads` intra-op threads and torch.ao's quantized engine `int8_backend`; restore the caller's after.
 
     torch keeps both process-wide, so a runner embedded in a host program sets them only for
     its own calls. Inter-op threads are left as they are: torch lets a process set them once.
@@ -61,8 +62,8 @@ def torch_settings(threads: int, engine: str | None = None) -> Iterator[None]:
     with warnings.catch_warnings(), root_handlers_kept():
         ignore_library_warnings()
         torch.set_num_threads(threads)
-        if engine is not None:
-            torch.backends.quantized.engine = engine
+        if int8_backend is not None:
+            torch.backends.quantized.engine = int8_backend
         try:
             yield
         finally:
@@ -168,14 +169,14 @@ def git_commit() -> str | None:
         return None
 
 
-def manifest(threads: int | None = None, engine: str | None = None,
+def manifest(threads: int | None = None, int8_backend: str | None = None,
              device: torch.device | str | None = None) -> dict[str, Any]:
     """The machine and libraries a figure was measured with.
 
     Args:
         threads: the intra-op threads the measured runner used (default: torch's current count).
-        engine: the quantized engine the measured model's plugins used; "none" for a float model.
-            Default: torch's current engine (for a manifest that describes the machine only).
+        int8_backend: torch.ao's quantized engine the measured model's plugins used; "none" for a float
+            model. Default: torch's current one (for a manifest that describes the machine only).
         device: where the measured model ran (default: the CPU). On a GPU the manifest names it,
             its memory, compute capability, and the CUDA and cuDNN versions (`runner.device.facts`).
     """
@@ -188,7 +189,7 @@ def manifest(threads: int | None = None, engine: str | None = None,
         "cores": available_cores(),
         "threads": threads if threads is not None else torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
-        "quantized_engine": engine if engine is not None else torch.backends.quantized.engine,
+        "int8_backend": int8_backend if int8_backend is not None else torch.backends.quantized.engine,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": library_versions(),

@@ -93,11 +93,11 @@ class CalibrationConfig:
 
 @dataclass(frozen=True)
 class NumberFormat:
-    """What a number-format plugin's `apply` made of the model: its dtype, and the quantized engine it packed
-    weights for (None where no torch.ao engine is involved: bf16, half precision)."""
+    """What a number-format plugin's `apply` made of the model: its dtype, and torch.ao's quantized engine it
+    packed int8 weights for (`int8_backend`; None where none is involved: bf16, half precision)."""
 
     dtype: str
-    engine: str | None = None
+    int8_backend: str | None = None
 
 
 @dataclass(frozen=True)
@@ -177,8 +177,8 @@ class Plugin:
         described: dict[str, Any] = {"name": self.name, "label": self.label(), "config": dataclasses.asdict(self.config),
                                      **self.details}
         if self.number_format is not None:
-            described.update(dtype=self.number_format.dtype, **({"engine": self.number_format.engine}
-                                                               if self.number_format.engine else {}))
+            described.update(dtype=self.number_format.dtype, **({"int8_backend": self.number_format.int8_backend}
+                                                               if self.number_format.int8_backend else {}))
         if self.calibration is not None:
             described.update({f"calibration_{k}": v for k, v in dataclasses.asdict(self.calibration).items()})
         return described

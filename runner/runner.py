@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -25,14 +24,15 @@ from runner.engines import DEFAULT as DEFAULT_ENGINE
 from runner.engines import engine_class
 from runner.environment import manifest, resolve_threads, torch_settings
 from runner.errors import RunnerError, first_line
+from runner.longform.recording import LongForm, translate_long
+from runner.longform.segment import SegmentOptions
 from runner.model import ModelBundle, load
-from runner.longform import LongForm, translate_long
 from runner.options import EvaluateOptions
 from runner.pipeline import batch_ranges, batch_ready, translate, translate_batch
 from runner.plugin import Plugin, PluginSpec, translation_contexts
 from runner.plugin_set import PluginSet
+from runner.progress import bar
 from runner.report import Report
-from runner.segment import SegmentOptions
 from runner.reporting import build_report
 from runner.staging import PluginStages, segment_key
 
@@ -42,7 +42,7 @@ logger = logging.getLogger("runner")
 class Runner:
     """A loaded model, ready to translate single waveforms or evaluate a test set.
 
-    A runner sets torch's intra-op threads and quantized engine only for its own calls and
+    A runner sets torch's intra-op threads and int8 backend (torch.ao's quantized engine) only for its own calls and
     restores the caller's settings after each (see `runner.environment.torch_settings`).
     """
 
@@ -114,21 +114,21 @@ class Runner:
         return dict(self._stages.engines)
 
     @property
-    def quantized_engine(self) -> str | None:
-        """The quantized engine this runner's plugins packed weights for; None for a float model."""
-        return next((p.number_format.engine for p in reversed(self.plugins)
-                     if p.number_format is not None and p.number_format.engine), None)
+    def int8_backend(self) -> str | None:
+        """torch.ao's quantized engine this runner's plugins packed int8 weights for; None for a float model."""
+        return next((p.number_format.int8_backend for p in reversed(self.plugins)
+                     if p.number_format is not None and p.number_format.int8_backend), None)
 
     def conditions(self, warmup: int = 1, batch_size: int = 1) -> RunConditions:
         """What this runner's figures are measured under (for an evaluation with `warmup` and `batch_size`)."""
         self._finish_plugins(None)
         formats = [p.number_format for p in self.plugins if p.number_format is not None]
         return RunConditions(
-            device=str(self.device), threads=self.threads, quantized_engine=self.quantized_engine or "none",
+            device=str(self.device), threads=self.threads, int8_backend=self.int8_backend or "none",
             search=self.bundle.search_engine, hop_length=(self.summary["frontend"] or {}).get("hop_length"),
             dtype=formats[-1].dtype if formats else "float32", plugins=tuple(p.describe() for p in self.plugins),
             calibrations=tuple((p.name, p.calibration) for p in self.plugins if p.calibration is not None),
-            decode=self.decode, machine=manifest(self.threads, self.quantized_engine or "none", self.device),
+            decode=self.decode, machine=manifest(self.threads, self.int8_backend or "none", self.device),
             warmup=warmup, batch_size=batch_size, model_hash=self.bundle.files.content_hash,
             runtime=self.bundle.engine_runtime)
 
@@ -140,7 +140,7 @@ class Runner:
 
     def _scope(self) -> contextlib.AbstractContextManager[None]:
         self._check_thread()
-        return torch_settings(self.threads, self.quantized_engine)
+        return torch_settings(self.threads, self.int8_backend)
 
     def _check_thread(self) -> None:
         """Warn once when called from another thread than the one that loaded the runner.
@@ -223,7 +223,7 @@ class Runner:
                        options: SegmentOptions = SegmentOptions(), batch_size: int = 8,
                        progress: Callable[[Iterable], Iterable] | None = None) -> LongForm:
         """Translate a recording of any length: cut by `options` (Silero VAD by default), segments decoded in
-        batches of `batch_size` where the search engine batches (see `runner.longform.translate_long`).
+        batches of `batch_size` where the search engine batches (see `runner.longform.recording.translate_long`).
 
         Returns:
             A `LongForm`: its `segments` (start, end, translation, transcript), the segmentation's and the
@@ -267,7 +267,7 @@ class Runner:
         """Read the utterances `options` select into memory at the model's rate (nothing here is timed)."""
         data = options.data if options.data is not None else defaults.data_path()
         test_set = load_test_set(data, options.split, options.text)
-        progress = _bar("preload") if options.progress else None
+        progress = bar("preload") if options.progress else None
         return preload(
             test_set,
             self.sample_rate,
@@ -327,7 +327,7 @@ class Runner:
         batches = batch_ranges(len(utterances), options.warmup, options.batch_size)
         iterator: Iterable = batches
         if options.progress:
-            iterator = _bar("decode", "batch" if options.batch_size > 1 else "utt")(batches)
+            iterator = bar("decode", "batch" if options.batch_size > 1 else "utt")(batches)
         translations: list[Translation] = []
         try:
             with PeakMemory(self.device) as peak:
@@ -381,11 +381,3 @@ def _calibration_source(evaluated: TestSet | None, split: str) -> tuple[Path, st
             pass
     return defaults.data_path(), "embedded demo corpus"
 
-
-def _bar(description: str, unit: str = "utt") -> Callable[[Iterable], Iterable]:
-    from tqdm import tqdm
-
-    def wrap(items: Iterable) -> Iterable:
-        return tqdm(items, desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
-
-    return wrap

@@ -80,6 +80,13 @@ def test_a_planted_type_checking_cycle_is_found(tmp_path: Path) -> None:
 
 
 def test_the_cli_is_a_thin_layer() -> None:
-    tree = ast.parse((REPO_ROOT / "runner" / "cli.py").read_text(encoding="utf-8"))
-    functions = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
-    assert all(len(f.body) <= 40 for f in functions), [f.name for f in functions if len(f.body) > 40]
+    """Every function of every CLI module, nested ones too (a command defined inside another function), has
+    a short body: parsing options, calling the library and printing fit in 40 statements and 50 lines."""
+    functions = {}
+    for path in sorted((REPO_ROOT / "runner" / "cli").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef):
+                functions[f"{path.name}:{node.name}"] = node
+    assert {"app.py:translate", "quant.py:tune", "export.py:export", "demo.py:demo_corpus"} <= set(functions)
+    long = [name for name, f in functions.items() if len(f.body) > 40 or f.end_lineno - f.body[0].lineno >= 50]
+    assert not long, long

@@ -21,7 +21,7 @@ def test_benchmark_runs_on_two_utterances(tmp_path: Path) -> None:
     assert set(rows) == {"fp32", "dynamic-int8", "dynamic-int8+fast"}  # the search plugins run at this scale too
     assert float(rows["dynamic-int8"][4].strip().rstrip("x")) <= 0.35  # size ratio of a Linear-dominated model
     assert rows["dynamic-int8"][5] == rows["fp32"][5]  # parameter count survives quantization
-    assert "## Environment" in text and "quantized_engine" in text
+    assert "## Environment" in text and "int8_backend" in text
 
 
 def test_the_seed_scale_quantization_page_holds(tmp_path: Path) -> None:

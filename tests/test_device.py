@@ -115,7 +115,7 @@ def test_a_plugin_must_declare_known_devices() -> None:
 
 
 def test_manifest_and_report_state_the_device(tiny_exp: Path, shared_corpus: Path) -> None:
-    fields = manifest(threads=1, engine="none", device="cpu")
+    fields = manifest(threads=1, int8_backend="none", device="cpu")
     assert {k: fields[k] for k in ("device", "gpu", "gpu_memory_bytes", "cuda", "cudnn")} == {
         "device": "cpu", "gpu": None, "gpu_memory_bytes": None, "cuda": None, "cudnn": None}
     assert facts(None)["device"] == "cpu"

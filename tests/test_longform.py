@@ -23,9 +23,9 @@ from runner.audio import resample
 from runner.cli import app
 from runner.data import load_test_set
 from runner.errors import RunnerError
-from runner.iwslt import evaluate_talks, realign
+from runner.longform.iwslt import evaluate_talks, realign
 from runner.runner import Runner
-from runner.segment import SegmentOptions, segment
+from runner.longform.segment import SegmentOptions, segment
 
 pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
 

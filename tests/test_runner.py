@@ -125,7 +125,7 @@ def test_cli_translate_writes_json_with_every_field(tiny_exp: Path, shared_corpu
     assert document["decode"]["beam_size"] == 2
     assert {"path", "content_hash", "summary"} <= set(document["model"])
     assert {"split", "n", "seed", "selection", "content_hash", "preload_memory_bytes"} <= set(document["data"])
-    assert {"threads", "warmup", "quantized_engine", "cpu", "versions", "hop_length", "plugins"} <= set(
+    assert {"threads", "warmup", "int8_backend", "cpu", "versions", "hop_length", "plugins"} <= set(
         document["conditions"])
     assert {"torch", "espnet", "torchaudio", "sacrebleu"} <= set(document["conditions"]["versions"])
     assert {"size_mb", "parameters", "bleu", "chrf", "source_wer", "latency", "stages_mean"} <= set(document["metrics"])

@@ -76,7 +76,7 @@ def test_health_and_info(server: str) -> None:
                               "max_batch": 1, "max_wait_ms": 5.0, "max_decode_seconds": None, "header_seconds": 10.0,
                               "body_seconds": 60.0, "shutdown_seconds": 30.0}
     assert info["decoding"] == "one request at a time across all models, in arrival order"
-    assert info["environment"]["threads"] >= 1 and info["environment"]["quantized_engine"]
+    assert info["environment"]["threads"] >= 1 and info["environment"]["int8_backend"]
     assert info["environment"]["device"] == "cpu" and info["environment"]["gpu"] is None
     assert {config["device"] for config in info["models"].values()} == {"cpu"}
 

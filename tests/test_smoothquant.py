@@ -13,7 +13,7 @@ from runner.model import load
 from runner.plugin import MODEL_PARTS
 from runner.environment import cpu_kind
 from runner.runner import Runner
-from runner.smoothing import norm_groups, plant_outliers
+from runner.quant.smoothing import norm_groups, plant_outliers
 
 QUANTIZATION_PAGE = defaults.REPO_ROOT / "docs" / "quantization.md"
 

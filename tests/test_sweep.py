@@ -55,7 +55,7 @@ def test_two_by_two_sweep_writes_agreeing_outputs(sweep_yaml: Path, tmp_path: Pa
     for picture in ("bleu_latency.png", "size.png"):
         assert (out / picture).read_bytes()[:8] == PNG_MAGIC
     env = json.loads((out / "env.json").read_text())
-    assert {"cpu", "cpu_flags", "threads", "versions", "quantized_engine", "runner_commit", "model_content_hash",
+    assert {"cpu", "cpu_flags", "threads", "versions", "int8_backend", "runner_commit", "model_content_hash",
             "data_content_hash"} <= set(env)
 
 

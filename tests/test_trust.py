@@ -138,7 +138,7 @@ def test_a_runner_scopes_threads_and_engine_to_its_own_calls(tiny_exp: Path, sha
     filters = list(warnings.filters)
     seen: list[tuple[int, str]] = []
     try:
-        runner = Runner(tiny_exp, threads=1, plugins=[{"name": "dynamic-int8", "engine": "qnnpack"}])
+        runner = Runner(tiny_exp, threads=1, plugins=[{"name": "dynamic-int8", "backend": "qnnpack"}])
         assert (torch.get_num_threads(), torch.backends.quantized.engine) == (2, "x86")
         runner.bundle.model.encoder.register_forward_pre_hook(
             lambda *_: seen.append((torch.get_num_threads(), torch.backends.quantized.engine)))
@@ -146,9 +146,9 @@ def test_a_runner_scopes_threads_and_engine_to_its_own_calls(tiny_exp: Path, sha
         runner.translate(np.random.default_rng(0).normal(scale=0.1, size=16000), 16000)
         assert seen == [(1, "qnnpack")] * 3
         assert (torch.get_num_threads(), torch.backends.quantized.engine) == (2, "x86")
-        assert report.conditions.quantized_engine == "qnnpack" and report.conditions.threads == 1
+        assert report.conditions.int8_backend == "qnnpack" and report.conditions.threads == 1
         assert Runner(tiny_exp, threads=1).evaluate(shared_corpus, limit=1, warmup=0).conditions \
-            .quantized_engine == "none"
+            .int8_backend == "none"
         assert warnings.filters == filters
     finally:
         torch.set_num_threads(2)

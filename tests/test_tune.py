@@ -17,9 +17,9 @@ from runner.data import load_test_set, preload
 from runner.environment import torch_settings
 from runner.model import load
 from runner.plugin import MODEL_PARTS
-from runner.quantize import select_engine
-from runner.sensitivity import module_sensitivity, rollup
-from runner.smoothing import plant_outliers
+from runner.quant.parts import select_backend
+from runner.quant.sensitivity import module_sensitivity, rollup
+from runner.quant.smoothing import plant_outliers
 
 pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
 
@@ -43,7 +43,7 @@ def test_sensitivity_ranks_the_planted_layers_first(tiny_exp: Path, shared_corpu
     assert planted and all(name.startswith("decoder.") for name in planted)
     utterances = preload(load_test_set(shared_corpus, "tst-COMMON"), 16000, limit=2).utterances
     with torch_settings(1):
-        select_engine("auto")
+        select_backend("auto")
         scores = module_sensitivity(bundle, utterances, scheme)
     readers = {n.rsplit(".", 1)[0] for n in planted}  # the layers whose norms carry the outliers
     worst = scores[:4]
@@ -153,7 +153,7 @@ def plain_st_model(path: Path) -> Path:
 
 
 def test_an_interrupted_tune_keeps_its_trials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from runner import tuning
+    from runner.quant import tuning
 
     real = tuning.measure
     calls = []
@@ -206,7 +206,7 @@ def test_sensitivity_and_smoothquant_on_models_of_other_shapes(kind: str, tiny_z
     bundle = load(model)
     utterances = preload(load_test_set(shared_corpus, "tst-COMMON"), 16000, limit=1).utterances
     with torch_settings(1):
-        select_engine("auto")
+        select_backend("auto")
         scores = module_sensitivity(bundle.copy(), utterances, "dynamic-int8")
     assert scores and {s.part for s in scores} >= {"encoder", "decoder"}
     plain = Runner(model, threads=1)

@@ -54,8 +54,8 @@ def test_page_translates_an_uploaded_utterance(page, served_utterances: dict[str
         assert "st_search" in page.inner_text("#latency")
         plugins = "none (fp32)" if model == "fp32" else model
         expect(page.locator("#conditions")).to_contain_text(f"model {model} on cpu: plugins {plugins}; hop 160")
-        engine = "none" if model == "fp32" else r"(?!none)\w+"  # int8 names the engine it packed weights for
-        assert re.search(rf"engine {engine}; .*; search steps asr \d+, st \d+; ", page.inner_text("#conditions"))
+        backend = "none" if model == "fp32" else r"(?!none)\w+"  # int8 names the backend it packed weights for
+        assert re.search(rf"int8 backend {backend}; .*; search steps asr \d+, st \d+; ", page.inner_text("#conditions"))
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / f"serve-page-{model}.png"), full_page=True)
 

@@ -29,7 +29,6 @@ from runner import defaults
 from runner.decode import DecodeOptions
 from runner.environment import manifest
 from runner.errors import RunnerError
-from runner.plugin import PluginSpec
 from runner.plugin_set import PluginSet
 from runner.runner import Runner
 from runner.serve.batching import Batcher, decoder_thread
@@ -56,7 +55,7 @@ def model_config(runner: Runner) -> dict[str, Any]:
         "model_file_bytes": summary["model_file_bytes"],
         "parameters": summary["parameters"],
         "threads": conditions.threads,
-        "quantized_engine": conditions.quantized_engine,
+        "int8_backend": conditions.int8_backend,
         "search": conditions.search,
         "runtime": dict(conditions.runtime),
         "dtype": conditions.dtype,
@@ -333,8 +332,7 @@ def scheme_sets(quants: Sequence[str], hop: int | None = None, search: str | Non
     if repeated:
         raise RunnerError(f"--quant: {repeated} given more than once")
     device_type = None if device is None else spec_type(device)
-    hops = [PluginSpec("hop", {"hop_length": hop})] if hop is not None else []
-    return {name: PluginSet.resolve(compose_plugins(quant=name, replace=hops, extra=plugins), device_type)
+    return {name: PluginSet.resolve(compose_plugins(quant=name, hop=hop, extra=plugins), device_type)
             for name in names}
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from runner.longform import LongForm
+from runner.longform.recording import LongForm
 from runner.runner import Runner
 from runner.serve.batching import Batcher
 from runner.serve.metrics import ServeMetrics

@@ -1,7 +1,7 @@
 """Long uploads: audio longer than one segment is cut by Silero VAD and its segments decoded through the batcher.
 
 Audio up to `SEGMENT_SECONDS` is decoded whole, as it always was (its translation is `Runner.translate`'s);
-longer audio is cut as `runner.segment` cuts a recording, and its segments join the decoder's queue a
+longer audio is cut as `runner.longform.segment` cuts a recording, and its segments join the decoder's queue a
 batch at a time (`max_batch` of them), so one long request neither fills the queue nor holds more than
 a segment's activations, and its segments share batches with each other.
 """
@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from runner.longform import MIN_SECONDS, LongForm
-from runner.longform import Segment as LongSegment
-from runner.segment import SegmentOptions, Span, segment
+from runner.longform.recording import MIN_SECONDS, LongForm
+from runner.longform.recording import Segment as LongSegment
+from runner.longform.segment import SegmentOptions, Span, segment
 from runner.serve.batching import Batcher, Decoded
 from runner.serve.metrics import ServeMetrics
 from runner.serve.upload import Audio

@@ -12,8 +12,9 @@ from importlib import import_module, metadata
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from runner.errors import RunnerError, error_fields, first_line
+from runner.progress import counter
 from runner.sweep.plan import RunPlan, SweepConfig
-from runner.sweep.rows import failed_row, overall_bar, row_from_reports, worker
+from runner.sweep.rows import failed_row, row_from_reports, worker
 
 if TYPE_CHECKING:
     from runner.data import PreloadedSet
@@ -73,7 +74,7 @@ class LocalExecutor(Executor):
         from runner.runner import Runner
 
         repeats = sweep.config.repeats
-        bar = overall_bar(len(todo) * repeats, sweep.progress)
+        bar = counter(len(todo) * repeats, "sweep", "run", sweep.progress)
         reports: dict[str, list[Report]] = {p.config_hash: [] for p in todo}
         runners: dict[str, Runner] = {}
         try:

@@ -73,8 +73,7 @@ class SweepConfig:
         plans: dict[str, RunPlan] = {}
         for values in itertools.product(*(self.grid[k] for k in keys)):
             point = dict(zip(keys, values))
-            hop = [PluginSpec("hop", {"hop_length": point["hop"]})] if "hop" in point else []  # the grid's shorthand
-            specs = compose_plugins(self.run.plugins.specs(), quant=point.get("quant"), replace=hop,
+            specs = compose_plugins(self.run.plugins.specs(), quant=point.get("quant"), hop=point.get("hop"),
                                     options={k: v for k, v in point.items() if "." in k})
             try:
                 plugins = PluginSet.resolve(specs, device_type=self.run.device_type)
@@ -107,7 +106,7 @@ class RunPlan:
 
     @property
     def hop(self) -> int | None:
-        return next((s.values.get("hop_length", 160) for s in self.specs if s.name == "hop"), None)
+        return next((p.config.hop_length for p in self.plugins if p.name == "hop"), None)
 
     @property
     def label(self) -> str:

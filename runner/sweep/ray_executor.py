@@ -25,9 +25,10 @@ from runner.device import spec_type
 from runner.errors import RunnerError, error_fields, first_line
 from runner.metrics.bleu import corpus_bleu, corpus_chrf
 from runner.metrics.wer import source_wer
+from runner.progress import counter
 from runner.sweep.executors import Executor, SweepRecorder
 from runner.sweep.plan import RunPlan
-from runner.sweep.rows import code_versions, failed_row, overall_bar, row_from_reports, worker
+from runner.sweep.rows import code_versions, failed_row, row_from_reports, worker
 
 ATTEMPTS = 2  # a run whose worker dies is tried once more
 
@@ -130,7 +131,7 @@ def run_on_ray(sweep: SweepRecorder, todo: list[RunPlan], base: Any, preloaded: 
         pending = {remote.remote(job): (job, 1) for job in jobs}
         parts: dict[str, list[dict[str, Any]]] = {p.config_hash: [] for p in todo}
         attempts: dict[str, int] = {p.config_hash: 1 for p in todo}
-        bar = overall_bar(len(jobs), sweep.progress)
+        bar = counter(len(jobs), "sweep", "run", sweep.progress)
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
             job, attempt = pending.pop(ref)

@@ -14,7 +14,7 @@ from runner.plugin_set import number_format_plugins
 
 CSV_COLUMNS = ("label", "status", "hop", "quant", "dtype", "size_mb", "parameters", "bleu", "bleu_delta", "p_value",
                "chrf", "source_wer", "latency_mean", "latency_std", "latency_p50", "latency_p90", "latency_p99", "rtf",
-               "cv", "repeats", "calibration_seconds", "n", "timed", "threads", "warmup", "engine", "cpu", "device",
+               "cv", "repeats", "calibration_seconds", "n", "timed", "threads", "warmup", "int8_backend", "cpu", "device",
                "gpu", "gpu_peak_memory_bytes",
                "executor", "host", "attempts", "config_hash", "reason", "error_type", "error_cause")
 

@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +94,7 @@ def row_from_reports(plan: RunPlan, reports: list[Report]) -> dict[str, Any]:
         "repeat_means": means, "cv": (statistics.stdev(means) / statistics.mean(means)) if len(means) > 1 else None,
         "stages_mean": m.stages_mean, "steps_mean": m.steps_mean, "seconds_per_step": m.seconds_per_step,
         "calibration_seconds": calibration or None, "n": middle.data["n"],
-        "timed": m.latency.count, "threads": c.threads, "warmup": c.warmup, "engine": c.quantized_engine,
+        "timed": m.latency.count, "threads": c.threads, "warmup": c.warmup, "int8_backend": c.int8_backend,
         "search": c.search, "runtime": dict(c.runtime) or None, "batch_size": c.batch_size, "device": c.device,
         "gpu": c.machine.get("gpu"), "gpu_peak_memory_bytes": m.gpu_peak_memory_bytes,
         "utterances_per_second": m.throughput.utterances_per_second if m.throughput else None,
@@ -120,8 +119,3 @@ def latest_rows(rows: list[dict[str, Any]], order: list[str]) -> list[dict[str, 
     last = {r["config_hash"]: r for r in rows}
     return [last[h] for h in order if h in last]
 
-
-def overall_bar(total: int, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="sweep", unit="run", file=sys.stderr, disable=not enabled, dynamic_ncols=True)

@@ -1,5 +1,5 @@
-"""`runner translate --audio` and `runner translate --segmenter vad`: thin paths over `runner.longform` and
-`runner.iwslt`."""
+"""`runner translate --audio` and `runner translate --segmenter vad`: thin paths over `runner.longform.recording` and
+`runner.longform.iwslt`."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import typer
 
 from runner import defaults
 from runner.errors import RunnerError
-from runner.longform import FORMATS
-from runner.segment import SegmentOptions
+from runner.longform.recording import FORMATS
+from runner.longform.segment import SegmentOptions
+from runner.progress import bar
 
 BATCH = 8  # segments per beam search of a recording, where the engine batches
 SUFFIXES = {".json": "json", ".srt": "srt", ".vtt": "vtt", ".txt": "txt"}
@@ -50,7 +51,7 @@ def translate_recording(runner: Any, audio: Path, options: SegmentOptions, out: 
     from runner.audio import read_audio
 
     waveform, rate = read_audio(audio)
-    result = runner.translate_long(waveform, rate, options, batch_size, progress=_bar() if progress else None)
+    result = runner.translate_long(waveform, rate, options, batch_size, progress=bar("translate", "batch") if progress else None)
     text = result.subtitles(fmt)
     typer.echo(f"{audio}: {result.duration:.1f} s, {len(result.segments)} segments ({options.segmenter}, "
                f"{result.segment_seconds:.2f} s), decoded in {result.decode_seconds:.2f} s, batch {result.batch_size}; "
@@ -68,21 +69,16 @@ def translate_talks(runner: Any, options: SegmentOptions, out: Optional[Path], e
                     batch_size: int) -> None:
     """Decode the data's talks whole with automatic segmentation and print their re-aligned BLEU."""
     from runner.data import load_test_set
-    from runner.iwslt import evaluate_talks
+    from runner.longform.iwslt import evaluate_talks
 
     if evaluate.limit is not None:
         raise RunnerError("--limit: whole talks are decoded with --segmenter vad or fixed; leave --limit out")
     test_set = load_test_set(evaluate.data or defaults.data_path(), evaluate.split, evaluate.text)
     score = evaluate_talks(runner, test_set, options, batch_size,
-                           progress=_bar("talks") if evaluate.progress else None)
+                           progress=bar("translate", "talks") if evaluate.progress else None)
     typer.echo(score.format())
     typer.echo(runner.conditions(warmup=0, batch_size=batch_size).line())
     if out is not None:
         out.write_text(json.dumps(score.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         typer.echo(f"wrote {out}", err=True)
 
-
-def _bar(unit: str = "batch") -> Any:
-    from runner.runner import _bar as bar  # the runner's own progress bar (stderr, left behind by nothing)
-
-    return bar("translate", unit)

@@ -1,4 +1,4 @@
-"""Shared pieces of the quantization plugins: engines, part selection, module naming."""
+"""Shared pieces of the quantization plugins: the int8 backend, part selection, module naming."""
 
 from __future__ import annotations
 
@@ -16,17 +16,17 @@ MODULE_TYPES: dict[str, type[torch.nn.Module]] = {"Linear": torch.nn.Linear, "LS
 PART_ATTRIBUTES = {"encoder": ("preencoder", "encoder"), "ctc": ("ctc", "st_ctc")}
 
 
-def select_engine(name: str) -> str:
-    """Set the quantized engine; 'auto' takes the best one this CPU's torch supports.
+def select_backend(name: str) -> str:
+    """Set torch.ao's quantized engine (the int8 backend); 'auto' takes the best one this CPU's torch supports.
 
     The runner applies plugins inside `runner.environment.torch_settings`, which restores the
-    caller's engine afterwards and sets this one again around every translation.
+    caller's backend afterwards and sets this one again around every translation.
     """
     supported = torch.backends.quantized.supported_engines
     if name == "auto":
         name = next((e for e in ENGINE_PREFERENCE if e in supported), "none")
     if name not in supported or name == "none":
-        raise RunnerError(f"quantized engine '{name}' is not supported here; supported: {supported}")
+        raise RunnerError(f"int8 backend (torch.ao quantized engine) '{name}' is not supported here; supported: {supported}")
     torch.backends.quantized.engine = name
     return name
 

@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 from runner.outputs import write_atomic
-from runner.sensitivity import GroupScore, ModuleScore
-from runner.tuning import Trial, TunePlan
+from runner.quant.sensitivity import GroupScore, ModuleScore
+from runner.quant.tuning import Trial, TunePlan
 
 
 @dataclass

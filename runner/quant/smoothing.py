@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from runner.quantize import part_prefixes
+from runner.quant.parts import part_prefixes
 
 QKV = ("self_attn.linear_q", "self_attn.linear_k", "self_attn.linear_v")
 # (norm attribute, the Linears that alone read its output) in ESPnet's Transformer encoder and

@@ -17,9 +17,9 @@ from typing import Any
 from runner.audio import read_audio
 from runner.data import TestSet
 from runner.errors import RunnerError
-from runner.longform import Translator, translate_long
+from runner.longform.recording import Translator, translate_long
 from runner.metrics.bleu import CorpusScore, corpus_bleu
-from runner.segment import SegmentOptions
+from runner.longform.segment import SegmentOptions
 
 
 @dataclass(frozen=True)

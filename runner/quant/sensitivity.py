@@ -11,7 +11,7 @@ per call, as when decoding); `static-int8` observes all the kept inputs with the
 and fake-quantizes activations per tensor and weights per output channel, as its convert does.
 This is numeric-suite style and cheap: no decode per module. `rollup` groups modules by layer and
 by model part; the BLEU effect of the worst groups is measured separately by decoding
-(`runner.tuning.bleu_effects`).
+(`runner.quant.tuning.bleu_effects`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from runner.data import Utterance
 from runner.pipeline import translate
 from runner.model import ModelBundle
 from runner.plugin import MODEL_PARTS
-from runner.quantize import PART_ATTRIBUTES, named_targets
+from runner.quant.parts import PART_ATTRIBUTES, named_targets
 
-SCHEMES = ("dynamic-int8", "static-int8")
+SCHEMES = ("dynamic-int8", "static-int8")  # the int8 plugins sensitivity and tuning quantize with
 MAX_CALLS = 256  # calls kept per module: beyond this every other kept call is dropped (and later ones thinned)
 
 

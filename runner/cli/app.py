@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
-import sys
-import traceback
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, Optional
 
 import typer
 
-from runner import cli_export, cli_longform, cli_quant, defaults
+from runner import defaults
+from runner.cli import export as cli_export
+from runner.cli import longform as cli_longform
+from runner.cli import quant as cli_quant
+from runner.cli.common import DEBUG_VARIABLE, fail, parse_overrides, set_debug, show_notes
+from runner.cli.demo import demo_app
 from runner.errors import RunnerError
-
-DEBUG_VARIABLE = "ST_RUNNER_DEBUG"
-_debug = False  # --debug, set by the app's callback
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure ESPnet speech-translation models: size, parameters, BLEU and latency.")
-demo_app = typer.Typer(no_args_is_help=True, help="Build the embedded demo corpus and model.")
 app.add_typer(demo_app, name="demo")
 
 
@@ -28,51 +25,8 @@ app.add_typer(demo_app, name="demo")
 def main(debug: bool = typer.Option(False, "--debug", envvar=DEBUG_VARIABLE,
                                     help=f"Print the full traceback of an error (or set {DEBUG_VARIABLE}=1)")) -> None:
     """Measure ESPnet speech-translation models: size, parameters, BLEU and latency."""
-    global _debug
-    _debug = debug
-    _show_notes()
-
-
-class _Stderr(logging.StreamHandler):
-    """A handler writing to whatever `sys.stderr` is when a note is logged (an app invoked twice in one
-    process, as by typer's CliRunner, gets its notes in the second invocation's stderr too)."""
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
-
-
-def _show_notes() -> None:
-    """The runner's logger prints its notes (where calibration data came from, ...) on stderr."""
-    logger = logging.getLogger("runner")
-    if not any(getattr(h, "runner_cli", False) for h in logger.handlers):
-        handler = _Stderr()
-        handler.setFormatter(logging.Formatter("note: %(message)s"))
-        handler.runner_cli = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-
-
-def fail(message: str, code: int = 2, error: BaseException | None = None) -> NoReturn:
-    """Print `error: message` (with the traceback under --debug) and exit with `code`."""
-    if error is not None and (_debug or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")):
-        traceback.print_exception(error, file=sys.stderr)
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, str]:
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            fail(f"--set expects KEY=VALUE, got {pair!r}")
-        overrides[key.strip().replace("-", "_")] = value.strip()
-    return overrides
+    set_debug(debug)
+    show_notes()
 
 
 @app.command()
@@ -147,13 +101,11 @@ def _runner(run: Any, model: Optional[Path], model_file: Optional[Path], quant: 
             search: Optional[str]) -> Any:
     """The `Runner` of a translate command: the run config with the command line's options over it."""
     from runner.config import compose_plugins
-    from runner.plugin import PluginSpec
     from runner.runner import Runner
 
     decode = run.decode.replace(parse_overrides(set_), "--set")
-    hops = [PluginSpec("hop", {"hop_length": hop})] if hop is not None else []  # --hop: the hop plugin's option
-    plugins = (compose_plugins(run.plugins.specs(), quant=quant, extra=plugin, replace=hops)
-               if quant is not None or hops or plugin else run.plugins)
+    plugins = (compose_plugins(run.plugins.specs(), quant=quant, hop=hop, extra=plugin)
+               if quant is not None or hop is not None or plugin else run.plugins)
     return Runner(str(model) if model else run.model, decode, threads=threads or run.threads, model_file=model_file,
                   plugins=plugins, calibration_data=run.data, device=device or run.device, search=search or run.search)
 
@@ -323,71 +275,6 @@ def info(
                + (f", source vocabulary {summary['src_vocab_size']}" if summary["src_vocab_size"] else ""))
 
 
-@demo_app.command("corpus")
-def demo_corpus(
-    out: Path = typer.Option(defaults.demo_output_root() / "mustc-demo", help="Where to write en-de/data/<split>"),
-    train: int = typer.Option(4000, help="Training utterances"),
-    dev: int = typer.Option(200, help="Dev utterances"),
-    test: int = typer.Option(100, help="tst-COMMON utterances"),
-    held_out: int = typer.Option(100, "--held-out", help="tst-HE utterances (held-out engine: flite)"),
-    splits: list[str] = typer.Option(["train", "dev", "tst-COMMON", "tst-HE"], "--split", help="Splits to (re)write"),
-    audio_format: str = typer.Option("flac", "--format", help="flac or wav"),
-    jobs: int = typer.Option(2, help="Talks synthesized at once (processes); the files do not depend on it"),
-) -> None:
-    """Build the synthetic English-German corpus (MuST-C layout) with espeak-ng, Festival and flite; deterministic."""
-    from runner.demo import corpus
-
-    unknown = [split for split in splits if split not in corpus.SPLITS]
-    if unknown:
-        fail(f"--split {unknown[0]}: not a demo split (choose from {', '.join(corpus.SPLITS)})")
-    try:
-        corpus.build(out, {"train": train, "dev": dev, "tst-COMMON": test, "tst-HE": held_out}, tuple(splits),
-                     audio_format, jobs)
-        manifest = corpus.write_manifest(out)
-    except RunnerError as error:
-        fail(str(error), error=error)
-    typer.echo(f"wrote {out} (checksums in {manifest})")
-
-
-@demo_app.command("train")
-def demo_train(
-    corpus: Path = typer.Option(defaults.demo_output_root() / "mustc-demo",
-                                 help="MuST-C-layout corpus with train and dev splits (runner demo corpus writes it)"),
-    work: Path = typer.Option(Path("exp/demo"), help="Scratch directory: dumps, stats, checkpoints"),
-    out: Path = typer.Option(defaults.demo_output_root() / "model", help="Where to export the experiment directory"),
-    config: Path = typer.Option(defaults.CONFIGS / "demo" / "train.yaml", help="ESPnet training config"),
-    max_epoch: Optional[int] = typer.Option(None, help="Override the config's max_epoch"),
-    src_vocab: int = typer.Option(250, help="English BPE vocabulary"),
-    tgt_vocab: int = typer.Option(300, help="German BPE vocabulary"),
-    init: Optional[Path] = typer.Option(None, help="Start from this exported model's weights and keep its BPE units "
-                                                   "(e.g. data/model with configs/demo/finetune.yaml)"),
-) -> None:
-    """Train the demo multi-decoder model with ESPnet's trainer and export it (about an hour on 2 cores)."""
-    from runner.demo.train import train
-
-    try:
-        exported = train(corpus, work, out, config, max_epoch, src_vocab, tgt_vocab, init)
-    except RunnerError as error:
-        fail(str(error), error=error)
-    typer.echo(f"exported {exported}")
-
-
-@demo_app.command("export")
-def demo_export(
-    work: Path = typer.Option(Path("exp/demo"), help="The training scratch directory"),
-    out: Path = typer.Option(defaults.demo_output_root() / "model", help="Where to export the experiment directory"),
-) -> None:
-    """Export a (possibly stopped) training run: average its kept epoch snapshots, copy what the config names."""
-    from runner.demo.train import export
-
-    try:
-        typer.echo(f"exported {export(work / 'exp', out)}")
-    except RunnerError as error:
-        fail(str(error), error=error)
-
-
-cli_quant.register(app, fail)
-cli_export.register(app, fail)
-
-if __name__ == "__main__":  # pragma: no cover - `python -m runner.cli`
-    app()
+app.command()(cli_quant.sensitivity)
+app.command()(cli_quant.tune)
+app.command()(cli_export.export)

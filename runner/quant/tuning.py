@@ -2,7 +2,7 @@
 
 `tune` measures fp32 and all-int8 on the tuning split (dev); if int8 costs more than the budget it
 tries SmoothQuant's scales first (the usual cause is activation outliers, which smoothing removes
-at no cost in size or speed), then keeps the most sensitive Linears (`runner.sensitivity` ranking)
+at no cost in size or speed), then keeps the most sensitive Linears (`runner.quant.sensitivity` ranking)
 in float, finding by bisection the fewest that bring dev BLEU within the budget, as Neural
 Compressor's accuracy-aware fallback does.
 Every trial is appended to `trials.jsonl` as it finishes, so an interrupted tune keeps what it
@@ -198,15 +198,15 @@ def _ranking(bundle: ModelBundle, calibration: PreloadedSet, options: TuneOption
     from runner.environment import torch_settings
     from runner.plugin import PluginSpec
     from runner.plugin_set import build
-    from runner.quantize import select_engine
-    from runner.sensitivity import module_sensitivity, static_observer
+    from runner.quant.parts import select_backend
+    from runner.quant.sensitivity import module_sensitivity, static_observer
 
     parts = build(PluginSpec(options.scheme, options.plugin_options)).config.parts  # what the plugin quantizes
     if smoothquant:  # smoothing moves range between activations and weights: rank what int8 will then see
         bundle = Runner.from_bundle(bundle, threads=options.threads, plugins=options.plugins((), True)[:1],
                                     calibration_data=calibration_data).bundle
-    with torch_settings(options.threads):  # restores the caller's threads and quantized engine
-        select_engine("auto")
+    with torch_settings(options.threads):  # restores the caller's threads and int8 backend
+        select_backend("auto")
         observer = static_observer(options.plugin_options) if options.scheme == "static-int8" else None
         scores = module_sensitivity(bundle, calibration.utterances[:options.ranking_utterances], options.scheme,
                                     observer, parts=parts)

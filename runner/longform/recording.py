@@ -20,7 +20,7 @@ import torch
 from runner.audio import resample, to_mono_float
 from runner.errors import RunnerError
 from runner.pipeline import batch_ready
-from runner.segment import SegmentOptions, Span, segment
+from runner.longform.segment import SegmentOptions, Span, segment
 
 FORMATS = ("json", "srt", "vtt", "txt")
 MIN_SECONDS = 0.25  # Silero VAD's shortest speech; a shorter fixed-window tail is silence or a breath
