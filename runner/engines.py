@@ -25,7 +25,6 @@ the runner reports which engine runs which search.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 
 from runner.device import clock
-from runner.entry_points import load_group
+from runner.registry import Registry
 from runner.errors import DecodeTimeoutError, RunnerError
 
 logger = logging.getLogger("runner")
@@ -259,11 +258,6 @@ class EspnetSearch(SearchEngine):
         return nbest
 
 
-@functools.cache
-def _registry() -> dict[str, type[SearchEngine]]:
-    return load_group(ENTRY_POINT_GROUP, "search engine", _check_class)
-
-
 def _check_class(name: str, where: str, engine: Any) -> None:
     problems = []
     if not (isinstance(engine, type) and issubclass(engine, SearchEngine)):
@@ -279,15 +273,16 @@ def _check_class(name: str, where: str, engine: Any) -> None:
         raise RunnerError(f"search engine '{name}' ({where}) {'; '.join(problems)}")
 
 
+REGISTRY: Registry[type[SearchEngine]] = Registry(ENTRY_POINT_GROUP, "search engine", _check_class)
+
+
 def available(refresh: bool = False) -> dict[str, type[SearchEngine]]:
     """Every engine registered under the `runner.engines` entry-point group, by name.
 
     Args:
         refresh: scan the installed distributions again (after installing an engine in-process).
     """
-    if refresh:
-        _registry.cache_clear()
-    return _registry()
+    return REGISTRY.available(refresh)
 
 
 def engine_class(name: str, where: str = "--search") -> type[SearchEngine]:
@@ -296,12 +291,7 @@ def engine_class(name: str, where: str = "--search") -> type[SearchEngine]:
     Raises:
         RunnerError: no engine of that name (the message lists the registered ones).
     """
-    registry = available()
-    if name not in registry:
-        registry = available(refresh=True)
-    if name not in registry:
-        raise RunnerError(f"{where}: unknown search engine {name!r}; available: {', '.join(registry)}")
-    return registry[name]
+    return REGISTRY.get(name, where)
 
 
 def install(bundle: Any, name: str, context: Any = None) -> dict[str, str]:

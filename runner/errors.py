@@ -9,6 +9,15 @@ class RunnerError(Exception):
     """A user-facing problem: the message names the file (or option) and what is wrong with it."""
 
 
+class OptionError(RunnerError):
+    """An option type refusing a value (`SegmentOptions`, `ServeLimits`, ...): the library names its field, so
+    the CLI can name its flag instead (`runner.cli.common.flag_error`)."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(f"{option}: {problem}")
+        self.option, self.problem = option, problem
+
+
 class DecodeTimeoutError(RunnerError):
     """A search stopped at its decoding deadline (`runner.decode.deadline`; HTTP 503 from the server)."""
 

@@ -11,22 +11,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import heapq
 import typing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from runner.entry_points import load_group
+from runner.registry import Registry
 from runner.errors import RunnerError
 from runner.options import coerce, type_name
 from runner.plugin import DEVICE_TYPES, ENTRY_POINT_GROUP, Effects, Plugin, PluginSpec
-
-
-@functools.cache
-def _registry() -> dict[str, type[Plugin]]:
-    return load_group(ENTRY_POINT_GROUP, "plugin", _check_class)
 
 
 def _check_class(name: str, where: str, plugin: Any) -> None:
@@ -50,15 +44,16 @@ def _check_class(name: str, where: str, plugin: Any) -> None:
         raise RunnerError(f"plugin '{name}' ({where}) {'; '.join(problems)}")
 
 
+REGISTRY: Registry[type[Plugin]] = Registry(ENTRY_POINT_GROUP, "plugin", _check_class)
+
+
 def available(refresh: bool = False) -> dict[str, type[Plugin]]:
     """Every plugin registered under the `runner.plugins` entry-point group, by name.
 
     Args:
         refresh: scan the installed distributions again (after installing a plugin in-process).
     """
-    if refresh:
-        _registry.cache_clear()
-    return _registry()
+    return REGISTRY.available(refresh)
 
 
 def number_format_plugins() -> tuple[str, ...]:

@@ -22,7 +22,7 @@ from runner import defaults
 from runner.audio import resample
 from runner.cli import app
 from runner.data import load_test_set
-from runner.errors import RunnerError
+from runner.errors import OptionError
 from runner.longform.iwslt import evaluate_talks, realign
 from runner.runner import Runner
 from runner.longform.segment import SegmentOptions, segment
@@ -74,7 +74,7 @@ def test_fixed_windows_and_long_speech_are_cut_at_the_limit(talk: tuple[np.ndarr
     assert windows[-1].end == pytest.approx(len(samples) / 16000)
     no_pauses = samples[np.abs(samples) > 1e-3]  # the talk with its pauses removed: speech for ~40 s
     assert all(s.seconds <= 8.0 + 0.4 for s in segment(no_pauses, 16000, SegmentOptions(max_seconds=8.0)))
-    with pytest.raises(RunnerError, match="--segmenter: unknown segmenter 'silence'"):
+    with pytest.raises(OptionError, match="segmenter: unknown segmenter 'silence'"):
         SegmentOptions("silence")
 
 

@@ -12,9 +12,9 @@ from runner import defaults
 from runner.cli import export as cli_export
 from runner.cli import longform as cli_longform
 from runner.cli import quant as cli_quant
-from runner.cli.common import DEBUG_VARIABLE, fail, parse_overrides, set_debug, show_notes
+from runner.cli.common import DEBUG_VARIABLE, fail, flag_error, parse_overrides, set_debug, show_notes
 from runner.cli.demo import demo_app
-from runner.errors import RunnerError
+from runner.errors import OptionError, RunnerError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure ESPnet speech-translation models: size, parameters, BLEU and latency.")
@@ -68,7 +68,10 @@ def translate(
                else RunConfig.from_dict({}, "options", decode_config))
         run.evaluate = run.evaluate.replace(data=data, split=split, text=text, limit=limit, sample=sample, seed=seed,
                                             warmup=warmup, batch_size=batch_size, progress=progress)
-        cut = cli_longform.segment_options(segmenter, max_segment, audio)
+        try:
+            cut = cli_longform.segment_options(segmenter, max_segment, audio)
+        except OptionError as error:
+            raise RunnerError(flag_error(error, {"max_seconds": "--max-segment"})) from error
         fmt = cli_longform.output_format(out, out_format) if audio is not None else None
         runner = _runner(run, model, model_file, quant, hop, plugin, set_, threads, device, search)
         segments_per_search = batch_size if batch_size is not None else cli_longform.BATCH
@@ -193,16 +196,15 @@ def serve(
     from runner.serve import ServeLimits, load_models
     from runner.serve import serve as run_server
 
-    if max_queue < 0 or max_mb <= 0 or max_seconds <= 0 or max_batch < 1 or max_wait_ms < 0 or replicas < 1:
-        fail("--max-queue and --max-wait-ms must be 0 or more; --max-mb, --max-seconds, --max-batch and "
-             "--replicas must be positive")
+    if replicas < 1:
+        fail(f"--replicas: must be positive, got {replicas}")
     if (address is not None or replicas != 1) and not ray:
         fail("--address and --replicas apply to --ray")
-    if (max_decode_seconds is not None and max_decode_seconds <= 0) or min(header_seconds, body_seconds) <= 0 \
-            or shutdown_seconds < 0:
-        fail("--max-decode-seconds, --header-seconds and --body-seconds must be positive, --shutdown-seconds 0 or more")
-    limits = ServeLimits(int(max_mb * 1e6), max_seconds, max_queue, max_batch, max_wait_ms, max_decode_seconds,
-                         header_seconds, body_seconds, shutdown_seconds)
+    try:
+        limits = ServeLimits(int(max_mb * 1e6) if max_mb > 0 else 0, max_seconds, max_queue, max_batch, max_wait_ms,
+                             max_decode_seconds, header_seconds, body_seconds, shutdown_seconds)
+    except OptionError as error:
+        fail(flag_error(error, {"max_upload_bytes": "--max-mb", "max_audio_seconds": "--max-seconds"}))
     try:
         decode = decode_options(parse_overrides(set_), decode_config)
         if ray:

@@ -10,6 +10,8 @@ from typing import Any, NoReturn
 
 import typer
 
+from runner.errors import OptionError
+
 DEBUG_VARIABLE = "ST_RUNNER_DEBUG"
 _debug = False  # --debug, set by the app's callback (set_debug)
 
@@ -60,3 +62,10 @@ def set_debug(debug: bool) -> None:
     """--debug: `fail` prints the traceback of the error it reports."""
     global _debug
     _debug = debug
+
+
+def flag_error(error: OptionError, flags: dict[str, str] | None = None) -> str:
+    """An option type's error with its field named as the command's flag (`flags`: field -> flag where the
+    two differ; otherwise `--field-name`)."""
+    flag = (flags or {}).get(error.option, "--" + error.option.replace("_", "-"))
+    return f"{flag}: {error.problem}"

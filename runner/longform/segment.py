@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from runner.audio import resample
-from runner.errors import RunnerError
+from runner.errors import OptionError, RunnerError
 
 SEGMENTERS = ("vad", "fixed", "yaml")
 VAD_RATE = 16000  # Silero VAD runs at 8 or 16 kHz; other rates are resampled for it alone
@@ -46,11 +46,14 @@ class SegmentOptions:
 
     def __post_init__(self) -> None:
         if self.segmenter not in SEGMENTERS:
-            raise RunnerError(f"--segmenter: unknown segmenter {self.segmenter!r}; one of {', '.join(SEGMENTERS)}")
+            raise OptionError("segmenter", f"unknown segmenter {self.segmenter!r}; one of {', '.join(SEGMENTERS)}")
         if not self.max_seconds > 1.0:
-            raise RunnerError(f"--max-segment: must be over 1 second, got {self.max_seconds}")
-        if self.min_silence_ms < 0 or self.padding_ms < 0 or not 0.0 < self.threshold < 1.0:
-            raise RunnerError("segment options: min_silence_ms and padding_ms must be >= 0, threshold in (0, 1)")
+            raise OptionError("max_seconds", f"must be over 1 second, got {self.max_seconds}")
+        for name in ("min_silence_ms", "padding_ms"):
+            if getattr(self, name) < 0:
+                raise OptionError(name, f"must be 0 or more, got {getattr(self, name)}")
+        if not 0.0 < self.threshold < 1.0:
+            raise OptionError("threshold", f"must be in (0, 1), got {self.threshold}")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
 from runner.audio import check_format, check_samples
-from runner.errors import RunnerError, first_line
+from runner.errors import OptionError, RunnerError, first_line
 
 MULTIPART_SLACK = 64 * 1024  # room for multipart framing around the file
 DRAIN_SECONDS = 30.0  # how long an oversized upload is read and discarded so its client gets the 413
@@ -57,6 +57,16 @@ class ServeLimits:
     header_seconds: float = HEADER_SECONDS
     body_seconds: float = BODY_SECONDS
     shutdown_seconds: float = SHUTDOWN_SECONDS
+
+    def __post_init__(self) -> None:
+        positive = ("max_upload_bytes", "max_audio_seconds", "max_batch", "header_seconds", "body_seconds")
+        for name in positive + ("max_decode_seconds",):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise OptionError(name, f"must be positive, got {value}")
+        for name in ("max_queue", "max_wait_ms", "shutdown_seconds"):
+            if getattr(self, name) < 0:
+                raise OptionError(name, f"must be 0 or more, got {getattr(self, name)}")
 
     @property
     def max_decoded_bytes(self) -> int:

@@ -8,11 +8,11 @@ class under the entry-point group `runner.executors` and is chosen with `--execu
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from importlib import import_module, metadata
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from runner.errors import RunnerError, error_fields, first_line
 from runner.progress import counter
+from runner.registry import Registry
 from runner.sweep.plan import RunPlan, SweepConfig
 from runner.sweep.rows import failed_row, row_from_reports, worker
 
@@ -22,8 +22,7 @@ if TYPE_CHECKING:
     from runner.options import EvaluateOptions
     from runner.runner import Runner
 
-ENTRY_POINT_GROUP = "runner.executors"
-BUILT_IN = {"local": "runner.sweep.executors:LocalExecutor", "ray": "runner.sweep.ray_executor:RayExecutor"}
+ENTRY_POINT_GROUP = "runner.executors"  # the built-in local and ray executors register here too (pyproject.toml)
 
 
 class SweepRecorder(Protocol):
@@ -102,19 +101,19 @@ class LocalExecutor(Executor):
             bar.close()
 
 
+def _check_class(name: str, where: str, executor: Any) -> None:
+    if not (isinstance(executor, type) and issubclass(executor, Executor)):
+        raise RunnerError(f"executor '{name}' ({where}) is not a runner.sweep.executors.Executor subclass")
+
+
+REGISTRY: Registry[type[Executor]] = Registry(ENTRY_POINT_GROUP, "executor", _check_class, eager=False)
+
+
 def executor_names() -> list[str]:
-    """The built-in executors and those registered under `runner.executors`."""
-    return sorted({*BUILT_IN, *(entry.name for entry in metadata.entry_points(group=ENTRY_POINT_GROUP))})
+    """The executors registered under `runner.executors` (the built-in local and ray ones among them)."""
+    return REGISTRY.names()
 
 
 def create_executor(name: str, address: str | None = None) -> Executor:
-    """The executor called `name`, or a one-line error listing the known ones."""
-    target = BUILT_IN.get(name) or next(
-        (entry.value for entry in metadata.entry_points(group=ENTRY_POINT_GROUP) if entry.name == name), None)
-    if target is None:
-        raise RunnerError(f"--executor must be one of {executor_names()}, got '{name}'")
-    module, _, attribute = target.partition(":")
-    executor = getattr(import_module(module), attribute)
-    if not (isinstance(executor, type) and issubclass(executor, Executor)):
-        raise RunnerError(f"executor '{name}' ({target}) is not a runner.sweep.executors.Executor subclass")
-    return executor(address)
+    """The executor called `name`, or a one-line error listing the registered ones."""
+    return REGISTRY.get(name, "--executor")(address)
