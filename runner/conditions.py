@@ -55,13 +55,17 @@ class RunConditions:
         """These conditions for an evaluation with `warmup` and `batch_size`."""
         return replace(self, warmup=warmup, batch_size=batch_size)
 
+    def model_dict(self) -> dict[str, Any]:
+        """What the model ran as, without the machine or the evaluation (warm-up, batch): `runner serve`'s
+        `/info` gives it per served model."""
+        return {"threads": self.threads, "int8_backend": self.int8_backend, "device": self.device,
+                "hop_length": self.hop_length, "search": self.search, "plugins": list(self.plugins),
+                "dtype": self.dtype, "runtime": dict(self.runtime)}
+
     def to_dict(self) -> dict[str, Any]:
         """The report JSON's `conditions`: the machine's fields and the run's, flat (decoding options are
         written beside it, as the report's `decode`)."""
-        return {**self.machine, "threads": self.threads, "int8_backend": self.int8_backend,
-                "device": self.device, "warmup": self.warmup, "batch_size": self.batch_size,
-                "hop_length": self.hop_length, "search": self.search, "plugins": list(self.plugins),
-                "dtype": self.dtype, "runtime": dict(self.runtime)}
+        return {**self.machine, **self.model_dict(), "warmup": self.warmup, "batch_size": self.batch_size}
 
     def plugin_labels(self) -> str:
         """The plugins as the conditions line names them ("none" without plugins)."""

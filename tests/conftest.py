@@ -95,6 +95,14 @@ def recipe_exp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return exp
 
 
+@pytest.fixture(scope="session")
+def shapes(tiny_exp: Path, recipe_exp: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Random models of several shapes (`helpers.shape_experiments`), for the exactness tests."""
+    from helpers import shape_experiments
+
+    return shape_experiments(tmp_path_factory.mktemp("shapes"), tiny_exp, recipe_exp, _discourage_eos)
+
+
 def write_corpus(root: Path, version: int = 1, split: str = "tst-COMMON") -> Path:
     """Two talks in MuST-C layout: one 16 kHz WAV, one 8 kHz FLAC; v1 or v2 YAML."""
     split_dir = root / "en-de" / "data" / split

@@ -18,6 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import Decodes
+from helpers import nbest_entries
 from runner import defaults
 from runner.pipeline import translate_batch
 from runner.cli import app
@@ -26,10 +27,7 @@ from runner.decode import DecodeOptions
 from runner.errors import AudioTooShortError, RunnerError
 from runner.model import load
 from runner.runner import Runner
-from tests.test_lean import _nbest
-from tests.test_lean import shapes as lean_shapes
 
-shapes = lean_shapes  # the random models of several shapes, as a fixture of this module too
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +41,7 @@ def _batched_entries(speech2text: Any, waveforms: list[np.ndarray]) -> list[dict
     """translate_batch's n-best lists (each search's own, as `Speech2Text.__call__` builds them)."""
     translations = translate_batch(speech2text, waveforms)
     assert all(t.batch_size == len(waveforms) for t in translations)
-    return [_nbest(translation) for translation in translations]
+    return [nbest_entries(translation) for translation in translations]
 
 
 CASES = [
@@ -70,7 +68,7 @@ def test_a_batch_gives_each_utterance_what_it_gets_alone(shapes: dict[str, Path]
     runner = Runner.from_bundle(bundle, threads=1, plugins=plugins, search="lean")
     speech2text = runner.bundle.speech2text
     with runner._scope():
-        alone = [_nbest(speech2text(w)) for w in utterances]
+        alone = [nbest_entries(speech2text(w)) for w in utterances]
         for size in (2, len(utterances)):
             batched = []
             for start in range(0, len(utterances), size):

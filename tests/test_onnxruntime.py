@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import KEEPS_BLEU_MARGIN, Decodes
+from helpers import CASES, SCORE_TOLERANCE, espnet_call, nbest_entries
 from runner import defaults
 from runner.cli import app
 from runner.data import load_test_set, preload
@@ -27,14 +28,10 @@ from runner.errors import RunnerError
 from runner.model import load
 from runner.metrics.paired import paired_difference
 from runner.runner import Runner
-from tests.test_lean import CASES, _nbest, espnet_call
-from tests.test_lean import shapes as lean_shapes
 
 pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
 
-shapes = lean_shapes  # the random models of several shapes, as a fixture of this module too
 CLI = CliRunner()
-SCORE_TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +63,8 @@ def test_onnxruntime_search_equals_espnets(shapes: dict[str, Path], waveforms: l
     flips = 0
     for index, waveform in enumerate(waveforms):
         with engine._scope():
-            expected = _nbest(espnet_call(bundle, waveform))
-        got = _nbest(engine.translate(waveform, 16000))
+            expected = nbest_entries(espnet_call(bundle, waveform))
+        got = nbest_entries(engine.translate(waveform, 16000))
         for search in ("st", "asr"):
             if search not in expected:
                 continue

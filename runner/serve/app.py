@@ -49,17 +49,10 @@ def model_config(runner: Runner) -> dict[str, Any]:
     """What a figure served by `runner` was measured under: its conditions, size and model."""
     conditions, summary = runner.conditions(), runner.summary
     return {
-        "plugins": list(conditions.plugins),
-        "hop_length": conditions.hop_length,
+        **conditions.model_dict(),
         "size_mb": summary["size_bytes"] / 1e6,
         "model_file_bytes": summary["model_file_bytes"],
         "parameters": summary["parameters"],
-        "threads": conditions.threads,
-        "int8_backend": conditions.int8_backend,
-        "search": conditions.search,
-        "runtime": dict(conditions.runtime),
-        "dtype": conditions.dtype,
-        "device": conditions.device,
         "decode": conditions.decode.speech2text_kwargs(),
         "model": str(runner.bundle.files.origin),
         "model_content_hash": conditions.model_hash,
