@@ -29,10 +29,10 @@ import httpx
 import numpy as np
 import soundfile
 
+from benchmarks.common import environment_block, rss
 from benchmarks.abuse_clients import client_pass
 from benchmarks.abuse_files import cli_pass
 from benchmarks.live_server import live_server
-from benchmarks.serve_load import rss
 from runner import defaults
 from runner.environment import manifest
 
@@ -166,7 +166,7 @@ def render(server: dict[str, Any], cli: list[tuple[str, int, str]], command: str
               "| crafted file (CLI) | exit code | last line |", "|---|---|---|"]
     lines += [f"| {what} | {code} | `{last}` |" for what, code, last in cli]
     env = manifest(2)
-    lines += ["", "## Environment", "", "```", *(f"{k}: {v}" for k, v in env.items()), "```", ""]
+    lines += ["", *environment_block(env)]
     return "\n".join(lines)
 
 

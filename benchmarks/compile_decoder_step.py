@@ -17,7 +17,9 @@ import torch
 import yaml
 
 import runner.plugins.self_kv_cache as self_kv_cache
-from benchmarks.seed_scale import CONFIG, SCHEMES, build_model, decode_options, scheme_runner
+from benchmarks.common import SEED_SCALE_CONFIG as CONFIG
+from benchmarks.common import build_model, decode_options, scheme_runner
+from benchmarks.seed_scale import SCHEMES
 from runner import defaults
 from runner.data import load_test_set, preload
 from runner.model import load

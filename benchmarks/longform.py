@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from benchmarks.common import environment_block, rss
 from benchmarks.live_server import live_server
-from benchmarks.serve_load import rss
 from runner import defaults
 from runner.data import load_test_set
 from runner.environment import manifest
@@ -131,7 +131,7 @@ def render(rows: list[str], long: object, server: dict[str, float], args: argpar
         f"| server resident set before / after / peak | {server['before'] / 1e6:.0f} / {server['after'] / 1e6:.0f} / "
         f"{server['peak'] / 1e6:.0f} MB (growth to peak {(server['peak'] - server['before']) / 1e6:.0f} MB; "
         "target < 300 MB) |", "",
-        "## Environment", "", "```", *(f"{k}: {v}" for k, v in env.items()), "```", ""])
+        *environment_block(env)])
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import Any
 
 import soundfile
 
+from benchmarks.common import environment_block
 from runner import defaults
 from runner.demo.corpus import SAMPLE_RATE, assemble_talk, split_speakers
 from runner.demo.voices import FESTIVAL_VOICE_ROOT, Voice, require, synthesize
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         heard = "yes" if name in trained else "no"  # split_speakers names voices as engine:name too
         lines.append(f"| {name} | {heard} | {scores(spoken[index * per_voice:(index + 1) * per_voice])} |")
     env = manifest(args.threads, "none", runner.device)
-    lines += ["", "## Environment", "", "```", *(f"{k}: {v}" for k, v in env.items()), "```", ""]
+    lines += ["", *environment_block(env)]
     text = "\n".join(lines)
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     args.doc.write_text(text, encoding="utf-8")

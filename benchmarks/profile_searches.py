@@ -14,7 +14,9 @@ import argparse
 import torch
 import yaml
 
-from benchmarks.seed_scale import CONFIG, SCHEMES, build_model, decode_options, scheme_runner
+from benchmarks.common import SEED_SCALE_CONFIG as CONFIG
+from benchmarks.common import build_model, decode_options, scheme_runner
+from benchmarks.seed_scale import SCHEMES
 from runner import defaults
 from runner.data import load_test_set, preload
 from runner.model import load

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import environment_block
 from runner import defaults
 from runner.environment import manifest
 from runner.plugin import MODEL_PARTS
@@ -197,8 +198,7 @@ def render(rows: list[tuple[str, str, dict[str, Any]]], worst: str, command: str
               "", "## Sensitivity of the outlier model", "",
               "`runner sensitivity --model DIR` (dynamic int8, 8 dev utterances): each Linear quantized alone, the "
               f"SQNR of its output over the real beam-search calls. Worst layers: {worst}.", "",
-              "![sensitivity](quantization-sensitivity.png)", "", "## Environment", "", "```",
-              *(f"{k}: {v}" for k, v in env.items()), "```", ""]
+              "![sensitivity](quantization-sensitivity.png)", "", *environment_block(env)]
     return "\n".join(lines)
 
 

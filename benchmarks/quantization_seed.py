@@ -22,7 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.seed_scale import CONFIG, build_model, decode_options
+from benchmarks.common import environment_block, SEED_SCALE_CONFIG as CONFIG
+from benchmarks.common import build_model, decode_options
 from runner import defaults
 from runner.data import load_test_set, preload
 from runner.environment import manifest
@@ -79,7 +80,7 @@ def render(rows: list[tuple[str, str, float, float, float]], command: str) -> st
               "rounds to one value and the search emits `<unk>` 40 times (chrF 0). A random-weight model's "
               "40-step searches also diverge at the first changed token, so identical shares stay low even where "
               "chrF shows most of the output kept."]
-    lines += ["", "## Environment", "", "```", *(f"{k}: {v}" for k, v in env.items()), "```", ""]
+    lines += ["", *environment_block(env)]
     return "\n".join(lines)
 
 

@@ -13,8 +13,6 @@ written to docs/benchmarks.md (or --doc).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import statistics
 import sys
 import time
@@ -24,16 +22,16 @@ from typing import Any
 import torch
 import yaml
 
+from benchmarks.common import (SEED_SCALE_CONFIG, Scheme, build_model, decode_options, environment_block, espnet,
+                               exported, lean, ort, scheme_runner)
 from runner import defaults
 from runner.data import load_test_set, preload
-from runner.decode import SEARCH_STAGES, STAGES, DecodeOptions
-from runner.demo.build import SPECIALS_HEAD, SPECIALS_TAIL, md_config, write_experiment
+from runner.decode import SEARCH_STAGES, STAGES
 from runner.device import PeakMemory
 from runner.device import resolve as resolve_device
 from runner.environment import manifest
 from runner.metrics.size import count_parameters
-from runner.model import cache_dir, load
-from runner.plugin_set import PluginSet
+from runner.model import load
 from runner.runner import Runner
 
 STATIC_ALL = {"name": "static-int8", "calibration_size": 4, "granularity": "block",
@@ -41,47 +39,47 @@ STATIC_ALL = {"name": "static-int8", "calibration_size": 4, "granularity": "bloc
 ONE_SEARCH_THREAD = {"name": "search-threads", "threads": 1}
 # The number-format-independent search plugins (configs/fast-search.yaml): the same decoding, less work per step.
 FAST_SEARCH: list[Any] = ["cross-kv-cache", "self-kv-cache", "ctc-prefix-scan", ONE_SEARCH_THREAD]
-SCHEMES: dict[str, list[Any]] = {
-    "fp32": [],
-    "dynamic-int8": ["dynamic-int8"],
-    "dynamic-int8-decoders": [{"name": "dynamic-int8", "parts": ["extra_asr_decoder", "decoder", "ctc"]}],
-    "dynamic-fp16": ["dynamic-fp16"],
-    "static-int8": [{"name": "static-int8", "calibration_size": 4, "granularity": "block"}],
-    "static-int8-all": [STATIC_ALL],
-    "bf16": ["bf16"],
-    "cross-kv-cache": ["cross-kv-cache"],
-    "search-threads-1": [ONE_SEARCH_THREAD],
-    "dynamic-int8+kv": ["dynamic-int8", "cross-kv-cache"],
-    "static-int8-all+kv": [STATIC_ALL, "cross-kv-cache"],
-    "dynamic-int8+kv+st1": ["dynamic-int8", "cross-kv-cache", ONE_SEARCH_THREAD],
-    "static-int8-all+kv+st1": [STATIC_ALL, "cross-kv-cache", ONE_SEARCH_THREAD],
-    "self-kv-cache": ["self-kv-cache"],
-    "ctc-prefix-scan": ["ctc-prefix-scan"],
-    "fast-search": FAST_SEARCH,
-    "dynamic-int8+fast": ["dynamic-int8", *FAST_SEARCH],
-    "static-int8+fast": [{"name": "static-int8", "calibration_size": 4, "granularity": "block"}, *FAST_SEARCH],
-    "static-int8-all+fast": [STATIC_ALL, *FAST_SEARCH],
-    "static-int8-all-noattn+fast": [{**STATIC_ALL, "skip": ["*decoder.decoders.*_attn.*"]}, *FAST_SEARCH],
-    # The lean engine (plugin `lean`, runner.lean) in place of ESPnet's search.
-    "lean": ["lean"],
-    "dynamic-int8+lean": ["dynamic-int8", "lean"],
-    "static-int8+lean": [{"name": "static-int8", "calibration_size": 4, "granularity": "block"}, "lean"],
-    "static-int8-all+lean": [STATIC_ALL, "lean"],
-    "bf16+lean": ["bf16", "lean"],
-    "dynamic-fp16+lean": ["dynamic-fp16", "lean"],
+SCHEMES: dict[str, Scheme] = {
+    "fp32": espnet(),
+    "dynamic-int8": espnet("dynamic-int8"),
+    "dynamic-int8-decoders": espnet({"name": "dynamic-int8", "parts": ["extra_asr_decoder", "decoder", "ctc"]}),
+    "dynamic-fp16": espnet("dynamic-fp16"),
+    "static-int8": espnet({"name": "static-int8", "calibration_size": 4, "granularity": "block"}),
+    "static-int8-all": espnet(STATIC_ALL),
+    "bf16": espnet("bf16"),
+    "cross-kv-cache": espnet("cross-kv-cache"),
+    "search-threads-1": espnet(ONE_SEARCH_THREAD),
+    "dynamic-int8+kv": espnet("dynamic-int8", "cross-kv-cache"),
+    "static-int8-all+kv": espnet(STATIC_ALL, "cross-kv-cache"),
+    "dynamic-int8+kv+st1": espnet("dynamic-int8", "cross-kv-cache", ONE_SEARCH_THREAD),
+    "static-int8-all+kv+st1": espnet(STATIC_ALL, "cross-kv-cache", ONE_SEARCH_THREAD),
+    "self-kv-cache": espnet("self-kv-cache"),
+    "ctc-prefix-scan": espnet("ctc-prefix-scan"),
+    "fast-search": espnet(*FAST_SEARCH),
+    "dynamic-int8+fast": espnet("dynamic-int8", *FAST_SEARCH),
+    "static-int8+fast": espnet({"name": "static-int8", "calibration_size": 4, "granularity": "block"}, *FAST_SEARCH),
+    "static-int8-all+fast": espnet(STATIC_ALL, *FAST_SEARCH),
+    "static-int8-all-noattn+fast": espnet({**STATIC_ALL, "skip": ["*decoder.decoders.*_attn.*"]}, *FAST_SEARCH),
+    # The lean engine (runner.lean) in place of ESPnet's search.
+    "lean": lean(),
+    "dynamic-int8+lean": lean("dynamic-int8"),
+    "static-int8+lean": lean({"name": "static-int8", "calibration_size": 4, "granularity": "block"}),
+    "static-int8-all+lean": lean(STATIC_ALL),
+    "bf16+lean": lean("bf16"),
+    "dynamic-fp16+lean": lean("dynamic-fp16"),
     # Small (d x d) attention projections cost more quantized (activation quantization per call) than in fp32.
-    "dynamic-int8-noattn+lean": [{"name": "dynamic-int8", "skip": ["*decoder.decoders.*_attn.*"]}, "lean"],
+    "dynamic-int8-noattn+lean": lean({"name": "dynamic-int8", "skip": ["*decoder.decoders.*_attn.*"]}),
     # Half-precision weights and activations: the GPU's number formats (they run, slowly, on this CPU too).
-    "half-fp16": ["half-fp16"],
-    "half-bf16": ["half-bf16"],
-    "half-fp16+lean": ["half-fp16", "lean"],
-    "half-bf16+lean": ["half-bf16", "lean"],
+    "half-fp16": espnet("half-fp16"),
+    "half-bf16": espnet("half-bf16"),
+    "half-fp16+lean": lean("half-fp16"),
+    "half-bf16+lean": lean("half-bf16"),
     # ONNX Runtime: the model exported (`runner export --quant Q`), searched by the onnxruntime engine.
-    "ort": [{"export": "none"}],
-    "ort-dynamic-int8": [{"export": "dynamic-int8"}],
-    "ort-static-int8": [{"export": "static-int8"}],
-    "ort-dynamic-int8+st1": [{"export": "dynamic-int8"}, ONE_SEARCH_THREAD],
-    "ort-static-int8+st1": [{"export": "static-int8"}, ONE_SEARCH_THREAD],
+    "ort": ort("none"),
+    "ort-dynamic-int8": ort("dynamic-int8"),
+    "ort-static-int8": ort("static-int8"),
+    "ort-dynamic-int8+st1": ort("dynamic-int8", ONE_SEARCH_THREAD),
+    "ort-static-int8+st1": ort("static-int8", ONE_SEARCH_THREAD),
 }
 # Earlier runs' intermediate combinations (docs/benchmarks-run3.md ...) stay runnable by name.
 SUPERSEDED = ("dynamic-int8+kv", "static-int8-all+kv", "dynamic-int8+kv+st1", "static-int8-all+kv+st1")
@@ -89,68 +87,7 @@ HALF = ("half-fp16", "half-bf16", "half-fp16+lean", "half-bf16+lean")
 # Left out of the CPU's default list: GPU formats (half-fp16 stalls for minutes on some utterances on this CPU).
 DEFAULT_SCHEMES = [name for name in SCHEMES if name not in SUPERSEDED and name not in HALF]
 ANALYSIS = "## Analysis"
-CONFIG = defaults.CONFIGS / "models" / "seed-scale.yaml"
-
-
-def build_model(config: dict[str, Any]) -> Path:
-    """The random-weight seed-scale experiment directory (built once, cached by its config)."""
-    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
-    exp = cache_dir() / "seed-scale" / key
-    if (exp / "valid.acc.ave.pth").is_file():
-        return exp
-
-    def tokens(n: int, prefix: str) -> list[str]:
-        return SPECIALS_HEAD[:2] + [f"▁{prefix}{i}" for i in range(n - 3)] + SPECIALS_TAIL
-    model_config = md_config(tokens(config["tgt_vocab"], "de"), tokens(config["src_vocab"], "en"),
-                             config["architecture"], token_type="word")
-    write_experiment(exp, model_config, seed=config["seed"])
-    state = torch.load(exp / "valid.acc.ave.pth")
-    for name in ("decoder.output_layer.bias", "extra_asr_decoder.output_layer.bias"):
-        state[name][-1] = -1e4  # <sos/eos> is never the best token: every search runs its full length
-    torch.save(state, exp / "valid.acc.ave.pth")
-    return exp
-
-
-ENGINE = "lean"  # in a scheme's entries, the search engine rather than a plugin
-
-
-def scheme_runner(bundle: Any, entries: list[Any], **options: Any) -> Runner:
-    """A runner over a copy of `bundle` for a scheme's entries: plugins, "lean" for the lean search engine, or
-    `{"export": Q}` for the model exported in number format Q and searched by the onnxruntime engine."""
-    if entries and isinstance(entries[0], dict) and "export" in entries[0]:
-        options.pop("calibration_data", None)
-        return Runner(exported(bundle, entries[0]["export"]), bundle.options, search="onnxruntime",
-                      plugins=entries[1:], **options)
-    plugins = [entry for entry in entries if entry != ENGINE]
-    return Runner.from_bundle(bundle, plugins=plugins, search=ENGINE if ENGINE in entries else "espnet", **options)
-
-
-def exported(bundle: Any, quant: str) -> Path:
-    """`bundle`'s model exported in number format `quant` (static int8 calibrated on 4 demo dev utterances),
-    written once into the cache (~/.cache/st-runner/benchmark-exports)."""
-    from runner.ort.export import ExportOptions, export
-    from runner.ort.sessions import is_current_export
-
-    target = cache_dir() / "benchmark-exports" / f"{bundle.files.content_hash}-{quant}"
-    if not is_current_export(target):
-        calibration = (preload(load_test_set(defaults.data_path(), "dev"), bundle.sample_rate, limit=4).utterances
-                       if quant == "static-int8" else [])
-        export(bundle, target, ExportOptions(quant, calibration, force=True,
-                                             source={"data": str(defaults.data_path()), "split": "dev"}))
-    return target
-
-
-def runs_on(entries: list[Any], device_type: str) -> bool:
-    """Whether every plugin of a scheme's entries runs on `device_type` (an export runs wherever ONNX Runtime does)."""
-    plugins = [entry for entry in entries if entry != ENGINE and not (isinstance(entry, dict) and "export" in entry)]
-    return PluginSet.resolve(plugins).runs_on(device_type)
-
-
-def decode_options(config: dict[str, Any]) -> DecodeOptions:
-    """Beams from the config; a negative max length ratio is ESPnet's "exactly this many steps"."""
-    return DecodeOptions(beam_size=config["beam_size"], asr_beam_size=config["asr_beam_size"],
-                         asr_ctc_weight=config["asr_ctc_weight"], maxlenratio=-float(config["st_steps"]),
-                         asr_maxlenratio=-float(config["asr_steps"]))
+CONFIG = SEED_SCALE_CONFIG
 
 
 def measure(runner: Runner, utterances: list[Any], warmup: int, threads: int, batch_size: int = 1) -> dict[str, Any]:
@@ -202,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args.doc = args.doc or defaults.REPO_ROOT / "docs" / ("benchmarks.md" if device.type == "cpu" else "benchmarks-cuda.md")
     if args.schemes is None:
         args.schemes = ",".join(DEFAULT_SCHEMES if device.type == "cpu" else
-                                [s for s in SCHEMES if s not in SUPERSEDED and runs_on(SCHEMES[s], device.type)])
+                                [s for s in SCHEMES if s not in SUPERSEDED and SCHEMES[s].runs_on(device.type)])
     schemes = args.schemes.split(",")
     unknown = [s for s in schemes if s not in SCHEMES]
     if unknown or "fp32" not in schemes:
@@ -210,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size > 1 and any("lean" not in s and not s.startswith("ort") for s in schemes if s != "fp32"):
         parser.error("--batch-size > 1 batches lean and ort schemes only (fp32 runs as 'lean' then)")
     # With batches the baseline batches too, on the lean engine: the same translations as fp32 on ESPnet's.
-    plugins = {**SCHEMES, "fp32": ["lean"]} if args.batch_size > 1 else SCHEMES
+    measured = {**SCHEMES, "fp32": lean()} if args.batch_size > 1 else SCHEMES
     config = yaml.safe_load(CONFIG.read_text())
     exp = build_model(config)
     float_bundle = load(exp, decode_options(config), device=device)
@@ -222,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes: dict[str, tuple[float, int]] = {}
     for scheme in schemes:
         started = time.perf_counter()
-        runners[scheme] = scheme_runner(float_bundle, plugins[scheme])
+        runners[scheme] = scheme_runner(float_bundle, measured[scheme])
         runners[scheme].translate(test.utterances[0].waveform, float_bundle.sample_rate)  # static int8 calibrates here
         model = runners[scheme].bundle.model
         # after calibration and conversion; the graphs' bytes on the onnxruntime engine
@@ -256,9 +193,9 @@ def onnxruntime_profiles(bundle: Any, schemes: list[str]) -> str:
 
     sections = []
     for scheme in schemes:
-        entries = SCHEMES[scheme]
-        if entries and isinstance(entries[0], dict) and "export" in entries[0]:
-            rows = profile(exported(bundle, entries[0]["export"]), "st_step", calls=50, threads=1)
+        export = SCHEMES[scheme].export
+        if export is not None:
+            rows = profile(exported(bundle, export), "st_step", calls=50, threads=1)
             sections += [f"### {scheme}", "", table(rows), ""]
     if not sections:
         return ""
@@ -311,7 +248,7 @@ def render(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: dict[str
     lines += ["", "Stage columns are mean seconds per utterance (median over repeats); steps are each search's "
               "output steps per utterance (`BeamSearch.search` calls, or the lean engine's), ms/step its stage "
               "time per step.", "",
-              "## Environment", "", "```", *(f"{k}: {v}" for k, v in env.items()), "```", ""]
+              *environment_block(env)]
     return "\n".join(lines)
 
 
