@@ -37,41 +37,13 @@ def build_report(conditions: RunConditions, model: dict[str, Any], preloaded: Pr
     utterances = preloaded.utterances
     hypotheses = [t.text for t in translations]
     references = [u.segment.reference for u in utterances]
-    timed = list(range(options.warmup, len(utterances)))
-    latency = latency_stats([translations[i].seconds for i in timed], [utterances[i].seconds for i in timed])
-    # Per batch (one utterance each when not batched): its wall time, stage times and search steps
-    # count once; a batch's search takes as many steps as its longest search.
-    batches = [b for b in batch_ranges(len(utterances), options.warmup, options.batch_size) if b.start >= options.warmup]
-    firsts = [translations[b.start] for b in batches]
-    speed = throughput([t.seconds for t in firsts], len(timed), sum(utterances[i].seconds for i in timed),
-                       options.batch_size)
-    stages = {name: sum(t.stages.get(name, 0.0) for t in firsts) / len(timed) for name in STAGES}
-    searches = [name for name in SEARCH_STAGES if all(name in translations[i].steps for i in timed)]
-    steps = {name: sum(translations[i].steps[name] for i in timed) for name in searches}
-    steps_mean = {name: steps[name] / len(timed) for name in searches}
-    batch_steps = {name: sum(max(translations[i].steps[name] for i in b) for b in batches) for name in searches}
-    seconds_per_step = {name: stages[name] * len(timed) / batch_steps[name] for name in searches
-                        if batch_steps[name]}
-    sources = [u.segment.source for u in utterances]
     summary = model["summary"]
-    wer = source_wer([t.source_text for t in translations], sources) if summary["multidecoder"] else None
-    test_set = preloaded.test_set
+    wer = (source_wer([t.source_text for t in translations], [u.segment.source for u in utterances])
+           if summary["multidecoder"] else None)
     return Report(
         command=shlex.join(sys.argv) if Path(sys.argv[0]).name == "runner" else None,
         model=model,
-        data={
-            "path": str(test_set.path),
-            "format": test_set.format,
-            "split": test_set.split,
-            "language_pair": f"{test_set.source_lang}-{test_set.target_lang}",
-            "segments_in_split": len(test_set.segments),
-            "n": len(utterances),
-            "selection": "random" if options.sample and options.limit else "first",
-            "seed": preloaded.seed,
-            "audio_seconds": preloaded.audio_seconds,
-            "preload_memory_bytes": preloaded.memory_bytes,
-            "content_hash": preloaded.content_hash,
-        },
+        data=_data_fields(preloaded, options),
         conditions=conditions.evaluated(options.warmup, options.batch_size),
         options=options,
         metrics=Metrics(
@@ -81,12 +53,8 @@ def build_report(conditions: RunConditions, model: dict[str, Any], preloaded: Pr
             bleu=corpus_bleu(hypotheses, references),
             chrf=corpus_chrf(hypotheses, references),
             source_wer=wer,
-            latency=latency,
-            throughput=speed,
-            stages_mean=stages,
-            steps_mean=steps_mean,
-            seconds_per_step=seconds_per_step,
             gpu_peak_memory_bytes=gpu_peak_memory_bytes,
+            **_timing(preloaded, options, translations),
         ),
         utterances=[
             {
@@ -105,3 +73,42 @@ def build_report(conditions: RunConditions, model: dict[str, Any], preloaded: Pr
             for i, (u, t) in enumerate(zip(utterances, translations))
         ],
     )
+
+
+def _data_fields(preloaded: PreloadedSet, options: EvaluateOptions) -> dict[str, Any]:
+    """The report's `data`: which test set, which of its utterances, how much audio."""
+    test_set = preloaded.test_set
+    return {
+        "path": str(test_set.path),
+        "format": test_set.format,
+        "split": test_set.split,
+        "language_pair": f"{test_set.source_lang}-{test_set.target_lang}",
+        "segments_in_split": len(test_set.segments),
+        "n": len(preloaded.utterances),
+        "selection": "random" if options.sample and options.limit else "first",
+        "seed": preloaded.seed,
+        "audio_seconds": preloaded.audio_seconds,
+        "preload_memory_bytes": preloaded.memory_bytes,
+        "content_hash": preloaded.content_hash,
+    }
+
+
+def _timing(preloaded: PreloadedSet, options: EvaluateOptions, translations: list[Translation]) -> dict[str, Any]:
+    """Latency, throughput, stage times and search steps over the utterances after the warm-up ones."""
+    utterances = preloaded.utterances
+    timed = list(range(options.warmup, len(utterances)))
+    latency = latency_stats([translations[i].seconds for i in timed], [utterances[i].seconds for i in timed])
+    # Per batch (one utterance each when not batched): its wall time, stage times and search steps
+    # count once; a batch's search takes as many steps as its longest search.
+    batches = [b for b in batch_ranges(len(utterances), options.warmup, options.batch_size) if b.start >= options.warmup]
+    firsts = [translations[b.start] for b in batches]
+    speed = throughput([t.seconds for t in firsts], len(timed), sum(utterances[i].seconds for i in timed),
+                       options.batch_size)
+    stages = {name: sum(t.stages.get(name, 0.0) for t in firsts) / len(timed) for name in STAGES}
+    searches = [name for name in SEARCH_STAGES if all(name in translations[i].steps for i in timed)]
+    steps = {name: sum(translations[i].steps[name] for i in timed) for name in searches}
+    batch_steps = {name: sum(max(translations[i].steps[name] for i in b) for b in batches) for name in searches}
+    return {"latency": latency, "throughput": speed, "stages_mean": stages,
+            "steps_mean": {name: steps[name] / len(timed) for name in searches},
+            "seconds_per_step": {name: stages[name] * len(timed) / batch_steps[name] for name in searches
+                                 if batch_steps[name]}}

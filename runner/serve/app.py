@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,20 @@ def check_batching(models: dict[str, Runner], limits: ServeLimits) -> None:
             raise RunnerError(f"--max-batch {limits.max_batch}: model {name}: {reason}")
 
 
+@dataclass
+class _Server:
+    """What the routes of one app share."""
+
+    models: dict[str, Runner]
+    limits: ServeLimits
+    batcher: Batcher
+    metrics: ServeMetrics
+    configs: dict[str, dict[str, Any]]
+    environment: dict[str, Any]
+    warmed: asyncio.Event | None
+    api_key: str | None
+
+
 def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, api_key: str | None = None,
                cors_origins: Sequence[str] = (), warm: bool = True, allowed_hosts: Sequence[str] | None = None) -> Any:
     """The server's ASGI app over `models` (name -> loaded Runner); the first is the default.
@@ -107,15 +121,15 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
     check_batching(models, limits)
     # On the decoder thread: a model's summary may calibrate it (see `decoder_thread`).
     configs = decoder_thread().submit(lambda: {name: model_config(runner) for name, runner in models.items()}).result()
-    environment = manifest(device=next(iter(models.values())).device)
     batcher = Batcher(models, limits)
     metrics = ServeMetrics(lambda: batcher.waiting)
     batcher.on_batch = metrics.batch
-    page = resources.files("runner").joinpath("web/index.html").read_text(encoding="utf-8")
-    warmed = asyncio.Event() if warm else None
+    server = _Server(models, limits, batcher, metrics, configs, manifest(device=next(iter(models.values())).device),
+                     asyncio.Event() if warm else None, api_key)
 
     async def lifespan(_app: Any) -> AsyncIterator[None]:
-        task = asyncio.create_task(_warm_all(batcher, models, limits, warmed)) if warmed is not None else None
+        task = (asyncio.create_task(_warm_all(batcher, models, limits, server.warmed))
+                if server.warmed is not None else None)
         yield
         if task is not None:
             task.cancel()
@@ -127,6 +141,18 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
         return JSONResponse(error_body(request.url.path, error.status, error.message), status_code=error.status,
                             headers=error.headers)
+
+    _add_status_routes(app, server)
+    _add_translate_routes(app, server)
+    add_routes(app, models, batcher, limits, metrics)
+    return _counted(app, Security(DeclaredSizeLimit(app, limits.max_upload_bytes), api_key, cors_origins,
+                                  allowed_hosts), metrics)
+
+
+def _add_status_routes(app: Any, server: _Server) -> None:
+    """The page, /health, /ready, /metrics and /info."""
+    page = resources.files("runner").joinpath("web/index.html").read_text(encoding="utf-8")
+    models, limits, batcher = server.models, server.limits, server.batcher
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
@@ -144,7 +170,7 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
     async def ready() -> JSONResponse:
         """Readiness: 200 when every model is warmed up and the queue has room, else 503 saying why."""
         reasons = []
-        if warmed is not None and not warmed.is_set():
+        if server.warmed is not None and not server.warmed.is_set():
             reasons.append("warming up")
         if batcher.waiting + batcher.decoding >= limits.max_queue + limits.max_batch:
             reasons.append("queue full")
@@ -153,19 +179,24 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
+        return PlainTextResponse(server.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/info")
     async def info() -> dict[str, Any]:
-        return {"models": configs, "default_model": next(iter(models)), "limits": asdict(limits),
+        return {"models": server.configs, "default_model": next(iter(models)), "limits": asdict(limits),
                 "warmup": f"one {WARMUP_SECONDS:g} s decode of silence per model at start-up"
                           + (f", and batches of 2, 4, ... up to {limits.max_batch}" if limits.max_batch > 1 else ""),
                 "decoding": ("one request at a time across all models, in arrival order" if limits.max_batch <= 1
                              else f"one batch at a time across all models: requests for one model arriving within "
                                   f"{limits.max_wait_ms:g} ms of the oldest waiting one, up to {limits.max_batch}, "
                                   f"decoded in one batched search"),
-                "auth": "bearer API key" if api_key else "none",
-                "environment": environment}
+                "auth": "bearer API key" if server.api_key else "none",
+                "environment": server.environment}
+
+
+def _add_translate_routes(app: Any, server: _Server) -> None:
+    """POST /translate and /translate/stream."""
+    models, limits, batcher, metrics = server.models, server.limits, server.batcher, server.metrics
 
     async def upload(request: Request, model: str | None) -> tuple[str, Any]:
         data, form = await read_body(request, limits.max_upload_bytes, limits.body_seconds)
@@ -179,7 +210,7 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
                 "segments": decodes.segments(), "latency": latency(decodes),
                 "audio": {"seconds": audio.seconds, "sample_rate": audio.sample_rate,
                           "channels": int(audio.waveform.shape[1]), "format": audio.format},
-                "config": configs[name]}
+                "config": server.configs[name]}
 
     @app.post("/translate")
     async def translate(request: Request, model: str | None = None) -> dict[str, Any]:
@@ -208,8 +239,10 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
             **answer(name, audio, decodes), "srt": decodes.long_form(audio.seconds).subtitles("srt"),
             "vtt": decodes.long_form(audio.seconds).subtitles("vtt")}), media_type="application/x-ndjson")
 
-    add_routes(app, models, batcher, limits, metrics)
-    guarded = Security(DeclaredSizeLimit(app, limits.max_upload_bytes), api_key, cors_origins, allowed_hosts)
+
+def _counted(app: Any, guarded: Any, metrics: ServeMetrics) -> Any:
+    """The outermost ASGI app: `guarded` (security and size limits around `app`), each answer counted by route
+    and status."""
 
     async def counted(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
