@@ -86,10 +86,10 @@ def sensitivity(
     progress: bool = typer.Option(True, help="Show progress bars"),
 ) -> None:
     """Quantize each Linear alone and score it (SQNR over real beam-search steps), by layer and part."""
-    from runner.environment import cpu_kind, torch_settings
+    from runner.environment import torch_settings
     from runner.outputs import check_writable
     from runner.quant.parts import select_backend
-    from runner.quant.report import Sensitivity, sensitivity_table, write_sensitivity
+    from runner.quant.report import Sensitivity, measured_under, sensitivity_table, write_sensitivity
     from runner.quant.sensitivity import module_sensitivity, rollup, static_observer
     from runner.quant.tuning import bleu_effects
 
@@ -112,10 +112,10 @@ def sensitivity(
         fp32, trials = (bleu_effects(bundle, rest, [g.modules for g in worst], quant, threads, root,
                                      {**static, "parts": chosen} if quant == "static-int8" else None)
                         if worst else (None, []))
-        conditions = {"model": str(model or defaults.model_path()), "data": str(root), "split": split,
-                      "calibration_utterances": len(calibrating.utterances), "bleu_utterances": len(rest.utterances),
-                      "threads": threads, "cpu": cpu_kind(), "parts": ",".join(chosen),
-                      **({"observer": observer} if quant == "static-int8" else {})}
+        conditions = measured_under(threads, model=str(model or defaults.model_path()), data=str(root), split=split,
+                                    calibration_utterances=len(calibrating.utterances),
+                                    bleu_utterances=len(rest.utterances), parts=",".join(chosen),
+                                    **({"observer": observer} if quant == "static-int8" else {}))
         result = Sensitivity(quant, conditions, scores, groups, fp32, {g.name: t for g, t in zip(worst, trials)})
         typer.echo(sensitivity_table(result))
         written = write_sensitivity(result, out)
@@ -144,10 +144,9 @@ def tune(
     out: Path = typer.Option(Path("plan.yaml"), help="The plan (a run config); trials.jsonl goes beside it"),
 ) -> None:
     """Keep the fewest, most sensitive Linears in float so dev BLEU stays within --max-bleu-drop of fp32."""
-    from runner.environment import cpu_kind
     from runner.outputs import check_writable
     from runner.plugin import MODEL_PARTS
-    from runner.quant.report import plan_summary, write_plan
+    from runner.quant.report import measured_under, plan_summary, write_plan
     from runner.quant.tuning import TuneOptions, check_budget
     from runner.quant.tuning import tune as run_tune
 
@@ -168,8 +167,8 @@ def tune(
                               plugin_options=plugin_options, search=search, batch_size=batch_size)
         plan = run_tune(bundle, rest, calibrating, options, trials, root,
                         progress=lambda line: typer.echo(f"note: {line}", err=True))
-        conditions = {"data": str(root), "utterances": len(rest.utterances), "threads": threads, "cpu": cpu_kind(),
-                      "warmup": 1, **({"search": search, "batch": batch_size} if search or batch_size > 1 else {})}
+        conditions = measured_under(threads, data=str(root), utterances=len(rest.utterances), warmup=1,
+                                    **({"search": search, "batch": batch_size} if search or batch_size > 1 else {}))
         write_plan(plan, out, str(model) if model else None, conditions)
     except KeyboardInterrupt:
         fail(f"interrupted; the trials measured so far are in {trials / 'trials.jsonl'}", 130)

@@ -128,6 +128,17 @@ def plan_summary(plan: TunePlan) -> str:
     return "\n".join(lines)
 
 
+def measured_under(threads: int, **fields: Any) -> dict[str, Any]:
+    """What a sensitivity or tuning result was measured under, for its JSON and its plan's header: `fields`
+    (model, data, split, utterances, ...), then the threads, CPU kind and int8 backend, named as a run's
+    conditions (`runner.conditions.RunConditions`) name them."""
+    import torch
+
+    from runner.environment import cpu_kind
+
+    return {**fields, "threads": threads, "cpu_kind": cpu_kind(), "int8_backend": torch.backends.quantized.engine}
+
+
 def write_plan(plan: TunePlan, path: Path, model: str | None, conditions: dict[str, Any]) -> Path:
     """The plan as a run config YAML, its figures in a comment header."""
     smoothed = plan.smoothed_all_int8
