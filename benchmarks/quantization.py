@@ -2,13 +2,16 @@
 
     python -m benchmarks.quantization                      # the demo model and its outlier copy -> docs/
     python -m benchmarks.quantization --limit 20 --doc /tmp/q.md --tune-limit 20
+    python -m benchmarks.quantization --search espnet --batch-size 1   # ESPnet's search, one at a time (slow)
 
 For the embedded demo model and its copy with planted outlier channels (`benchmarks.outliers`,
 defaults x100 on 4 channels per LayerNorm): fp32, dynamic int8, static int8 of every part with
 each observer, smoothquant before each, and the plans `runner tune` finds on dev (budget 1 BLEU)
 for dynamic and static int8, with its default ladder and with `--no-smoothquant`, each decoded on
 tst-COMMON and tst-HE: BLEU, size, parameters and latency as a ratio to the same model's fp32 in
-the same run (one process, schemes one after another, the same utterances). Calibration and
+the same run (one process, schemes one after another, the same utterances). Every decode, the tunes'
+trials too, runs on one search engine in batches (default: the lean engine, batches of 8: each utterance
+what it gets alone, tests/test_batch.py; a fifth of ESPnet's time). Calibration and
 tuning read the dev split only. The tuned plans are written to docs/plans/ (the published-figures
 test decodes them again). The page also carries the issue's targets, checked on these figures,
 the outlier model's sensitivity chart (dynamic int8, 8 dev utterances) and the environment.
@@ -34,6 +37,7 @@ SPLITS = ("tst-COMMON", "tst-HE")
 ALL_PARTS = list(MODEL_PARTS)
 # (quant, tune's --smoothquant flag or None for its default ladder): the plans the page tunes
 TUNES = (("dynamic-int8", None), ("static-int8", None), ("dynamic-int8", False), ("static-int8", False))
+SEARCH, BATCH = "lean", 8  # the page's default engine and batch size (the page states the ones it ran with)
 
 
 def schemes() -> list[tuple[str, list[Any]]]:
@@ -53,15 +57,26 @@ def plan_path(model_name: str, quant: str, smoothquant: bool | None) -> Path:
 
 
 def tune_args(model: str | Path, quant: str, smoothquant: bool | None, limit: int | None, threads: int,
-              out: Path) -> list[str]:
+              out: Path, search: str = SEARCH, batch: int = BATCH) -> list[str]:
     """The `runner tune` arguments of one of the page's plans."""
     flag = [] if smoothquant is None else ["--smoothquant" if smoothquant else "--no-smoothquant"]
+    engine = ["--search", search, "--batch-size", str(batch)] if search != "espnet" or batch != 1 else []
     return ["tune", "--model", str(model), "--quant", quant, "--max-bleu-drop", "1.0", "--threads", str(threads),
-            "--out", str(out), *(["--limit", str(limit)] if limit else []), *flag]
+            *engine, "--out", str(out), *(["--limit", str(limit)] if limit else []), *flag]
+
+
+def page_engine(text: str) -> tuple[str, int]:
+    """The search engine and batch size a generated page says it decoded with."""
+    import re
+
+    found = re.search(r"search (\S+), beam \d+, warm-up \d+, batch size (\d+)", text)
+    if found is None:
+        raise ValueError("the quantization page names no 'search X, beam N, warm-up N, batch size N'")
+    return found.group(1), int(found.group(2))
 
 
 def tuned(model: str | Path, model_name: str, work: Path, quant: str, limit: int | None, threads: int,
-          smoothquant: bool | None, keep: Path | None) -> tuple[list[Any], str]:
+          smoothquant: bool | None, keep: Path | None, search: str, batch: int) -> tuple[list[Any], str]:
     """The plugins of the plan `runner tune` writes for `model` (dev, budget 1 BLEU), and a label for its row.
 
     The plan is copied to `keep` without its machine-specific paths (the model directory and the calibration
@@ -74,7 +89,7 @@ def tuned(model: str | Path, model_name: str, work: Path, quant: str, limit: int
 
     work.mkdir(parents=True, exist_ok=True)
     plan = work / f"plan-{quant}-{smoothquant}.yaml"
-    result = CliRunner().invoke(app, tune_args(model, quant, smoothquant, limit, threads, plan))
+    result = CliRunner().invoke(app, tune_args(model, quant, smoothquant, limit, threads, plan, search, batch))
     if result.exit_code != 0:
         raise SystemExit(f"runner tune failed: {result.output}")
     text = plan.read_text(encoding="utf-8")
@@ -82,7 +97,8 @@ def tuned(model: str | Path, model_name: str, work: Path, quant: str, limit: int
     if keep is not None:
         keep.parent.mkdir(parents=True, exist_ok=True)
         header = [line for line in text.splitlines() if line.startswith("#") and "data " not in line]
-        command = " ".join(tune_args(f"<{model_name} model>", quant, smoothquant, limit, threads, Path("PLAN")))
+        command = " ".join(tune_args(f"<{model_name} model>", quant, smoothquant, limit, threads, Path("PLAN"),
+                                     search, batch))
         keep.write_text("\n".join([f"# runner {command}", *header[:2],
                                     yaml.safe_dump({"plugins": plugins}, sort_keys=False)]), encoding="utf-8")
     return plugins, plan_label(quant, smoothquant, plugins)
@@ -96,14 +112,15 @@ def plan_label(quant: str, smoothquant: bool | None, plugins: list[dict[str, Any
     return f"tuned {quant} plan{how} ({smoothing}{kept} Linear(s) kept in float)"
 
 
-def measure(model: str | Path, plugins: list[Any], limit: int | None, threads: int) -> dict[str, Any]:
+def measure(model: str | Path, plugins: list[Any], limit: int | None, threads: int, search: str = SEARCH,
+            batch: int = BATCH) -> dict[str, Any]:
     """BLEU on both test splits, size, parameters and mean latency of one scheme."""
     from runner.runner import Runner
 
-    runner = Runner(model, threads=threads, plugins=plugins, calibration_data=defaults.data_path())
+    runner = Runner(model, threads=threads, plugins=plugins, calibration_data=defaults.data_path(), search=search)
     row: dict[str, Any] = {}
     for split in SPLITS:
-        report = runner.evaluate(split=split, limit=limit)
+        report = runner.evaluate(split=split, limit=limit, batch_size=batch)
         row[split] = report.bleu.score
         row.setdefault("latency", []).append(report.metrics.latency.mean)
         row["size_mb"], row["parameters"] = report.metrics.size_mb, report.metrics.parameters
@@ -111,13 +128,15 @@ def measure(model: str | Path, plugins: list[Any], limit: int | None, threads: i
     return row
 
 
-def model_rows(name: str, model: str | Path, work: Path, limit: int | None, tune_limit: int | None,
-               threads: int, keep_plans: bool) -> list[tuple[str, str, dict[str, Any]]]:
-    rows = [(name, label, measure(model, plugins, limit, threads)) for label, plugins in schemes()]
+def model_rows(name: str, model: str | Path, work: Path, args: argparse.Namespace,
+               keep_plans: bool) -> list[tuple[str, str, dict[str, Any]]]:
+    """Every fixed scheme's row and every tuned plan's, for one model."""
+    engine = {"search": args.search, "batch": args.batch_size}
+    rows = [(name, label, measure(model, plugins, args.limit, args.threads, **engine)) for label, plugins in schemes()]
     for quant, smoothquant in TUNES:
-        plugins, label = tuned(model, name, work / name, quant, tune_limit, threads, smoothquant,
-                               plan_path(name, quant, smoothquant) if keep_plans else None)
-        rows.append((name, label, measure(model, plugins, limit, threads)))
+        plugins, label = tuned(model, name, work / name, quant, args.tune_limit, args.threads, smoothquant,
+                               plan_path(name, quant, smoothquant) if keep_plans else None, **engine)
+        rows.append((name, label, measure(model, plugins, args.limit, args.threads, **engine)))
         print(f"{name}: {rows[-1][1]}", file=sys.stderr)
     return rows
 
@@ -168,12 +187,15 @@ def sensitivity_chart(model: Path, path: Path, threads: int) -> str:
     return ", ".join(f"`{g.name}` ({g.sqnr_min_db:.1f} dB)" for g in worst)
 
 
-def render(rows: list[tuple[str, str, dict[str, Any]]], worst: str, command: str, seconds: float) -> str:
+def render(rows: list[tuple[str, str, dict[str, Any]]], worst: str, command: str, seconds: float,
+           search: str, batch: int) -> str:
+    """The page: how it was made, the table, the targets, the sensitivity chart and the environment."""
     env = manifest(2)
     lines = ["# Quantization that holds BLEU", "", f"Generated by `{command}` in {seconds / 60:.0f} min, at commit "
              f"{env['runner_commit']}, on the 2-core {env['cpu']} (cpu kind `{env['cpu_kind']}`, flags "
-             f"{', '.join(env['cpu_flags'])}), 2 threads, search espnet, beam 5, warm-up 1, batch size 1, "
-             "device cpu. Calibration (static int8, smoothquant: 32 dev utterances) and tuning (`runner tune "
+             f"{', '.join(env['cpu_flags'])}), 2 threads, search {search}, beam 5, warm-up 1, batch size {batch}, "
+             "device cpu (every decode and every tune's trials; the lean engine gives ESPnet's translations at fp32, "
+             "and in a batch each utterance what it gets alone). Calibration (static int8, smoothquant: 32 dev utterances) and tuning (`runner tune "
              "--max-bleu-drop 1.0`, dev without the calibration utterances) read the dev split only; the "
              "figures are on the test splits. Latency: the mean over both splits after warm-up, as a ratio "
              "to the same model's fp32 in this run (one process, schemes one after another). Both int8 schemes "
@@ -210,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune-limit", type=int, default=None,
                         help="dev utterances each tune scores [default: tune's own, all dev but the calibration ones]")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--search", default=SEARCH, help=f"search engine of every decode [default: {SEARCH}]")
+    parser.add_argument("--batch-size", type=int, default=BATCH, help=f"utterances per search [default: {BATCH}]")
     parser.add_argument("--doc", type=Path, default=DOC)
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -219,10 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         write_outlier_model(defaults.model_path(), outliers)
         worst = sensitivity_chart(outliers, args.doc.parent / "quantization-sensitivity.png", args.threads)
         keep = args.doc == DOC  # a trial run elsewhere leaves the published plans alone
-        rows = [*model_rows("embedded", defaults.model_path(), work, args.limit, args.tune_limit, args.threads, keep),
-                *model_rows("outliers", outliers, work, args.limit, args.tune_limit, args.threads, keep)]
+        rows = [*model_rows("embedded", defaults.model_path(), work, args, keep),
+                *model_rows("outliers", outliers, work, args, keep)]
     command = "python -m benchmarks.quantization " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = render(rows, worst, command.strip(), time.perf_counter() - started)
+    text = render(rows, worst, command.strip(), time.perf_counter() - started, args.search, args.batch_size)
     args.doc.write_text(text, encoding="utf-8")
     print(text)
     return 0

@@ -75,14 +75,14 @@ def test_the_quantization_page_holds_and_its_targets_are_met(outlier_copy: Path,
     """docs/quantization.md's outlier rows and its tuned plans (docs/plans/) against a fresh decode of tst-COMMON,
     and the page's targets: fp32 unchanged by the outliers, int8 collapses, smoothquant + dynamic int8 keeps BLEU
     within 2 of fp32, the tuned plans within 1 at most 0.45x its size (each a paired bootstrap interval reaching
-    the margin). On the CPU kind the page names, every row is decoded as the page decoded it (ESPnet's search,
-    batch 1) and compared exactly; on another kind the fp32 row is, and the quantized rows are a measurement of
-    this kind's: decoded on the lean engine in batches (fast, every utterance what it gets alone), printed beside
-    the published figures and held to the targets only. (The plans tuned without smoothquant, comparison rows of
-    the page, are not decoded again here: CI's time budget.)"""
+    the margin). Every row is decoded as the page decoded it (the search engine and batch size it names). On the
+    CPU kind the page names every row is compared exactly; on another kind the fp32 row is, and the quantized
+    rows are a measurement of this kind's, printed beside the published figures and held to the targets only.
+    (The plans tuned without smoothquant, comparison rows of the page, are not decoded again here: CI's time
+    budget.)"""
     import yaml
 
-    from benchmarks.quantization import ALL_PARTS, TUNES, plan_label, plan_path
+    from benchmarks.quantization import ALL_PARTS, TUNES, page_engine, plan_label, plan_path
     from benchmarks.readme_tables import stale_cell
     from runner.metrics.paired import paired_difference
 
@@ -94,8 +94,8 @@ def test_the_quantization_page_holds_and_its_targets_are_met(outlier_copy: Path,
         plugins = yaml.safe_load(plan_path("outliers", quant, smoothquant).read_text())["plugins"]
         schemes[plan_label(quant, smoothquant, plugins)] = plugins
     fresh, stale, said = {}, [], []
+    search, batch = page_engine(QUANTIZATION_PAGE.read_text(encoding="utf-8"))
     for label, plugins in schemes.items():
-        search, batch = ("espnet", 1) if exact or not plugins else ("lean", 8)
         fresh[label] = Runner(outlier_copy, threads=2, plugins=plugins, calibration_data=defaults.data_path(),
                               search=search).evaluate(batch_size=batch)
         row = published.get(("outliers", label))
@@ -106,7 +106,7 @@ def test_the_quantization_page_holds_and_its_targets_are_met(outlier_copy: Path,
             stale += [f"{label}: {why}" for why in (stale_cell("BLEU", row[2], bleu), stale_cell("size MB", row[4], size))
                       if why]
         else:
-            said.append(f"  {label}: BLEU {row[2]} published ({_page_kind()}), {bleu} here (lean, batch 8)")
+            said.append(f"  {label}: BLEU {row[2]} published ({_page_kind()}), {bleu} here ({search}, batch {batch})")
             stale += [f"{label}: {why}" for why in [stale_cell("size MB", row[4], size)] if why]
     if said:
         with capsys.disabled():
@@ -143,7 +143,7 @@ def test_runner_tune_writes_the_published_plans(outlier_copy: Path, tmp_path: Pa
     import yaml
     from typer.testing import CliRunner
 
-    from benchmarks.quantization import TUNES, plan_path, tune_args
+    from benchmarks.quantization import TUNES, page_engine, plan_path, tune_args
     from runner.cli import app
 
     _, exact = _page()
@@ -153,7 +153,8 @@ def test_runner_tune_writes_the_published_plans(outlier_copy: Path, tmp_path: Pa
     for quant, smoothquant in TUNES[:1]:
         published = plan_path("outliers", quant, smoothquant).read_text()
         out = tmp_path / f"{quant}.yaml"
-        result = CliRunner().invoke(app, tune_args(outlier_copy, quant, smoothquant, None, 2, out))
+        engine = page_engine(QUANTIZATION_PAGE.read_text(encoding="utf-8"))
+        result = CliRunner().invoke(app, tune_args(outlier_copy, quant, smoothquant, None, 2, out, *engine))
         assert result.exit_code == 0, result.output
         plugins = [{k: v for k, v in p.items() if k != "calibration_data"}
                    for p in yaml.safe_load(out.read_text())["plugins"]]

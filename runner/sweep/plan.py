@@ -111,7 +111,7 @@ class RunPlan:
     @property
     def label(self) -> str:
         parts = [f"hop {self.hop}" if self.hop is not None else "trained hop"]
-        if self.search != DEFAULT_ENGINE:
+        if "search" in self.point and self.search != DEFAULT_ENGINE:  # a sweep-wide engine is in the header
             parts.append(self.search)
         for spec in self.specs:
             if spec.name != "hop":

@@ -57,6 +57,7 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 
 def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], config: Any) -> str:
+    """The sweep's summary.md: how it was measured (model, data, machine, engine, batch, warm-up), the table."""
     repeats = config.repeats
     device = config.run.device + (f" ({env['gpu']})" if env.get("gpu") else "")
     lines = [
@@ -64,7 +65,8 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], config: An
         "",
         f"Model `{env['model']}` (sha256 {env['model_content_hash']}), data `{env['data']}` split {env['split']}, "
         f"N={env['n']} (audio hash {env['data_content_hash']}); device {device}; threads {env['threads']}, "
-        f"warm-up {config.run.evaluate.warmup}, {repeats} repeat(s)"
+        f"search {'per grid point' if 'search' in config.grid else config.run.search}, "
+        f"batch {config.run.evaluate.batch_size}, warm-up {config.run.evaluate.warmup}, {repeats} repeat(s)"
         f"{' interleaved' if env.get('executor', 'local') == 'local' else ' per Ray task'}; "
         f"executor {env.get('executor', 'local')}; driver CPU {env['cpu']}"
         f"{', cpu kind `' + env['cpu_kind'] + '`' if env.get('cpu_kind') else ''}; torch "

@@ -190,7 +190,8 @@ def test_sweep_rows_equal_the_translate_commands(tmp_path: Path) -> None:
     rows = {row["quant"]: row for row in json.loads((tmp_path / "s" / "results.json").read_text())["rows"]}
     for quant, plugin in (("dynamic-int8", "dynamic-int8"), ("static-int8", calibrated)):
         run = tmp_path / f"{quant}-run.yaml"
-        run.write_text(yaml.safe_dump({"plugins": [plugin], "limit": 5, "decode": config["decode"]}))
+        run.write_text(yaml.safe_dump({"plugins": [plugin], "limit": 5, "decode": config["decode"],
+                                       "search": config.get("search", "espnet")}))
         out = tmp_path / f"{quant}.json"
         done = CliRunner().invoke(app, ["translate", "--config", str(run), "--no-progress", "--out", str(out)])
         assert done.exit_code == 0, done.output
