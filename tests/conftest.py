@@ -50,6 +50,16 @@ def _discourage_eos(exp: Path, model_name: str = "valid.acc.ave.pth") -> None:
     torch.save(state, exp / model_name)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_openmp_team() -> Iterator[None]:
+    """After each module, the serving decoder thread a test started in this process exits with its OpenMP
+    team: while it lives, libgomp throttles spin-waiting and every later decode ran 1.6-3x slower."""
+    yield
+    batching = sys.modules.get("runner.serve.batching")
+    if batching is not None:
+        batching.stop_decoder_thread()
+
+
 @pytest.fixture(scope="session")
 def tiny_exp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     exp = write_experiment(tmp_path_factory.mktemp("tiny") / "exp", _tiny_config(), seed=0)

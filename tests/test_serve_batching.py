@@ -127,6 +127,9 @@ def test_readiness_waits_for_the_warm_up_and_liveness_does_not(tiny_exp: Path,
                 break
             threading.Event().wait(0.05)
         assert client.get("/ready").json() == {"ready": True, "reasons": [], "waiting": 0}
+        assert any(t.name.startswith("runner-decode") for t in threading.enumerate())
+    # the app's shutdown lets the decoder thread exit, and its OpenMP team with it (the host's torch keeps its speed)
+    assert not any(t.name.startswith("runner-decode") for t in threading.enumerate())
 
 
 def test_api_key_guards_every_route_but_the_page_and_probes(tmp_path: Path, tiny_exp: Path) -> None:

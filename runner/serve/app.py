@@ -31,7 +31,7 @@ from runner.environment import manifest
 from runner.errors import RunnerError
 from runner.plugin_set import PluginSet
 from runner.runner import Runner
-from runner.serve.batching import Batcher, decoder_thread
+from runner.serve.batching import Batcher, decoder_thread, stop_decoder_thread
 from runner.serve.metrics import CONTENT_TYPE, ServeMetrics
 from runner.serve.security import Security
 from runner.serve.openai_api import add_routes
@@ -134,6 +134,7 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
         if task is not None:
             task.cancel()
         await batcher.close()
+        stop_decoder_thread()  # its OpenMP team would slow a host program's own torch calls
 
     app = FastAPI(title="st-runner", lifespan=lifespan)
 
