@@ -161,11 +161,11 @@ def test_bad_plugin_lists_are_one_line_errors(specs: list[PluginSpec], message: 
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-def test_hop_beyond_the_window_and_unknown_engine_are_rejected(tiny_exp: Path) -> None:
+def test_hop_beyond_the_window_and_unknown_int8_backend_are_rejected(tiny_exp: Path) -> None:
     with pytest.raises(RunnerError, match=r"exceeds the window length 400; allowed: 1..400"):
         Runner(tiny_exp, threads=1, plugins=[{"name": "hop", "hop_length": 401}])
-    with pytest.raises(RunnerError, match="quantized engine 'tpu' is not supported"):
-        Runner(tiny_exp, threads=1, plugins=[{"name": "dynamic-int8", "engine": "tpu"}])
+    with pytest.raises(RunnerError, match=r"int8 backend \(torch.ao quantized engine\) 'tpu' is not supported"):
+        Runner(tiny_exp, threads=1, plugins=[{"name": "dynamic-int8", "backend": "tpu"}])
 
 
 def test_cli_quant_hop_and_yaml_plugins(tiny_exp: Path, corpus_with_dev: Path, tmp_path: Path) -> None:
