@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 import soundfile
 
-from benchmarks.common import environment_block, rss
+from benchmarks.common import environment_block, publish, rss
 from benchmarks.abuse_clients import client_pass
 from benchmarks.abuse_files import cli_pass
 from benchmarks.live_server import live_server
@@ -182,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         cli = cli_pass(work)
         server = server_pass(args.model, args.soak, work)
     text = render(server, cli, "python -m benchmarks.abuse " + " ".join(sys.argv[1:] if argv is None else argv))
-    args.doc.write_text(text, encoding="utf-8")
-    print(text)
+    publish(args.doc, text)
     return 0
 
 

@@ -22,8 +22,9 @@ from typing import Any
 import torch
 import yaml
 
-from benchmarks.common import environment_block, SEED_SCALE_CONFIG as CONFIG
-from benchmarks.common import Scheme, build_model, espnet, lean, ort, scheme_runner
+from benchmarks.common import environment_block, publish
+from benchmarks.common import SEED_SCALE_CONFIG as CONFIG
+from benchmarks.common import build_model, espnet, lean, ort, Scheme, scheme_runner
 from benchmarks.common import decode_options as seed_decode_options
 from benchmarks.seed_scale import STATIC_ALL
 from runner import defaults
@@ -105,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{report.metrics.throughput.utterances_per_second:.2f} utt/s", file=sys.stderr)
         sections.append(render_set(name, description, test, results, args))
     text = render(sections, args)
-    args.doc.parent.mkdir(parents=True, exist_ok=True)
-    args.doc.write_text(text, encoding="utf-8")
-    print(text)
+    publish(args.doc, text)
     return 0
 
 

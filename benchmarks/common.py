@@ -27,6 +27,13 @@ def environment_block(env: dict[str, Any]) -> list[str]:
     return ["## Environment", "", "```", *(f"{k}: {v}" for k, v in env.items()), "```", ""]
 
 
+def publish(path: Path, text: str) -> None:
+    """Write a generated page (its folder made if missing) and print it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(text)
+
+
 def rss(pid: int) -> int:
     """Resident set of a process in bytes (Linux /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

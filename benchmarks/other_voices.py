@@ -21,7 +21,7 @@ from typing import Any
 
 import soundfile
 
-from benchmarks.common import environment_block
+from benchmarks.common import environment_block, publish
 from runner import defaults
 from runner.demo.corpus import SAMPLE_RATE, assemble_talk, split_speakers
 from runner.demo.voices import FESTIVAL_VOICE_ROOT, Voice, require, synthesize
@@ -117,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     env = manifest(args.threads, "none", runner.device)
     lines += ["", *environment_block(env)]
     text = "\n".join(lines)
-    args.doc.parent.mkdir(parents=True, exist_ok=True)
-    args.doc.write_text(text, encoding="utf-8")
-    print(text)
+    publish(args.doc, text)
     return 0
 
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import environment_block
+from benchmarks.common import environment_block, publish
 from runner import defaults
 from runner.environment import manifest
 from runner.plugin import MODEL_PARTS
@@ -247,8 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 *model_rows("outliers", outliers, work, args, keep)]
     command = "python -m benchmarks.quantization " + " ".join(sys.argv[1:] if argv is None else argv)
     text = render(rows, worst, command.strip(), time.perf_counter() - started, args.search, args.batch_size)
-    args.doc.write_text(text, encoding="utf-8")
-    print(text)
+    publish(args.doc, text)
     return 0
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import environment_block, SEED_SCALE_CONFIG as CONFIG
+from benchmarks.common import environment_block, publish
+from benchmarks.common import SEED_SCALE_CONFIG as CONFIG
 from benchmarks.common import build_model, decode_options
 from runner import defaults
 from runner.data import load_test_set, preload
@@ -95,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = agreement(args.utterances, args.threads, args.schemes)
     command = ("python -m benchmarks.quantization_seed " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     text = render(rows, command)
-    args.doc.write_text(text, encoding="utf-8")
-    print(text)
+    publish(args.doc, text)
     return 0
 
 

@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from benchmarks.common import (SEED_SCALE_CONFIG, Scheme, build_model, decode_options, environment_block, espnet,
-                               exported, lean, ort, scheme_runner)
+                               exported, lean, ort, publish, scheme_runner)
 from runner import defaults
 from runner.data import load_test_set, preload
 from runner.decode import SEARCH_STAGES, STAGES
@@ -178,12 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"threads {threads} repeat {repeat + 1} {scheme}: {last['mean']:.3f} s", file=sys.stderr)
     text = render(results, sizes, schemes, args, config, count_parameters(float_bundle.model), len(test.utterances),
                   device) + onnxruntime_profiles(float_bundle, schemes)
-    args.doc.parent.mkdir(parents=True, exist_ok=True)
     previous = args.doc.read_text(encoding="utf-8") if args.doc.is_file() else ""
     if ANALYSIS in previous:  # the hand-written reading of the numbers survives regeneration
         text = text.rstrip("\n") + "\n\n" + previous[previous.index(ANALYSIS):]
-    args.doc.write_text(text, encoding="utf-8")
-    print(text)
+    publish(args.doc, text)
     return 0
 
 

@@ -29,7 +29,7 @@ import httpx
 import soundfile
 import yaml
 
-from benchmarks.common import environment_block, rss
+from benchmarks.common import environment_block, publish, rss
 from benchmarks.live_server import live_server
 from runner import defaults
 from runner.data import load_test_set, preload
@@ -172,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         sections.append(render_model(model_name, results, run_args))
     text = render(sections, args)
-    args.doc.parent.mkdir(parents=True, exist_ok=True)
-    args.doc.write_text(text, encoding="utf-8")
-    print(text)
+    publish(args.doc, text)
     return 0
 
 
