@@ -8,7 +8,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from runner.progress import bar
 from runner.report import Report
 from runner.reporting import build_report
 from runner.staging import PluginStages, segment_key
+
+if TYPE_CHECKING:
+    from runner.live import StreamOptions, StreamSession
 
 logger = logging.getLogger("runner")
 
@@ -218,6 +221,15 @@ class Runner:
                 return translate(self.bundle.speech2text, audio, translation_contexts(self.plugins, self.bundle))
             except RunnerError as error:
                 raise type(error)(f"waveform: {error}") from error
+
+    def stream(self, options: StreamOptions | None = None) -> StreamSession:
+        """A live session over this runner: push audio as it arrives, get committed text back (`runner.live`).
+
+        Every decode is this runner's `translate` (its threads, plugins and search engine)."""
+        from runner.live import StreamOptions, StreamSession
+
+        return StreamSession(lambda audio: self.translate(audio, self.sample_rate), self.sample_rate,
+                             options or StreamOptions())
 
     def translate_long(self, waveform: np.ndarray | torch.Tensor, sample_rate: int,
                        options: SegmentOptions = SegmentOptions(), batch_size: int = 8,

@@ -1,0 +1,90 @@
+"""Live sessions: LocalAgreement over re-decoded segments, append-only commits, pauses closing segments, and a
+decoder slower than the audio skipping updates instead of falling behind (the demo model, lean engine)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runner import defaults
+from runner.data import load_test_set, preload
+from runner.errors import OptionError
+from runner.live import LocalAgreement, StreamOptions
+from runner.live.session import replay
+from runner.runner import Runner
+
+
+@pytest.fixture(scope="module")
+def runner() -> Runner:
+    return Runner(threads=2, search="lean")
+
+
+@pytest.fixture(scope="module")
+def utterances() -> list[np.ndarray]:
+    return [u.waveform for u in preload(load_test_set(defaults.data_path(), "tst-COMMON"), 16000, limit=3).utterances]
+
+
+def test_local_agreement_commits_the_shared_prefix_and_never_takes_it_back() -> None:
+    agreement = LocalAgreement(2)
+    assert agreement.update("ein".split()) == []  # one hypothesis agrees with nothing yet
+    assert agreement.update("ein Hund".split()) == ["ein"]
+    assert agreement.update("ein Hund läuft".split()) == ["Hund"]
+    assert agreement.update("eine Katze läuft".split()) == []  # disagrees with what is committed: nothing new
+    assert agreement.unstable() == "eine Katze läuft".split()
+    assert agreement.finish("ein Hund läuft schnell".split()) == ["läuft", "schnell"]
+    assert agreement.committed == "ein Hund läuft schnell".split()
+    assert LocalAgreement(1).update(["a", "b"]) == ["a", "b"]
+    with pytest.raises(ValueError):
+        LocalAgreement(0)
+
+
+def test_a_replayed_utterance_commits_append_only_and_ends_as_the_offline_translation(
+        runner: Runner, utterances: list[np.ndarray]) -> None:
+    """Without pauses closing segments, the last decode is the whole utterance's: the session's text is the
+    offline translation whenever the early commits agreed with it, and every delta appends to the text."""
+    equal = 0
+    for waveform in utterances:
+        session = runner.stream(StreamOptions(chunk_seconds=0.5, agreement=2, endpoint_ms=0))
+        updates = replay(session, waveform, 16000, computation_aware=False)
+        text = "".join(u.translation for u in updates)
+        assert text == " ".join(session.translation) and updates[-1].final
+        assert "".join(u.transcript for u in updates) == " ".join(session.transcript)
+        offline = runner.translate(waveform, 16000)
+        committed_early = [w for u in updates[:-1] for w in u.translation.split()]
+        if offline.text.split()[:len(committed_early)] == committed_early:
+            assert text == offline.text  # the final decode's words complete what was committed
+            equal += 1
+        first = next(u for u in updates if u.translation)
+        assert first.audio_seconds <= len(waveform) / 16000  # words before the audio ended (or with its end)
+    assert equal >= 1
+
+
+def test_a_slow_decoder_skips_updates_and_a_pause_closes_the_segment(runner: Runner,
+                                                                    utterances: list[np.ndarray]) -> None:
+    """Chunks of 50 ms arrive faster than ESPnet's search decodes them: computation-aware replay decodes fewer times
+    than there are chunks, each decode taking all the audio that arrived meanwhile, so an update's lag behind
+    the audio stays within a decode or two instead of growing. Two utterances with a second of silence between
+    are two segments; silence alone says nothing."""
+    waveform, chunk = utterances[0], 0.05
+    slow = Runner(threads=2)  # ESPnet's search: slower than 50 ms a decode
+    updates = replay(slow.stream(StreamOptions(chunk_seconds=chunk, endpoint_ms=0)), waveform, 16000)
+    assert len(updates) < len(waveform) / 16000 / chunk and updates[-1].final
+    longest = max(u.compute_seconds for u in updates)
+    assert longest > chunk  # the case under test: a decode outlasts a chunk
+    for earlier, later in zip(updates, updates[1:-1]):
+        assert later.audio_seconds - earlier.audio_seconds >= min(earlier.compute_seconds, 1.0) - chunk  # skipped
+        assert later.emitted_seconds - later.audio_seconds <= 2 * longest + chunk  # no growing backlog
+    talk = np.concatenate([utterances[0], np.zeros(16000, dtype=np.float32), utterances[1]])
+    session = runner.stream(StreamOptions(chunk_seconds=0.5, endpoint_ms=500))
+    updates = replay(session, talk, 16000)
+    assert len([u for u in updates if u.final]) >= 2 and updates[-1].segment >= 1
+    assert "".join(u.translation for u in updates) == " ".join(session.translation)
+    silent = runner.stream(StreamOptions(chunk_seconds=0.5))
+    assert replay(silent, np.zeros(16000 * 5, dtype=np.float32), 16000) == []  # silence forever: nothing, no growth
+
+
+def test_stream_options_refuse_bad_values_naming_the_field() -> None:
+    for field, values in {"chunk_seconds": {"chunk_seconds": 0.0}, "agreement": {"agreement": 0},
+                          "max_segment_seconds": {"max_segment_seconds": 1.0}, "endpoint_ms": {"endpoint_ms": -1}}.items():
+        with pytest.raises(OptionError, match=f"^{field}: "):
+            StreamOptions(**values)
