@@ -3,6 +3,8 @@ decoder slower than the audio skipping updates instead of falling behind (the de
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -88,3 +90,22 @@ def test_stream_options_refuse_bad_values_naming_the_field() -> None:
                           "max_segment_seconds": {"max_segment_seconds": 1.0}, "endpoint_ms": {"endpoint_ms": -1}}.items():
         with pytest.raises(OptionError, match=f"^{field}: "):
             StreamOptions(**values)
+
+
+def test_the_live_page_example_runs_as_written(tmp_path: Path, utterances: list[np.ndarray]) -> None:
+    """docs/live.md's example, on a talk.wav of two demo utterances: the deltas it prints as they come add up to
+    the session's whole text, which it prints last."""
+    import re
+    import subprocess
+    import sys
+
+    import soundfile
+
+    code = re.search(r"```python\n(.*?)```", (defaults.REPO_ROOT / "docs" / "live.md").read_text(), re.S).group(1)
+    soundfile.write(tmp_path / "talk.wav", np.concatenate([utterances[0], np.zeros(8000, np.float32), utterances[1]]),
+                    16000, subtype="PCM_16")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    full = done.stdout.rstrip("\n").splitlines()[-1]
+    streamed = done.stdout.rstrip("\n")[:-len(full)].replace("\n", "")
+    assert len(full.split()) >= 4 and streamed == full  # the deltas, printed as they came, add up to the text
