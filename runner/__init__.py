@@ -10,7 +10,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 __all__ = ["DecodeOptions", "EvaluateOptions", "PluginSet", "Report", "RunConditions", "RunConfig", "Runner",
-           "RunnerError", "SearchEngine", "Searched", "Translation"]
+           "RunnerError", "SearchEngine", "Searched", "StreamOptions", "Translation"]
 
 _EXPORTS = {
     "Runner": "runner.runner",
@@ -24,6 +24,7 @@ _EXPORTS = {
     "RunnerError": "runner.errors",
     "SearchEngine": "runner.engines",
     "Searched": "runner.engines",
+    "StreamOptions": "runner.live",
 }
 
 

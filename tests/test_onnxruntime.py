@@ -79,13 +79,14 @@ def test_onnxruntime_search_equals_espnets(shapes: dict[str, Path], waveforms: l
 def test_the_demo_models_translations_are_espnets_and_int8_keeps_bleu(demo_exports: dict[str, Path], decodes: Decodes,
                                                                       split: str,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    """fp32: ESPnet's 100 translations (the session's one decode of `runner translate`). int8 keeps BLEU as
+    """fp32, in batches of 8 (batch 1's translations: test_batches_give_batch_one_translations): ESPnet's 100
+    translations (the session's one decode of `runner translate`). int8 keeps BLEU as
     tests/demo/test_published_figures.py judges it: the paired bootstrap interval of the difference reaches
     -KEEPS_BLEU_MARGIN (on amd-avx2, where MLAS has no VNNI, dynamic int8 moved tst-HE by -0.76 and static int8
     tst-COMMON by +0.54: one or two sentences; ONNX Runtime cannot be made to imitate another kind, so each kind
     measures its own)."""
     espnet = decodes.report("runner translate" + ("" if split == "tst-COMMON" else f" --split {split}"))
-    fp32 = Runner(demo_exports["none"], threads=2, search="onnxruntime").evaluate(split=split)
+    fp32 = Runner(demo_exports["none"], threads=2, search="onnxruntime").evaluate(split=split, batch_size=8)
     assert fp32.conditions.search == "onnxruntime" and len(fp32.utterances) == 100
     for field in ("hypothesis", "source_hypothesis"):
         assert [u[field] for u in fp32.utterances] == [u[field] for u in espnet["utterances"]], field

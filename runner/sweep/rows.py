@@ -79,24 +79,25 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def row_from_reports(plan: RunPlan, reports: list[Report]) -> dict[str, Any]:
+    """One run's row: its grid point, the figures of its median repeat and the conditions they were measured
+    under (`RunConditions.model_dict()`: threads, int8 backend, device, hop, search, plugins, dtype, runtime)."""
     means = [r.latency_mean for r in reports]
     median = statistics.median(means)
     middle = min(reports, key=lambda r: abs(r.latency_mean - median))
     m, c = middle.metrics, middle.conditions
     calibration = sum(record.seconds for _, record in c.calibrations)
+    conditions = c.model_dict()
     return {
         "config_hash": plan.config_hash, "plan_hash": plan.plan_hash, "point": plan.point, "status": "ok",
-        "label": plan.label, "hop": c.hop_length, "quant": plan.quant, "dtype": c.dtype,
-        "plugins": list(c.plugins), "size_mb": m.size_mb, "parameters": m.parameters, "bleu": m.bleu.score,
+        "label": plan.label, "hop": c.hop_length, "quant": plan.quant, **conditions,
+        "runtime": conditions["runtime"] or None, "size_mb": m.size_mb, "parameters": m.parameters, "bleu": m.bleu.score,
         "bleu_signature": m.bleu.signature, "chrf": m.chrf.score, "source_wer": m.source_wer,
         "latency_mean": median, "latency_std": m.latency.std, "latency_p50": m.latency.p50,
         "latency_p90": m.latency.p90, "latency_p99": m.latency.p99, "rtf": m.latency.rtf, "repeats": len(reports),
         "repeat_means": means, "cv": (statistics.stdev(means) / statistics.mean(means)) if len(means) > 1 else None,
         "stages_mean": m.stages_mean, "steps_mean": m.steps_mean, "seconds_per_step": m.seconds_per_step,
         "calibration_seconds": calibration or None, "n": middle.data["n"],
-        "timed": m.latency.count, "threads": c.threads, "warmup": c.warmup, "int8_backend": c.int8_backend,
-        "search": c.search, "runtime": dict(c.runtime) or None, "batch_size": c.batch_size, "device": c.device,
-        "gpu": c.machine.get("gpu"), "gpu_peak_memory_bytes": m.gpu_peak_memory_bytes,
+        "timed": m.latency.count, "warmup": c.warmup, "batch_size": c.batch_size, "gpu": c.machine.get("gpu"), "gpu_peak_memory_bytes": m.gpu_peak_memory_bytes,
         "utterances_per_second": m.throughput.utterances_per_second if m.throughput else None,
         "audio_seconds_per_second": m.throughput.audio_seconds_per_second if m.throughput else None,
         "cpu": c.machine.get("cpu"), "cpu_kind": c.machine.get("cpu_kind"), "hypotheses": middle.hypotheses(),
