@@ -10,7 +10,7 @@ import pytest
 
 from runner import defaults
 from runner.data import load_test_set, preload
-from runner.errors import OptionError
+from runner.errors import OptionError, RunnerError
 from runner.live import LocalAgreement, StreamOptions
 from runner.live.session import replay
 from runner.runner import Runner
@@ -109,3 +109,18 @@ def test_the_live_page_example_runs_as_written(tmp_path: Path, utterances: list[
     full = done.stdout.rstrip("\n").splitlines()[-1]
     streamed = done.stdout.rstrip("\n")[:-len(full)].replace("\n", "")
     assert len(full.split()) >= 4 and streamed == full  # the deltas, printed as they came, add up to the text
+
+
+def test_a_24_khz_stream_decodes_what_the_same_recording_gives_offline(runner: Runner,
+                                                                        utterances: list[np.ndarray]) -> None:
+    """OpenAI's realtime audio is 24 kHz PCM16 in 200 ms frames: the session keeps the stream's rate and resamples
+    each segment whole, so a segment decoded once, at the end, is the offline translation of the recording."""
+    from runner.audio import resample
+
+    pcm = (np.clip(resample(utterances[1], 16000, 24000), -1, 1) * 32767).astype(np.int16)
+    session = runner.stream(StreamOptions(chunk_seconds=30, max_segment_seconds=30, endpoint_ms=0))
+    assert all(session.push(pcm[start:start + 4800], 24000) == [] for start in range(0, len(pcm), 4800))
+    assert len(session.finish()) == 1
+    assert " ".join(session.translation) == runner.translate(pcm, 24000).text
+    with pytest.raises(RunnerError, match="16000 Hz after 24000 Hz"):
+        session.push(np.zeros(1600, dtype=np.float32), 16000)

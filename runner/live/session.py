@@ -11,7 +11,7 @@ import numpy as np
 
 from runner.audio import resample, to_mono_float
 from runner.decode import Translation
-from runner.errors import AudioTooShortError, OptionError
+from runner.errors import AudioTooShortError, OptionError, RunnerError
 from runner.live.agreement import LocalAgreement
 
 SILENCE_DROP_SECONDS = 3.0  # a segment that is all silence this long is dropped, not decoded again and again
@@ -87,7 +87,8 @@ class StreamSession:
                  endpoints: Callable[[np.ndarray, int, int], float | None] | None = None) -> None:
         self._translate, self.rate, self.options = translate, rate, options
         self._endpoints = endpoints or speech_end
-        self._buffer = np.zeros(0, dtype=np.float32)
+        self._buffer = np.zeros(0, dtype=np.float32)  # the current segment, at the stream's own rate
+        self._source_rate: int | None = None  # the stream's rate (its first push's); decodes resample a segment whole
         self._decoded_samples = 0  # of the buffer, at the last decode
         self._received = 0  # samples of the whole stream
         self._segment = 0
@@ -97,38 +98,48 @@ class StreamSession:
 
     @property
     def audio_seconds(self) -> float:
-        return self._received / self.rate
+        """The stream time: seconds of audio received."""
+        return self._received / (self._source_rate or self.rate)
 
     def push(self, samples: np.ndarray, sample_rate: int) -> list[StreamUpdate]:
         """Add audio; decode the current segment once if a chunk of new audio has arrived since the last
-        decode (however much arrived: a caller that fell behind gets one decode, not one per chunk)."""
-        audio = resample(to_mono_float(samples, "stream audio"), sample_rate, self.rate) if len(samples) else \
-            np.zeros(0, dtype=np.float32)
+        decode (however much arrived: a caller that fell behind gets one decode, not one per chunk).
+
+        Raises:
+            RunnerError: audio at another rate than the stream's first push, or malformed audio.
+        """
+        if self._source_rate is None:
+            self._source_rate = sample_rate
+        elif sample_rate != self._source_rate:
+            raise RunnerError(f"stream audio: {sample_rate} Hz after {self._source_rate} Hz; a stream keeps one rate")
+        audio = to_mono_float(samples, "stream audio") if len(samples) else np.zeros(0, dtype=np.float32)
         self._buffer = np.concatenate([self._buffer, audio.astype(np.float32, copy=False)])
         self._received += len(audio)
-        if len(self._buffer) - self._decoded_samples < self.options.chunk_seconds * self.rate:
+        if len(self._buffer) - self._decoded_samples < self.options.chunk_seconds * sample_rate:
             return []
         return self._step()
 
     def finish(self) -> list[StreamUpdate]:
         """The stream ended: the current segment is decoded once more and committed whole."""
+        rate = self._source_rate or self.rate
         if len(self._buffer) == 0 or (self.options.endpoint_ms and
-                                      self._endpoints(self._buffer, self.rate, self.options.endpoint_ms) is None):
+                                      self._endpoints(self._buffer, rate, self.options.endpoint_ms) is None):
             return []
         return [self._close(len(self._buffer))]
 
     def _step(self) -> list[StreamUpdate]:
-        seconds = len(self._buffer) / self.rate
+        rate = self._source_rate or self.rate
+        seconds = len(self._buffer) / rate
         if seconds >= self.options.max_segment_seconds:
             return [self._close(len(self._buffer))]
         if self.options.endpoint_ms:
-            end = self._endpoints(self._buffer, self.rate, self.options.endpoint_ms)
+            end = self._endpoints(self._buffer, rate, self.options.endpoint_ms)
             if end is None:  # no speech yet: nothing to decode (a model would make words of silence)
                 if seconds >= SILENCE_DROP_SECONDS:
                     self._buffer, self._decoded_samples = np.zeros(0, dtype=np.float32), 0
                 return []
             if end > 0:
-                return [self._close(int(end * self.rate))]
+                return [self._close(int(end * rate))]
         translation, spent = self._decode(self._buffer)
         self._decoded_samples = len(self._buffer)
         if translation is None:
@@ -150,9 +161,11 @@ class StreamSession:
         return update
 
     def _decode(self, audio: np.ndarray) -> tuple[Translation | None, float]:
+        """The translation of a segment (resampled whole to the model's rate) and the seconds it took."""
         started = time.perf_counter()
         try:
-            return self._translate(audio), time.perf_counter() - started
+            return self._translate(resample(audio, self._source_rate or self.rate, self.rate)), \
+                time.perf_counter() - started
         except AudioTooShortError:  # too little speech yet for the frontend or the encoder
             return None, time.perf_counter() - started
 

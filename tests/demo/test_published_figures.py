@@ -62,7 +62,7 @@ def sweep_tables() -> list[Table]:
 
 @pytest.fixture(scope="module")
 def fresh_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """`runner sweep configs/hop.yaml` (the lean engine) in batches of 8, which give each utterance what it gets
+    """`runner sweep configs/hop.yaml` (the lean engine) in batches of 16, which give each utterance what it gets
     alone for every scheme (tests/test_batch.py): the published rows' translations in a third of the time.
     Where no sweep table names this CPU kind, its float rows only (`grid.quant: [none]`, the rows that can be
     compared). Rows by their config label."""
@@ -71,7 +71,7 @@ def fresh_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
     out = tmp_path_factory.mktemp("sweep")
     grid = yaml.safe_load(Path(shlex.split(SWEEP_COMMAND)[2]).read_text())
     assert grid["search"] == "lean"  # what the batches stand in for
-    grid["batch_size"] = 8
+    grid["batch_size"] = 16
     if not any(measured_kind(t) == cpu_kind() for t in sweep_tables()):
         grid["grid"]["quant"] = ["none"]
     config = out / "hop-batched.yaml"
