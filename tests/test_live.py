@@ -124,3 +124,12 @@ def test_a_24_khz_stream_decodes_what_the_same_recording_gives_offline(runner: R
     assert " ".join(session.translation) == runner.translate(pcm, 24000).text
     with pytest.raises(RunnerError, match="16000 Hz after 24000 Hz"):
         session.push(np.zeros(1600, dtype=np.float32), 16000)
+
+
+def test_no_decode_is_longer_than_a_segment_however_much_one_push_brings(runner: Runner,
+                                                                       utterances: list[np.ndarray]) -> None:
+    talk = np.concatenate(utterances)  # about 10 s, pushed at once
+    session = runner.stream(StreamOptions(chunk_seconds=3.0, max_segment_seconds=3.0, endpoint_ms=0))
+    updates = session.push(talk, 16000) + session.finish()
+    assert all(u.final for u in updates) and len(updates) == -(-len(talk) // (3 * 16000))
+    assert "".join(u.translation for u in updates) == " ".join(session.translation)

@@ -97,9 +97,14 @@ class StreamSession:
         self.transcript: list[str] = []
 
     @property
+    def _rate(self) -> int:
+        """The stream's rate (the model's until the first push)."""
+        return self._source_rate or self.rate
+
+    @property
     def audio_seconds(self) -> float:
         """The stream time: seconds of audio received."""
-        return self._received / (self._source_rate or self.rate)
+        return self._received / self._rate
 
     def push(self, samples: np.ndarray, sample_rate: int) -> list[StreamUpdate]:
         """Add audio; decode the current segment once if a chunk of new audio has arrived since the last
@@ -120,18 +125,22 @@ class StreamSession:
         return self._step()
 
     def finish(self) -> list[StreamUpdate]:
-        """The stream ended: the current segment is decoded once more and committed whole."""
-        rate = self._source_rate or self.rate
+        """The stream ended: the current segment is decoded once more and committed whole (in pieces of at most
+        `max_segment_seconds`, should one push have brought more)."""
         if len(self._buffer) == 0 or (self.options.endpoint_ms and
-                                      self._endpoints(self._buffer, rate, self.options.endpoint_ms) is None):
+                                      self._endpoints(self._buffer, self._rate, self.options.endpoint_ms) is None):
             return []
-        return [self._close(len(self._buffer))]
+        limit = int(self.options.max_segment_seconds * self._rate)
+        updates = []
+        while len(self._buffer) > limit:
+            updates.append(self._close(limit))
+        return [*updates, self._close(len(self._buffer))] if len(self._buffer) else updates
 
     def _step(self) -> list[StreamUpdate]:
-        rate = self._source_rate or self.rate
+        rate = self._rate
         seconds = len(self._buffer) / rate
-        if seconds >= self.options.max_segment_seconds:
-            return [self._close(len(self._buffer))]
+        if seconds >= self.options.max_segment_seconds:  # never a longer decode, however much one push brought
+            return [self._close(int(self.options.max_segment_seconds * rate))]
         if self.options.endpoint_ms:
             end = self._endpoints(self._buffer, rate, self.options.endpoint_ms)
             if end is None:  # no speech yet: nothing to decode (a model would make words of silence)
@@ -164,7 +173,7 @@ class StreamSession:
         """The translation of a segment (resampled whole to the model's rate) and the seconds it took."""
         started = time.perf_counter()
         try:
-            return self._translate(resample(audio, self._source_rate or self.rate, self.rate)), \
+            return self._translate(resample(audio, self._rate, self.rate)), \
                 time.perf_counter() - started
         except AudioTooShortError:  # too little speech yet for the frontend or the encoder
             return None, time.perf_counter() - started
