@@ -228,7 +228,7 @@ class Runner:
         Every decode is this runner's `translate` (its threads, plugins and search engine)."""
         from runner.live import StreamOptions, StreamSession
 
-        return StreamSession(lambda audio: self.translate(audio, self.sample_rate), self.sample_rate,
+        return StreamSession(self.translate, self.sample_rate,
                              options or StreamOptions())
 
     def translate_long(self, waveform: np.ndarray | torch.Tensor, sample_rate: int,

@@ -157,3 +157,38 @@ def test_page_shows_a_long_recordings_segments_and_offers_subtitles(page, tmp_pa
     assert [round(e.start / 1000, 2) for e in subtitles] == [float(rows.nth(i).locator("td").nth(0).inner_text())
                                                              for i in range(rows.count())]
     page.screenshot(path=str(SCREENSHOTS / "serve-page-long.png"), full_page=True)
+
+
+def test_page_translates_live_from_the_microphone(server: str, served_utterances: dict[str, list[Utterance]],
+                                                  tmp_path: Path) -> None:
+    """Live mode: Chromium's fake microphone plays two demo utterances; committed translation appears on the page
+    while the recording is still playing (before its duration has passed), then Stop closes the session."""
+    import time
+
+    import numpy as np
+    import soundfile
+    from playwright.sync_api import expect, sync_playwright
+
+    parts = [soundfile.read(str(u.path), dtype="int16")[0] for u in served_utterances["fp32"][:2]]
+    speech = np.concatenate([parts[0], np.zeros(8000, np.int16), parts[1], np.zeros(16000, np.int16)])
+    microphone = tmp_path / "microphone.wav"
+    soundfile.write(str(microphone), speech, 16000, subtype="PCM_16")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=[
+            "--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={microphone}"])
+        page = browser.new_context(permissions=["microphone"]).new_page()
+        page.goto(server)
+        expect(page.locator("#model-info")).to_contain_text("parameters")
+        page.click("#live")
+        started = time.monotonic()
+        expect(page.locator("#live")).to_have_text("Stop live")
+        page.wait_for_function("document.getElementById('translation').textContent.trim().split(' ').length >= 2",
+                               timeout=60_000)
+        first_words = time.monotonic() - started
+        page.click("#live")
+        expect(page.locator("#status")).to_contain_text("live session closed", timeout=60_000)
+        translation, transcript = page.inner_text("#translation"), page.inner_text("#transcript")
+        browser.close()
+    assert first_words < len(speech) / 16000, first_words  # words while the speaker was still speaking
+    assert len(translation.split()) >= 4 and len(transcript.split()) >= 4

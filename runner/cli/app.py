@@ -179,6 +179,11 @@ def serve(
     header_seconds: float = typer.Option(10.0, help="A request's headers must arrive within this many seconds (else 408, connection closed)"),
     body_seconds: float = typer.Option(60.0, help="A request's body must arrive within this many seconds of its headers (else 408)"),
     shutdown_seconds: float = typer.Option(30.0, help="After SIGTERM, requests in flight get this long before the server stops anyway"),
+    max_live_sessions: int = typer.Option(4, help="Live translation sessions (/v1/realtime/translations) open at once; one more gets 503"),
+    live_idle_seconds: float = typer.Option(30.0, help="Close a live session that sends nothing for this long"),
+    live_max_minutes: float = typer.Option(60.0, help="Close a live session after this many minutes"),
+    live_chunk_seconds: float = typer.Option(1.0, help="New audio between two decodes of a live session's current segment"),
+    live_agreement: int = typer.Option(2, help="Live sessions commit what this many consecutive hypotheses agree on (LocalAgreement-n)"),
     api_key: Optional[str] = typer.Option(None, envvar="ST_RUNNER_API_KEY", show_envvar=True,
                                           help="Require 'Authorization: Bearer KEY' (prefer the environment variable: a flag shows in process listings)"),
     cors_origin: list[str] = typer.Option([], help="Allow browser requests from this origin (scheme://host:port, or *); repeatable. Others get 403"),
@@ -191,10 +196,13 @@ def serve(
     calibration_data: Optional[Path] = typer.Option(
         None, help="Data root whose dev split static-int8 calibrates on [default: the embedded demo corpus]"),
 ) -> None:
-    """Serve translation over HTTP: POST /translate, GET /health, /ready, /info, /metrics, and a web page at /."""
+    """Serve translation over HTTP: POST /translate, the OpenAI audio and realtime translation APIs under /v1, GET
+    /health, /ready, /info, /metrics, and a web page at /."""
     from runner.config import decode_options
+    from runner.live import StreamOptions
     from runner.serve import ServeLimits, load_models
     from runner.serve import serve as run_server
+    from runner.serve.realtime import LiveLimits
 
     if replicas < 1:
         fail(f"--replicas: must be positive, got {replicas}")
@@ -203,8 +211,13 @@ def serve(
     try:
         limits = ServeLimits(int(max_mb * 1e6) if max_mb > 0 else 0, max_seconds, max_queue, max_batch, max_wait_ms,
                              max_decode_seconds, header_seconds, body_seconds, shutdown_seconds)
+        live = LiveLimits(max_live_sessions, live_idle_seconds, live_max_minutes * 60,
+                          stream=StreamOptions(chunk_seconds=live_chunk_seconds, agreement=live_agreement))
     except OptionError as error:
-        fail(flag_error(error, {"max_upload_bytes": "--max-mb", "max_audio_seconds": "--max-seconds"}))
+        fail(flag_error(error, {"max_upload_bytes": "--max-mb", "max_audio_seconds": "--max-seconds",
+                                "max_sessions": "--max-live-sessions", "idle_seconds": "--live-idle-seconds",
+                                "max_session_seconds": "--live-max-minutes", "chunk_seconds": "--live-chunk-seconds",
+                                "agreement": "--live-agreement"}))
     try:
         decode = decode_options(parse_overrides(set_), decode_config)
         if ray:
@@ -221,7 +234,8 @@ def serve(
             return
         models = load_models(model, quant, hop, decode, threads, model_file, plugin, calibration_data, search, device)
         typer.echo(f"serving {', '.join(models)} on http://{host}:{port}/", err=True)
-        run_server(models, host, port, limits, api_key=api_key, cors_origins=cors_origin, host_names=allowed_host)
+        run_server(models, host, port, limits, api_key=api_key, cors_origins=cors_origin, host_names=allowed_host,
+                   live=live)
     except RunnerError as error:
         fail(str(error), error=error)
 

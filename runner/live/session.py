@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from runner.audio import resample, to_mono_float
+from runner.audio import to_mono_float
 from runner.decode import Translation
 from runner.errors import AudioTooShortError, OptionError, RunnerError
 from runner.live.agreement import LocalAgreement
@@ -76,13 +76,14 @@ class StreamSession:
     """One live stream over an offline model (`Runner.stream`).
 
     Args:
-        translate: decodes one mono float waveform at `rate` (a `Runner`'s translation, in its own scope).
-        rate: the model's sample rate.
+        translate: decodes one mono float waveform at the rate given with it (a `Runner`'s `translate`, which
+            resamples it to the model's; a server's bridge to its decoder queue).
+        rate: the model's sample rate (the stream's until its first push says otherwise).
         options: chunking, agreement and segmentation.
         endpoints: finds where speech ends in a segment (seconds), None for none; default Silero VAD.
     """
 
-    def __init__(self, translate: Callable[[np.ndarray], Translation], rate: int,
+    def __init__(self, translate: Callable[[np.ndarray, int], Translation], rate: int,
                  options: StreamOptions = StreamOptions(),
                  endpoints: Callable[[np.ndarray, int, int], float | None] | None = None) -> None:
         self._translate, self.rate, self.options = translate, rate, options
@@ -170,11 +171,11 @@ class StreamSession:
         return update
 
     def _decode(self, audio: np.ndarray) -> tuple[Translation | None, float]:
-        """The translation of a segment (resampled whole to the model's rate) and the seconds it took."""
+        """The translation of a segment (at the stream's rate: the translator resamples it whole) and the seconds
+        it took."""
         started = time.perf_counter()
         try:
-            return self._translate(resample(audio, self._rate, self.rate)), \
-                time.perf_counter() - started
+            return self._translate(audio, self._rate), time.perf_counter() - started
         except AudioTooShortError:  # too little speech yet for the frontend or the encoder
             return None, time.perf_counter() - started
 

@@ -2,7 +2,9 @@
 
 Routes: `POST /translate` (audio over one segment's length is cut by VAD), `POST /translate/stream` (the same,
 as NDJSON: each segment as it is decoded, then the result with SRT and WebVTT), the OpenAI audio API
-(`runner.serve.openai_api`: `/v1/audio/translations`, `/v1/audio/transcriptions`, `/v1/models`), `GET /health` (liveness: the process answers), `GET /ready`
+(`runner.serve.openai_api`: `/v1/audio/translations`, `/v1/audio/transcriptions`, `/v1/models`), live translation
+over a WebSocket as OpenAI's Realtime Translation API (`runner.serve.realtime`: `/v1/realtime/translations`),
+`GET /health` (liveness: the process answers), `GET /ready`
 (readiness: every model warmed up and the decoder queue not full), `GET /info`, `GET /metrics`
 (Prometheus text) and the web page at `/`. Decoding goes through one `Batcher`: one batch at a
 time across all models, requests for one model arriving within `max_wait_ms` decoded together.
@@ -35,11 +37,14 @@ from runner.serve.batching import Batcher, decoder_thread, stop_decoder_thread
 from runner.serve.metrics import CONTENT_TYPE, ServeMetrics
 from runner.serve.security import Security
 from runner.serve.openai_api import add_routes
+from runner.serve.realtime import PATH as REALTIME_PATH
+from runner.serve.realtime import LiveLimits, LiveSessions
 from runner.serve.segments import Decodes, decode, segment_json
 from runner.serve.upload import ApiError, DeclaredSizeLimit, ServeLimits, error_body, read_body, read_upload
 
 logger = logging.getLogger("runner.serve")
 KEEP_ALIVE_S = 10  # an idle kept-alive connection is closed after this
+WS_FRAME_SLACK = 64 * 1024  # a WebSocket frame may hold one largest append's base64 and this much JSON around it
 
 WARMUP_SECONDS = 2.0
 FP32 = "fp32"
@@ -97,10 +102,12 @@ class _Server:
     environment: dict[str, Any]
     warmed: asyncio.Event | None
     api_key: str | None
+    live: LiveSessions
 
 
 def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, api_key: str | None = None,
-               cors_origins: Sequence[str] = (), warm: bool = True, allowed_hosts: Sequence[str] | None = None) -> Any:
+               cors_origins: Sequence[str] = (), warm: bool = True, allowed_hosts: Sequence[str] | None = None,
+               live: LiveLimits | None = None) -> Any:
     """The server's ASGI app over `models` (name -> loaded Runner); the first is the default.
 
     Args:
@@ -110,6 +117,7 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
         cors_origins: origins allowed to call the API from a browser.
         warm: warm every model up at start-up (readiness waits for it); False: ready at once.
         allowed_hosts: the Host header names requests may carry (others get 421); None: any.
+        live: the limits of live sessions (`/v1/realtime/translations`; default: `LiveLimits()`).
 
     Returns:
         The ASGI app (FastAPI behind the security and metrics middleware); `app.state` of the FastAPI
@@ -122,10 +130,11 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
     # On the decoder thread: a model's summary may calibrate it (see `decoder_thread`).
     configs = decoder_thread().submit(lambda: {name: model_config(runner) for name, runner in models.items()}).result()
     batcher = Batcher(models, limits)
-    metrics = ServeMetrics(lambda: batcher.waiting)
+    sessions = LiveSessions(models, batcher, live or LiveLimits())
+    metrics = ServeMetrics(lambda: batcher.waiting, lambda: sessions.open)
     batcher.on_batch = metrics.batch
     server = _Server(models, limits, batcher, metrics, configs, manifest(device=next(iter(models.values())).device),
-                     asyncio.Event() if warm else None, api_key)
+                     asyncio.Event() if warm else None, api_key, sessions)
 
     async def lifespan(_app: Any) -> AsyncIterator[None]:
         task = (asyncio.create_task(_warm_all(batcher, models, limits, server.warmed))
@@ -134,6 +143,7 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
         if task is not None:
             task.cancel()
         await batcher.close()
+        sessions.close()
         stop_decoder_thread()  # its OpenMP team would slow a host program's own torch calls
 
     app = FastAPI(title="st-runner", lifespan=lifespan)
@@ -146,6 +156,7 @@ def create_app(models: dict[str, Runner], limits: ServeLimits | None = None, *, 
     _add_status_routes(app, server)
     _add_translate_routes(app, server)
     add_routes(app, models, batcher, limits, metrics)
+    app.add_api_websocket_route(REALTIME_PATH, sessions.handle)
     return _counted(app, Security(DeclaredSizeLimit(app, limits.max_upload_bytes), api_key, cors_origins,
                                   allowed_hosts), metrics)
 
@@ -185,6 +196,7 @@ def _add_status_routes(app: Any, server: _Server) -> None:
     @app.get("/info")
     async def info() -> dict[str, Any]:
         return {"models": server.configs, "default_model": next(iter(models)), "limits": asdict(limits),
+                "live": {**asdict(server.live.limits), "path": REALTIME_PATH, "open_sessions": server.live.open},
                 "warmup": f"one {WARMUP_SECONDS:g} s decode of silence per model at start-up"
                           + (f", and batches of 2, 4, ... up to {limits.max_batch}" if limits.max_batch > 1 else ""),
                 "decoding": ("one request at a time across all models, in arrival order" if limits.max_batch <= 1
@@ -387,7 +399,7 @@ def _load_models(model: str | Path | None, quants: Sequence[str], hop: int | Non
 
 def serve(models: dict[str, Runner], host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits | None = None,
           log_level: str = "info", *, api_key: str | None = None, cors_origins: Sequence[str] = (),
-          host_names: Sequence[str] = ()) -> None:
+          host_names: Sequence[str] = (), live: LiveLimits | None = None) -> None:
     """Serve until interrupted; models warm up as the server starts (GET /ready says when they are done).
 
     Requests must name this server in their Host header (`security.allowed_hosts`: the bind address,
@@ -406,8 +418,11 @@ def serve(models: dict[str, Runner], host: str = "127.0.0.1", port: int = 8000, 
     if host in WILDCARDS and not api_key:
         logger.warning("serving on every interface (%s) without an API key: anyone who can reach this port can "
                        "use it; set ST_RUNNER_API_KEY", host or "*")
+    live = live or LiveLimits()
     app = create_app(models, limits, api_key=api_key, cors_origins=cors_origins,
-                     allowed_hosts=allowed_hosts(host, host_names, cors_origins))
+                     allowed_hosts=allowed_hosts(host, host_names, cors_origins), live=live)
     uvicorn.run(app, host=host, port=port, log_level=log_level, http=protocol(limits.header_seconds),
+                ws_max_size=live.max_append_bytes * 4 // 3 + WS_FRAME_SLACK,
+                ws_per_message_deflate=False,  # a compressed frame could inflate past ws_max_size's meaning
                 timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=limits.shutdown_seconds,
                 h11_max_incomplete_event_size=MAX_HEAD_BYTES)

@@ -28,6 +28,7 @@ from runner.serve.upload import ApiError, Audio, ServeLimits
 
 _decoder: ThreadPoolExecutor | None = None
 logger = logging.getLogger("runner.serve")
+AUDIO_TOO_SHORT = "audio_too_short"  # ApiError.code of audio the frontend or encoder cannot take
 GONE_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 
 
@@ -226,7 +227,7 @@ def _translate_one(runner: Runner, audio: Audio, seconds: float) -> Translation 
         with deadline(seconds):
             return runner.translate(audio.waveform, audio.sample_rate)
     except AudioTooShortError as error:  # shorter than the STFT window, or too few frames to subsample
-        return ApiError(422, f"{error} ({audio.seconds:.3f} s of audio)")
+        return ApiError(422, f"{error} ({audio.seconds:.3f} s of audio)", code=AUDIO_TOO_SHORT)
     except DecodeTimeoutError as error:
         return ApiError(503, f"decoding took longer than {seconds:g} s for {audio.seconds:.1f} s of audio "
                              f"(--max-decode-seconds) and was stopped: {error}")

@@ -44,6 +44,10 @@ class HeaderDeadline(H11Protocol):
         if self.cycle is not cycle:  # a request's head was parsed: its body and answer have their own limits
             self._disarm()
 
+    def handle_websocket_upgrade(self, event: object) -> None:
+        self._disarm()  # the connection is a WebSocket's from here on: a 408 written into it would corrupt a frame
+        super().handle_websocket_upgrade(event)  # type: ignore[arg-type]
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
         # the next request on this connection gets its own deadline, unless it is already parsed (pipelined)
@@ -65,7 +69,8 @@ class HeaderDeadline(H11Protocol):
 
     def _head_late(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+        if self.transport.is_closing() or self.transport.get_protocol() is not self \
+                or (self.cycle is not None and not self.cycle.response_complete):
             return
         self.transport.write(timeout_answer(self.header_seconds))
         self.transport.close()

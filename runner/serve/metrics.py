@@ -21,9 +21,10 @@ class ServeMetrics:
 
     Args:
         queue_depth: reads the requests waiting for the decoder now.
+        live_sessions: reads the live sessions open now.
     """
 
-    def __init__(self, queue_depth: Callable[[], int]) -> None:
+    def __init__(self, queue_depth: Callable[[], int], live_sessions: Callable[[], int] = lambda: 0) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("st_runner_requests", "HTTP requests answered, by path and status code.",
                                 ["path", "status"], registry=self.registry)
@@ -31,6 +32,8 @@ class ServeMetrics:
                               ["status"], registry=self.registry)
         Gauge("st_runner_queue_depth", "Requests waiting for the decoder.",
               registry=self.registry).set_function(queue_depth)
+        Gauge("st_runner_live_sessions", "Live translation sessions open (/v1/realtime/translations).",
+              registry=self.registry).set_function(live_sessions)
         self.batch_sizes = Histogram("st_runner_batch_size", "Requests decoded together in one batched search.",
                                      ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
         self.decode_seconds = Histogram("st_runner_decode_seconds",

@@ -78,13 +78,16 @@ class ServeLimits:
 
 
 class ApiError(Exception):
-    """A request the server refuses: an HTTP status, a one-line reason for the client, extra headers."""
+    """A request the server refuses: an HTTP status, a one-line reason for the client, extra headers, and a
+    machine-readable `code` where a caller acts on the kind (a live session skips "audio_too_short")."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None,
+                 code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.code = code
 
 
 OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
