@@ -11,6 +11,7 @@ import typer
 from runner import defaults
 from runner.cli import export as cli_export
 from runner.cli import longform as cli_longform
+from runner.cli import live as cli_live
 from runner.cli import quant as cli_quant
 from runner.cli.common import DEBUG_VARIABLE, fail, flag_error, parse_overrides, set_debug, show_notes
 from runner.cli.demo import demo_app
@@ -56,8 +57,12 @@ def translate(
     out_format: Optional[str] = typer.Option(None, help="With --audio: json, srt, vtt or txt [default: from --out's suffix, else txt]"),
     segmenter: Optional[str] = typer.Option(None, "--segmenter", "--segmentation", help="yaml (the data's own segments), vad (Silero VAD; with --data: whole talks re-aligned by mweralign, IWSLT-style) or fixed [default: yaml; vad with --audio]"),
     max_segment: float = typer.Option(20.0, help="Longest segment in seconds (vad, fixed)"),
+    simultaneous: bool = typer.Option(False, "--simultaneous", help="Replay each utterance chunk by chunk through a live session and report BLEU with AL, LAAL and YAAL (computation-unaware and -aware)"),
+    chunk_seconds: float = typer.Option(1.0, help="With --simultaneous: new audio between two decodes"),
+    agreement: int = typer.Option(2, help="With --simultaneous: commit what this many consecutive hypotheses agree on (LocalAgreement-n)"),
 ) -> None:
-    """Translate a test set and report size, parameters, BLEU, chrF, source WER and latency; or a recording (--audio)."""
+    """Translate a test set and report size, parameters, BLEU, chrF, source WER and latency; or a recording (--audio);
+    or, with --simultaneous, translate it live and report its latency as simultaneous translation is measured."""
     from runner.config import RunConfig
     from runner.outputs import check_writable
 
@@ -73,7 +78,10 @@ def translate(
         except OptionError as error:
             raise RunnerError(flag_error(error, {"max_seconds": "--max-segment"})) from error
         fmt = cli_longform.output_format(out, out_format) if audio is not None else None
+        stream = _stream_options(simultaneous, chunk_seconds, agreement, audio, cut)
         runner = _runner(run, model, model_file, quant, hop, plugin, set_, threads, device, search)
+        if stream is not None:
+            return cli_live.translate_simultaneous(runner, run.evaluate, stream, out)
         segments_per_search = batch_size if batch_size is not None else cli_longform.BATCH
         if audio is not None:
             return cli_longform.translate_recording(runner, audio, cut, out, fmt, segments_per_search, progress)
@@ -97,6 +105,22 @@ def translate(
         except RunnerError as error:
             fail(str(error), 2, error)
         typer.echo(f"wrote {out}", err=True)
+
+
+def _stream_options(simultaneous: bool, chunk_seconds: float, agreement: int, audio: Optional[Path],
+                    cut: Any) -> Any:
+    """The live sessions' options with --simultaneous (None without); RunnerError for a combination it lacks."""
+    from runner.live import StreamOptions
+
+    if not simultaneous:
+        return None
+    if audio is not None or cut is not None:
+        raise RunnerError("--simultaneous replays the test set's utterances; whole recordings (--audio, --segmenter "
+                          "vad) are not replayed live yet")
+    try:
+        return StreamOptions(chunk_seconds=chunk_seconds, agreement=agreement)
+    except OptionError as error:
+        raise RunnerError(flag_error(error, {"chunk_seconds": "--chunk-seconds"})) from error
 
 
 def _runner(run: Any, model: Optional[Path], model_file: Optional[Path], quant: Optional[str], hop: Optional[int],

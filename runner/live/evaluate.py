@@ -28,22 +28,24 @@ METRICS = ("AL", "LAAL", "YAAL")
 
 @dataclass(frozen=True)
 class Emitted:
-    """One utterance replayed live: what was committed, and when each word was.
+    """One utterance replayed live, twice: what was committed, and when each word was.
 
     Attributes:
-        id: the segment's id; hypothesis: the committed words, joined; reference: the reference translation.
-        source_seconds: the utterance's length.
-        emission_cu: per word, the audio (seconds) the session had heard when it committed it.
-        emission_ca: per word, when it was shown: that audio time plus the decoding before it.
+        id: the segment's id; reference: the reference translation; source_seconds: the utterance's length.
+        hypothesis: the committed words of the computation-unaware replay (every chunk decoded, at the audio
+            time it arrived: deterministic); emission_cu: per word, the audio (seconds) heard when it was committed.
+        served: the committed words of the computation-aware replay (the clock runs on while a decode runs and
+            updates are skipped as a live server skips them); emission_ca: per word, when it was shown.
         speech_onset: where speech starts in the utterance (Silero VAD), seconds.
-        compute_seconds: the decodes' total time.
+        compute_seconds: the computation-aware replay's decoding time.
     """
 
     id: str
-    hypothesis: str
     reference: str
     source_seconds: float
+    hypothesis: str
     emission_cu: list[float]
+    served: str
     emission_ca: list[float]
     speech_onset: float
     compute_seconds: float
@@ -61,10 +63,11 @@ class SimultaneousResult:
     Attributes:
         options: the sessions' chunking and agreement.
         conditions: what the figures were measured under (threads, CPU kind, engine, hop, device).
-        bleu, chrf: of the committed text; offline_bleu: of the same runner's offline translations.
+        bleu, chrf: of the computation-unaware replay's text (reproducible); served_bleu: of the computation-aware
+            replay's (as a live server would have shown it); offline_bleu: of the same runner's offline translations.
         latency: metric name ("LAAL", "LAAL (CA)", ...) -> seconds, from OmniSTEval.
         first_word_lag: mean seconds from speech onset to the first committed word (computation-aware).
-        real_time_factor: decoding time over audio time, summed over the replays.
+        real_time_factor: decoding time over audio time in the computation-aware replays.
         utterances: each utterance's emissions.
     """
 
@@ -72,6 +75,7 @@ class SimultaneousResult:
     conditions: RunConditions
     bleu: CorpusScore
     chrf: CorpusScore
+    served_bleu: CorpusScore
     offline_bleu: CorpusScore
     latency: dict[str, float]
     first_word_lag: float
@@ -81,50 +85,52 @@ class SimultaneousResult:
     def format(self) -> str:
         """The result as the CLI prints it, with its conditions."""
         c = self.conditions
-        cpu = c.machine.get("cpu_kind", "unknown")
-        lines = [f"simultaneous: chunk {self.options.chunk_seconds:g} s, LocalAgreement-{self.options.agreement}, "
-                 f"segments up to {self.options.max_segment_seconds:g} s, endpoint {self.options.endpoint_ms} ms "
-                 f"(computation-aware replay, {len(self.utterances)} utterances)",
-                 f"conditions: {c.threads} thread(s), cpu kind {cpu}, device {c.device}, search {c.search}, "
-                 f"hop {c.hop_length}, plugins {c.plugin_labels()}",
-                 f"BLEU {self.bleu.score:.2f} (offline {self.offline_bleu.score:.2f}, "
-                 f"{self.bleu.score - self.offline_bleu.score:+.2f})  chrF {self.chrf.score:.2f}  [{self.bleu.signature}]",
-                 "latency (s, OmniSTEval, word-level): " + "  ".join(
-                     f"{name} {value:.3f}" for name, value in self.latency.items()),
-                 f"first committed word {self.first_word_lag:.3f} s after speech onset (mean);  "
-                 f"real-time factor {self.real_time_factor:.3f}"]
-        return "\n".join(lines)
+        return "\n".join([
+            f"simultaneous: chunk {self.options.chunk_seconds:g} s, LocalAgreement-{self.options.agreement}, "
+            f"segments up to {self.options.max_segment_seconds:g} s, endpoint {self.options.endpoint_ms} ms, "
+            f"{len(self.utterances)} utterances, warm-up {c.warmup}",
+            f"conditions: {c.threads} thread(s), cpu kind {c.machine.get('cpu_kind', 'unknown')}, device {c.device}, "
+            f"search {c.search}, hop {c.hop_length}, plugins {c.plugin_labels()}",
+            f"BLEU {self.bleu.score:.2f} (offline {self.offline_bleu.score:.2f}, "
+            f"{self.bleu.score - self.offline_bleu.score:+.2f}; as served, computation-aware {self.served_bleu.score:.2f})"
+            f"  chrF {self.chrf.score:.2f}  [{self.bleu.signature}]",
+            "latency (s, OmniSTEval, words): " + "  ".join(f"{name} {value:.3f}" for name, value in self.latency.items()),
+            f"first committed word {self.first_word_lag:.3f} s after speech onset (mean, computation-aware);  "
+            f"real-time factor {self.real_time_factor:.3f}"])
 
     def to_dict(self) -> dict[str, Any]:
         return {"options": asdict(self.options), "conditions": self.conditions.to_dict(),
-                "bleu": asdict(self.bleu), "chrf": asdict(self.chrf), "offline_bleu": asdict(self.offline_bleu),
-                "latency_seconds": self.latency, "latency_scorer": f"omnisteval {_version()}",
-                "first_word_lag_seconds": self.first_word_lag, "real_time_factor": self.real_time_factor,
-                "utterances": [asdict(u) for u in self.utterances]}
+                "bleu": asdict(self.bleu), "chrf": asdict(self.chrf), "served_bleu": asdict(self.served_bleu),
+                "offline_bleu": asdict(self.offline_bleu), "latency_seconds": self.latency,
+                "latency_scorer": f"omnisteval {_version()}", "first_word_lag_seconds": self.first_word_lag,
+                "real_time_factor": self.real_time_factor, "utterances": [asdict(u) for u in self.utterances]}
 
 
-def emitted(updates: list[StreamUpdate]) -> tuple[list[str], list[float], list[float]]:
-    """The committed words of a replay and, per word, its computation-unaware and -aware emission times."""
-    words, cu, ca = [], [], []
+def emitted(updates: list[StreamUpdate], aware: bool) -> tuple[str, list[float]]:
+    """The committed text of a replay and, per word, its emission time: the audio heard when it was committed
+    (computation-unaware) or when it was shown (`aware`)."""
+    words, times = [], []
     for update in updates:
         new = update.translation.split()
         words += new
-        cu += [update.audio_seconds] * len(new)
-        ca += [update.emitted_seconds if update.emitted_seconds is not None else update.audio_seconds] * len(new)
-    return words, cu, ca
+        shown = update.emitted_seconds if aware and update.emitted_seconds is not None else update.audio_seconds
+        times += [shown] * len(new)
+    return " ".join(words), times
 
 
-def replay_utterance(runner: Runner, waveform: np.ndarray, options: StreamOptions) -> list[StreamUpdate]:
-    """One utterance through a fresh live session, as if it arrived in real time (computation-aware)."""
-    return replay(runner.stream(options), waveform, runner.sample_rate)
+def replay_utterance(runner: Runner, waveform: np.ndarray, options: StreamOptions,
+                     aware: bool = True) -> list[StreamUpdate]:
+    """One utterance through a fresh live session, as if it arrived in real time."""
+    return replay(runner.stream(options), waveform, runner.sample_rate, computation_aware=aware)
 
 
 def evaluate_simultaneous(runner: Runner, preloaded: PreloadedSet, options: StreamOptions = StreamOptions(),
                           progress: Any = None) -> SimultaneousResult:
-    """Replay every utterance of `preloaded` through a live session and score quality and latency.
+    """Replay every utterance of `preloaded` through live sessions and score quality and latency.
 
-    The first utterance is replayed once before, untimed, so no decode's time is a first call's. The offline
-    BLEU is the same runner's `translate` of each utterance.
+    Each utterance is replayed computation-unaware (its text and latency are reproducible) and computation-aware
+    (what a live server shows, and when). The first utterance is replayed once before, untimed, so no decode's
+    time is a first call's. The offline BLEU is the same runner's `translate` of each utterance.
     """
     from runner.longform.segment import SegmentOptions, segment
 
@@ -133,11 +139,13 @@ def evaluate_simultaneous(runner: Runner, preloaded: PreloadedSet, options: Stre
         replay_utterance(runner, utterances[0].waveform, options)  # warm-up
     results, offline = [], []
     for utterance in (progress(utterances) if progress else utterances):
-        updates = replay_utterance(runner, utterance.waveform, options)
-        words, cu, ca = emitted(updates)
+        text, cu = emitted(replay_utterance(runner, utterance.waveform, options, aware=False), aware=False)
+        served_updates = replay_utterance(runner, utterance.waveform, options)
+        served, ca = emitted(served_updates, aware=True)
         spans = segment(utterance.waveform, utterance.sample_rate, SegmentOptions("vad"))
-        results.append(Emitted(utterance.segment.id, " ".join(words), utterance.segment.reference, utterance.seconds,
-                               cu, ca, spans[0].start if spans else 0.0, sum(u.compute_seconds for u in updates)))
+        results.append(Emitted(utterance.segment.id, utterance.segment.reference, utterance.seconds, text, cu,
+                               served, ca, spans[0].start if spans else 0.0,
+                               sum(u.compute_seconds for u in served_updates)))
         offline.append(runner.translate(utterance.waveform, utterance.sample_rate).text)
     return score(results, offline, options, runner.conditions(warmup=1))
 
@@ -150,22 +158,26 @@ def score(results: list[Emitted], offline: list[str], options: StreamOptions,
     lags = [r.first_word_lag for r in results if r.first_word_lag is not None]
     audio = sum(r.source_seconds for r in results)
     return SimultaneousResult(options, conditions, corpus_bleu(hypotheses, references),
-                              corpus_chrf(hypotheses, references), corpus_bleu(offline, references),
-                              latency(results), float(np.mean(lags)) if lags else float("nan"),
+                              corpus_chrf(hypotheses, references), corpus_bleu([r.served for r in results], references),
+                              corpus_bleu(offline, references), latency(results),
+                              float(np.mean(lags)) if lags else float("nan"),
                               sum(r.compute_seconds for r in results) / audio if audio else float("nan"), results)
 
 
 def latency(results: list[Emitted]) -> dict[str, float]:
-    """AL, LAAL and YAAL in seconds, computation-unaware and -aware ("(CA)"), by OmniSTEval's scorers."""
+    """AL, LAAL and YAAL in seconds, computation-unaware (of the unaware replay) and -aware ("(CA)", of the aware
+    replay), by OmniSTEval's scorers."""
     from omnisteval.data import Instance
     from omnisteval.scoring import ALScorer, LAALScorer, YAALScorer
 
-    instances = [Instance(prediction=r.hypothesis, reference=r.reference, source_length=r.source_seconds * 1000,
-                          emission_cu=[t * 1000 for t in r.emission_cu], emission_ca=[t * 1000 for t in r.emission_ca])
-                 for r in results if r.emission_cu]
     scorers = {"AL": ALScorer, "LAAL": LAALScorer, "YAAL": YAALScorer}
     figures = {}
     for aware in (False, True):
+        instances = [Instance(prediction=r.served if aware else r.hypothesis, reference=r.reference,
+                              source_length=r.source_seconds * 1000,
+                              **{"emission_ca" if aware else "emission_cu":
+                                 [t * 1000 for t in (r.emission_ca if aware else r.emission_cu)]})
+                     for r in results if (r.emission_ca if aware else r.emission_cu)]
         for name in METRICS:
             figures[name + (" (CA)" if aware else "")] = scorers[name](computation_aware=aware)(instances) / 1000
     return figures
