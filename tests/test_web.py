@@ -26,6 +26,16 @@ def chromium() -> str:
     return path
 
 
+def microphone_page(playwright: object, server: str, microphone: Path) -> tuple[object, object]:
+    """Headless Chromium whose fake microphone plays the WAV `microphone` (looped), on the page at `server`."""
+    browser = playwright.chromium.launch(executable_path=chromium(), args=[
+        "--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={microphone}"])
+    page = browser.new_context(permissions=["microphone"]).new_page()
+    page.goto(server)
+    return browser, page
+
+
 @pytest.fixture()
 def page(server: str):
     from playwright.sync_api import sync_playwright
@@ -82,11 +92,7 @@ def test_page_records_from_the_microphone(server: str, served_utterances: dict[s
     microphone = tmp_path / "microphone.wav"
     soundfile.write(str(microphone), speech, rate, subtype="PCM_16")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium(), args=[
-            "--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={microphone}"])
-        page = browser.new_context(permissions=["microphone"]).new_page()
-        page.goto(server)
+        browser, page = microphone_page(playwright, server, microphone)
         page.click("#record")
         expect(page.locator("#record")).to_have_text("Stop")
         page.wait_for_timeout(3000)
@@ -174,11 +180,7 @@ def test_page_translates_live_from_the_microphone(server: str, served_utterances
     microphone = tmp_path / "microphone.wav"
     soundfile.write(str(microphone), speech, 16000, subtype="PCM_16")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium(), args=[
-            "--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={microphone}"])
-        page = browser.new_context(permissions=["microphone"]).new_page()
-        page.goto(server)
+        browser, page = microphone_page(playwright, server, microphone)
         expect(page.locator("#model-info")).to_contain_text("parameters")
         page.click("#live")
         started = time.monotonic()
