@@ -27,6 +27,7 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,7 @@ from runner.runner import Runner
 from runner.serve.batching import AUDIO_TOO_SHORT, Batcher, decoder_thread
 from runner.serve.upload import OPENAI_TYPES, ApiError, Audio
 
+logger = logging.getLogger("runner.serve")
 PATH = "/v1/realtime/translations"
 INPUT_RATE = 24_000  # OpenAI's: 24 kHz PCM16 mono, little-endian
 FRAME_MS = 200  # `elapsed_ms` advances in frames of this length
@@ -155,8 +157,8 @@ class _Connection:
             await decoding
             await self.send({"type": "session.closed"})
             await self.websocket.close(1000)
-        except (WebSocketDisconnect, RuntimeError):  # the client vanished: its queued decodes are dropped
-            self.gone = True
+        except (WebSocketDisconnect, RuntimeError):  # the client vanished: `gone` drops its queued decodes
+            pass
         finally:
             self.gone = True
             decoding.cancel()
@@ -178,8 +180,13 @@ class _Connection:
             if message.get("text") is None:
                 await self.error("send client events as JSON text frames, not binary")
                 continue
-            if await self.handle(message["text"]):
-                return None
+            try:
+                if await self.handle(message["text"]):
+                    return None
+            except Exception as error:  # noqa: BLE001 - a fault of the server's: this event is lost, not the session
+                logger.exception("a live session's client event failed")
+                await self.error(f"internal error handling the event ({type(error).__name__}); the server logged it",
+                                 kind="server_error")
 
     async def handle(self, text: str) -> bool:
         """Act on one client event; True for `session.close`."""
@@ -245,7 +252,8 @@ class _Connection:
                              event_id=event_id)
             return
         audio = changes.get("audio") or {}
-        given = (audio.get("output") or {}).get("language") if isinstance(audio, dict) else None
+        output = audio.get("output") if isinstance(audio, dict) else None
+        given = output.get("language") if isinstance(output, dict) else None
         if given is not None and given != self.language():
             await self.error(f"model '{self.name}' translates into '{self.language()}', not '{str(given)[:20]}'",
                              param="session.audio.output.language", event_id=event_id)
