@@ -12,7 +12,7 @@ from runner import defaults
 from runner.data import load_test_set, preload
 from runner.errors import OptionError, RunnerError
 from runner.live import LocalAgreement, StreamOptions
-from runner.live.session import replay
+from runner.live.session import StreamSession, replay
 from runner.runner import Runner
 
 
@@ -126,10 +126,36 @@ def test_a_24_khz_stream_decodes_what_the_same_recording_gives_offline(runner: R
         session.push(np.zeros(1600, dtype=np.float32), 16000)
 
 
+def _recording(runner: Runner, options: StreamOptions) -> tuple[StreamSession, list[float]]:
+    """A session whose decodes note the seconds of audio each was given."""
+    lengths: list[float] = []
+
+    def translate(waveform: np.ndarray, rate: int) -> object:
+        lengths.append(len(waveform) / rate)
+        return runner.translate(waveform, rate)
+
+    return StreamSession(translate, runner.sample_rate, options), lengths
+
+
 def test_no_decode_is_longer_than_a_segment_however_much_one_push_brings(runner: Runner,
                                                                        utterances: list[np.ndarray]) -> None:
     talk = np.concatenate(utterances)  # about 10 s, pushed at once
-    session = runner.stream(StreamOptions(chunk_seconds=3.0, max_segment_seconds=3.0, endpoint_ms=0))
+    session, lengths = _recording(runner, StreamOptions(chunk_seconds=3.0, max_segment_seconds=3.0, endpoint_ms=0))
     updates = session.push(talk, 16000) + session.finish()
-    assert all(u.final for u in updates) and len(updates) == -(-len(talk) // (3 * 16000))
+    assert len([u for u in updates if u.final]) == -(-len(talk) // (3 * 16000)) and updates[-1].final
+    assert max(lengths) <= 3.0 and len(lengths) == len(updates)
     assert "".join(u.translation for u in updates) == " ".join(session.translation)
+
+
+def test_each_sentence_of_a_talk_is_its_own_segment_starting_at_its_speech(runner: Runner,
+                                                                          utterances: list[np.ndarray]) -> None:
+    """Sentences 0.35 s apart, checked once a second: a check that lands after the next sentence began still
+    closes the first at its pause (the first finished stretch of speech, not the last), and the next segment
+    starts at its own speech, not in the pause before it, as the offline segmenter cuts it."""
+    pause = np.zeros(int(0.35 * 16000), dtype=np.float32)
+    talk = np.concatenate([piece for u in utterances for piece in (u, pause)])
+    session, lengths = _recording(runner, StreamOptions(chunk_seconds=1.0, endpoint_ms=300))
+    updates = replay(session, talk, 16000, computation_aware=False)
+    finals = [u for u in updates if u.final]
+    assert len(finals) == len(utterances) and [u.segment for u in finals] == list(range(len(utterances)))
+    assert max(lengths) <= max(len(u) for u in utterances) / 16000 + 0.2  # never two sentences in one decode

@@ -66,6 +66,32 @@ def test_runner_translate_simultaneous_reports_bleu_and_latency_with_its_conditi
     assert 0 < written["latency_seconds"]["LAAL"] <= max(u["source_seconds"] for u in written["utterances"])
     assert written["bleu"]["score"] > 50 and written["conditions"]["cpu_kind"]
     for args, message in [(["--chunk-seconds", "0"], "--chunk-seconds: must be in"),
-                          (["--audio", str(out)], "--simultaneous replays the test set's utterances")]:
+                          (["--audio", str(out)], "has none: leave out --audio"),
+                          (["--segmenter", "vad", "--limit", "3"], "--limit: whole talks are decoded"),
+                          (["--segmenter", "vad", "--max-segment", "1.5"], "--max-segment: must be at least 2 s")]:
         refused = CliRunner().invoke(app, ["translate", "--simultaneous", "--search", "lean", *args])
         assert refused.exit_code == 2 and message in refused.output, refused.output
+
+
+def test_a_whole_talk_replayed_live_is_scored_long_form_near_its_offline_translation() -> None:
+    """The first tst-COMMON talk (20 sentences, 64 s) replayed whole through one session, its segments cut by the
+    session's own VAD end-points: re-segmented by OmniSTEval to its 20 references, BLEU near the offline VAD
+    translation's (measured on all five talks: 82.27 against 84.88; a session that joins sentences into one
+    segment scored 18-52, one that starts segments in the pause 64), with StreamLAAL and long-form YAAL."""
+    from runner import defaults
+    from runner.data import load_test_set
+    from runner.live.talks import evaluate_talks_simultaneous
+
+    test_set = load_test_set(defaults.data_path(), "tst-COMMON")
+    test_set.segments[:] = test_set.segments[:20]
+    runner = Runner(threads=2, search="lean")
+    result = evaluate_talks_simultaneous(runner, test_set, StreamOptions(chunk_seconds=1.0, endpoint_ms=300,
+                                                                         max_segment_seconds=20.0))
+    assert result.talks and len(result.utterances) == 1
+    talk = result.utterances[0]
+    assert talk.emission_cu == sorted(talk.emission_cu) and talk.emission_cu[-1] <= talk.source_seconds + 1e-9
+    assert len(talk.emission_ca) == len(talk.served.split())
+    assert set(result.latency) == {"StreamLAAL", "LongYAAL", "StreamLAAL (CA)", "LongYAAL (CA)"}
+    assert 0.5 < result.latency["StreamLAAL"] < 4.0 and result.latency["StreamLAAL (CA)"] >= result.latency["StreamLAAL"]
+    assert result.bleu.score >= result.offline_bleu.score - 10, (result.bleu.score, result.offline_bleu.score)
+    assert "1 whole talks, committed words re-segmented" in result.format()

@@ -57,7 +57,7 @@ def translate(
     out_format: Optional[str] = typer.Option(None, help="With --audio: json, srt, vtt or txt [default: from --out's suffix, else txt]"),
     segmenter: Optional[str] = typer.Option(None, "--segmenter", "--segmentation", help="yaml (the data's own segments), vad (Silero VAD; with --data: whole talks re-aligned by mweralign, IWSLT-style) or fixed [default: yaml; vad with --audio]"),
     max_segment: float = typer.Option(20.0, help="Longest segment in seconds (vad, fixed)"),
-    simultaneous: bool = typer.Option(False, "--simultaneous", help="Replay each utterance chunk by chunk through a live session and report BLEU with AL, LAAL and YAAL (computation-unaware and -aware)"),
+    simultaneous: bool = typer.Option(False, "--simultaneous", help="Replay each utterance chunk by chunk through a live session and report BLEU with AL, LAAL and YAAL (computation-unaware and -aware); with --segmenter vad or fixed, each whole talk, with StreamLAAL and long-form YAAL"),
     chunk_seconds: float = typer.Option(1.0, help="With --simultaneous: new audio between two decodes"),
     agreement: int = typer.Option(2, help="With --simultaneous: commit what this many consecutive hypotheses agree on (LocalAgreement-n)"),
 ) -> None:
@@ -81,7 +81,7 @@ def translate(
         stream = _stream_options(simultaneous, chunk_seconds, agreement, audio, cut)
         runner = _runner(run, model, model_file, quant, hop, plugin, set_, threads, device, search)
         if stream is not None:
-            return cli_live.translate_simultaneous(runner, run.evaluate, stream, out)
+            return cli_live.translate_simultaneous(runner, run.evaluate, stream, out, whole_talks=cut is not None)
         segments_per_search = batch_size if batch_size is not None else cli_longform.BATCH
         if audio is not None:
             return cli_longform.translate_recording(runner, audio, cut, out, fmt, segments_per_search, progress)
@@ -109,18 +109,23 @@ def translate(
 
 def _stream_options(simultaneous: bool, chunk_seconds: float, agreement: int, audio: Optional[Path],
                     cut: Any) -> Any:
-    """The live sessions' options with --simultaneous (None without); RunnerError for a combination it lacks."""
+    """The live sessions' options with --simultaneous (None without): with a segmenter (whole talks), segments
+    end at VAD end-points, pauses of the segmenter's min_silence_ms (vad), or only at --max-segment (fixed). RunnerError for a combination it lacks."""
     from runner.live import StreamOptions
 
     if not simultaneous:
         return None
-    if audio is not None or cut is not None:
-        raise RunnerError("--simultaneous replays the test set's utterances; whole recordings (--audio, --segmenter "
-                          "vad) are not replayed live yet")
+    if audio is not None:
+        raise RunnerError(f"--simultaneous replays a test set (its utterances, or with --segmenter its whole talks) "
+                          f"and scores it against its references; {audio} has none: leave out --audio")
     try:
-        return StreamOptions(chunk_seconds=chunk_seconds, agreement=agreement)
+        if cut is None:
+            return StreamOptions(chunk_seconds=chunk_seconds, agreement=agreement)
+        return StreamOptions(chunk_seconds=chunk_seconds, agreement=agreement, max_segment_seconds=cut.max_seconds,
+                             endpoint_ms=cut.min_silence_ms if cut.segmenter == "vad" else 0)
     except OptionError as error:
-        raise RunnerError(flag_error(error, {"chunk_seconds": "--chunk-seconds"})) from error
+        raise RunnerError(flag_error(error, {"chunk_seconds": "--chunk-seconds",
+                                             "max_segment_seconds": "--max-segment"})) from error
 
 
 def _runner(run: Any, model: Optional[Path], model_file: Optional[Path], quant: Optional[str], hop: Optional[int],

@@ -65,15 +65,21 @@ def translate_recording(runner: Any, audio: Path, options: SegmentOptions, out: 
     typer.echo(f"wrote {out} ({fmt})", err=True)
 
 
-def translate_talks(runner: Any, options: SegmentOptions, out: Optional[Path], evaluate: Any,
-                    batch_size: int) -> None:
-    """Decode the data's talks whole with automatic segmentation and print their re-aligned BLEU."""
+def talk_split(evaluate: Any) -> Any:
+    """The split whose whole talks a command decodes; RunnerError for --limit, which would cut a talk."""
     from runner.data import load_test_set
-    from runner.longform.iwslt import evaluate_talks
 
     if evaluate.limit is not None:
         raise RunnerError("--limit: whole talks are decoded with --segmenter vad or fixed; leave --limit out")
-    test_set = load_test_set(evaluate.data or defaults.data_path(), evaluate.split, evaluate.text)
+    return load_test_set(evaluate.data or defaults.data_path(), evaluate.split, evaluate.text)
+
+
+def translate_talks(runner: Any, options: SegmentOptions, out: Optional[Path], evaluate: Any,
+                    batch_size: int) -> None:
+    """Decode the data's talks whole with automatic segmentation and print their re-aligned BLEU."""
+    from runner.longform.iwslt import evaluate_talks
+
+    test_set = talk_split(evaluate)
     score = evaluate_talks(runner, test_set, options, batch_size,
                            progress=bar("translate", "talks") if evaluate.progress else None)
     typer.echo(score.format())

@@ -68,7 +68,9 @@ class SimultaneousResult:
         latency: metric name ("LAAL", "LAAL (CA)", ...) -> seconds, from OmniSTEval.
         first_word_lag: mean seconds from speech onset to the first committed word (computation-aware).
         real_time_factor: decoding time over audio time in the computation-aware replays.
-        utterances: each utterance's emissions.
+        utterances: each utterance's emissions (with `talks`, each whole talk's).
+        talks: whole talks were replayed, their words re-segmented to the reference segments (`runner.live.talks`);
+            the offline BLEU is then of the talks' offline VAD translations, re-segmented the same way.
     """
 
     options: StreamOptions
@@ -81,17 +83,20 @@ class SimultaneousResult:
     first_word_lag: float
     real_time_factor: float
     utterances: list[Emitted] = field(repr=False)
+    talks: bool = False
 
     def format(self) -> str:
         """The result as the CLI prints it, with its conditions."""
         c = self.conditions
+        what = (f"{len(self.utterances)} whole talks, committed words re-segmented to the reference segments by "
+                f"OmniSTEval" if self.talks else f"{len(self.utterances)} utterances")
         return "\n".join([
             f"simultaneous: chunk {self.options.chunk_seconds:g} s, LocalAgreement-{self.options.agreement}, "
             f"segments up to {self.options.max_segment_seconds:g} s, endpoint {self.options.endpoint_ms} ms, "
-            f"{len(self.utterances)} utterances, warm-up {c.warmup}",
+            f"{what}, warm-up {c.warmup}",
             f"conditions: {c.threads} thread(s), cpu kind {c.machine.get('cpu_kind', 'unknown')}, device {c.device}, "
             f"search {c.search}, hop {c.hop_length}, plugins {c.plugin_labels()}",
-            f"BLEU {self.bleu.score:.2f} (offline {self.offline_bleu.score:.2f}, "
+            f"BLEU {self.bleu.score:.2f} (offline{' VAD' if self.talks else ''} {self.offline_bleu.score:.2f}, "
             f"{self.bleu.score - self.offline_bleu.score:+.2f}; as served, computation-aware {self.served_bleu.score:.2f})"
             f"  chrF {self.chrf.score:.2f}  [{self.bleu.signature}]",
             "latency (s, OmniSTEval, words): " + "  ".join(f"{name} {value:.3f}" for name, value in self.latency.items()),
@@ -103,7 +108,7 @@ class SimultaneousResult:
                 "bleu": asdict(self.bleu), "chrf": asdict(self.chrf), "served_bleu": asdict(self.served_bleu),
                 "offline_bleu": asdict(self.offline_bleu), "latency_seconds": self.latency,
                 "latency_scorer": f"omnisteval {_version()}", "first_word_lag_seconds": self.first_word_lag,
-                "real_time_factor": self.real_time_factor, "utterances": [asdict(u) for u in self.utterances]}
+                "real_time_factor": self.real_time_factor, "talks": self.talks, "utterances": [asdict(u) for u in self.utterances]}
 
 
 def emitted(updates: list[StreamUpdate], aware: bool) -> tuple[str, list[float]]:

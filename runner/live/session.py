@@ -80,14 +80,15 @@ class StreamSession:
             resamples it to the model's; a server's bridge to its decoder queue).
         rate: the model's sample rate (the stream's until its first push says otherwise).
         options: chunking, agreement and segmentation.
-        endpoints: finds where speech ends in a segment (seconds), None for none; default Silero VAD.
+        endpoints: where speech starts and its first stretch ends in a segment (`speech_bounds`'s contract);
+            default Silero VAD.
     """
 
     def __init__(self, translate: Callable[[np.ndarray, int], Translation], rate: int,
                  options: StreamOptions = StreamOptions(),
-                 endpoints: Callable[[np.ndarray, int, int], float | None] | None = None) -> None:
+                 endpoints: Callable[[np.ndarray, int, int], tuple[float, float] | None] | None = None) -> None:
         self._translate, self.rate, self.options = translate, rate, options
-        self._endpoints = endpoints or speech_end
+        self._endpoints = endpoints or speech_bounds
         self._buffer = np.zeros(0, dtype=np.float32)  # the current segment, at the stream's own rate
         self._source_rate: int | None = None  # the stream's rate (its first push's); decodes resample a segment whole
         self._decoded_samples = 0  # of the buffer, at the last decode
@@ -126,37 +127,53 @@ class StreamSession:
         return self._step()
 
     def finish(self) -> list[StreamUpdate]:
-        """The stream ended: the current segment is decoded once more and committed whole (in pieces of at most
-        `max_segment_seconds`, should one push have brought more)."""
-        if len(self._buffer) == 0 or (self.options.endpoint_ms and
-                                      self._endpoints(self._buffer, self._rate, self.options.endpoint_ms) is None):
-            return []
+        """The stream ended: every finished segment is closed, and what is left of the current one is decoded once
+        more and committed whole (in pieces of at most `max_segment_seconds`, should one push have brought more)."""
+        closed, speech = self._close_finished()
+        if not speech:
+            return closed
         limit = int(self.options.max_segment_seconds * self._rate)
-        updates = []
         while len(self._buffer) > limit:
-            updates.append(self._close(limit))
-        return [*updates, self._close(len(self._buffer))] if len(self._buffer) else updates
+            closed.append(self._close(limit))
+        return [*closed, self._close(len(self._buffer))] if len(self._buffer) else closed
 
     def _step(self) -> list[StreamUpdate]:
-        rate = self._rate
-        seconds = len(self._buffer) / rate
-        if seconds >= self.options.max_segment_seconds:  # never a longer decode, however much one push brought
-            return [self._close(int(self.options.max_segment_seconds * rate))]
-        if self.options.endpoint_ms:
-            end = self._endpoints(self._buffer, rate, self.options.endpoint_ms)
-            if end is None:  # no speech yet: nothing to decode (a model would make words of silence)
-                if seconds >= SILENCE_DROP_SECONDS:
-                    self._buffer, self._decoded_samples = np.zeros(0, dtype=np.float32), 0
-                return []
-            if end > 0:
-                return [self._close(int(end * rate))]
+        """Close every segment the buffer has finished, then decode what is left once for LocalAgreement."""
+        closed, speech = self._close_finished()
+        if not speech:
+            return closed
         translation, spent = self._decode(self._buffer)
         self._decoded_samples = len(self._buffer)
         if translation is None:
-            return []
+            return closed
         words = self._translation.update(translation.text.split())
         source = self._transcript.update((translation.source_text or "").split())
-        return [self._update(words, source, spent, final=False)]
+        return [*closed, self._update(words, source, spent, final=False)]
+
+    def _close_finished(self) -> tuple[list[StreamUpdate], bool]:
+        """Close the segments the buffer holds whole: each `max_segment_seconds` long, or (with `endpoint_ms`)
+        ended by a pause; a new segment starts where its speech does. Returns them, and whether speech is left."""
+        rate, closed = self._rate, []
+        while len(self._buffer):
+            seconds = len(self._buffer) / rate
+            if seconds >= self.options.max_segment_seconds:  # never a longer decode, however much one push brought
+                closed.append(self._close(int(self.options.max_segment_seconds * rate)))
+                continue
+            if not self.options.endpoint_ms:
+                return closed, True
+            bounds = self._endpoints(self._buffer, rate, self.options.endpoint_ms)
+            if bounds is None:  # no speech yet: nothing to decode (a model would make words of silence)
+                if seconds >= SILENCE_DROP_SECONDS:
+                    self._buffer, self._decoded_samples = np.zeros(0, dtype=np.float32), 0
+                return closed, False
+            start, end = bounds
+            if start > 0 and self._decoded_samples == 0:  # a new segment starts at its speech, not in the pause
+                self._buffer = self._buffer[int(start * rate):]
+                end = max(0.0, end - start) if end else 0.0
+            if end == 0:
+                return closed, True
+            closed.append(self._close(int(end * rate)))
+        return closed, False
 
     def _close(self, samples: int) -> StreamUpdate:
         """Decode the segment's first `samples`, commit its hypothesis whole, and start the next segment."""
@@ -190,17 +207,24 @@ class StreamSession:
                             self.audio_seconds, spent, self._segment, final)
 
 
-def speech_end(buffer: np.ndarray, rate: int, pause_ms: int) -> float | None:
-    """Where speech in `buffer` ended, in seconds, when a pause of at least `pause_ms` follows it (0.0: speech
-    still going on); None when the buffer holds no speech at all (Silero VAD)."""
+def speech_bounds(buffer: np.ndarray, rate: int, pause_ms: int) -> tuple[float, float] | None:
+    """Where speech starts in `buffer` and where its first finished stretch ended, in seconds (Silero VAD, with
+    padding): finished means a pause of at least `pause_ms` follows it (an end of 0.0: speech still going on).
+    None when the buffer holds no speech at all.
+
+    The first, not the last: a buffer checked once a chunk may hold a sentence, its pause and the start of the
+    next, which must not be decoded as one segment."""
     from runner.longform.segment import SegmentOptions, segment
 
+    padding = min(200, pause_ms // 2)
     spans = segment(buffer, rate, SegmentOptions("vad", max_seconds=max(2.0, len(buffer) / rate + 1.0),
-                                                 min_silence_ms=pause_ms, padding_ms=min(200, pause_ms // 2)))
+                                                 min_silence_ms=pause_ms, padding_ms=padding))
     if not spans:
         return None
-    end = spans[-1].end
-    return end if len(buffer) / rate - end >= pause_ms / 1000 else 0.0
+    start, end = spans[0].start, spans[0].end  # the padding is part of the pause
+    if len(spans) > 1:  # the VAD split there: a pause of at least pause_ms follows the first
+        return start, end
+    return start, end if len(buffer) / rate - end >= (pause_ms - padding) / 1000 else 0.0
 
 
 def replay(session: StreamSession, waveform: np.ndarray, rate: int,

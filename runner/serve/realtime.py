@@ -38,7 +38,7 @@ import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from runner.errors import AudioTooShortError, RunnerError
-from runner.live.session import StreamOptions, StreamSession, StreamUpdate, speech_end
+from runner.live.session import StreamOptions, StreamSession, StreamUpdate, speech_bounds
 from runner.runner import Runner
 from runner.serve.batching import AUDIO_TOO_SHORT, Batcher, decoder_thread
 from runner.serve.upload import OPENAI_TYPES, ApiError, Audio
@@ -131,7 +131,7 @@ class _Connection:
         self.runner = sessions.models[name]
         self.limits = sessions.limits
         self.loop = asyncio.get_running_loop()
-        self.stream = StreamSession(self._translate, self.runner.sample_rate, self.limits.stream, self._speech_end)
+        self.stream = StreamSession(self._translate, self.runner.sample_rate, self.limits.stream, self._speech_bounds)
         self.id = f"sess_{uuid.uuid4().hex[:16]}"
         self.started = time.time()
         self.transcription = False
@@ -321,9 +321,9 @@ class _Connection:
         return self.gone
 
     @staticmethod
-    def _speech_end(buffer: np.ndarray, rate: int, pause_ms: int) -> float | None:
+    def _speech_bounds(buffer: np.ndarray, rate: int, pause_ms: int) -> tuple[float, float] | None:
         """Voice activity on the decoder thread: every torch call of a serving process runs there."""
-        return decoder_thread().submit(speech_end, buffer, rate, pause_ms).result()
+        return decoder_thread().submit(speech_bounds, buffer, rate, pause_ms).result()
 
     def language(self) -> str:
         from runner.serve.openai_api import language
