@@ -24,7 +24,7 @@ from runner.engines import DEFAULT as DEFAULT_ENGINE
 from runner.engines import engine_class
 from runner.environment import manifest, resolve_threads, torch_settings
 from runner.errors import RunnerError, first_line
-from runner.longform.recording import LongForm, translate_long
+from runner.longform.recording import LongForm, translate_file, translate_long
 from runner.longform.segment import SegmentOptions
 from runner.model import ModelBundle, load
 from runner.options import EvaluateOptions
@@ -242,6 +242,12 @@ class Runner:
             decoding's wall times, and `subtitles(fmt)` for SRT, WebVTT, text or JSON.
         """
         return translate_long(self, waveform, sample_rate, options, batch_size, progress)
+
+    def translate_file(self, path: str | Path, options: SegmentOptions = SegmentOptions(), batch_size: int = 8,
+                       progress: Callable[[Iterable], Iterable] | None = None) -> LongForm:
+        """`translate_long` of an audio file read as a stream, a block at a time: memory holds one block
+        (five minutes), whatever the file's length (see `runner.longform.recording.translate_file`)."""
+        return translate_file(self, Path(path), options, batch_size, progress)
 
     def translate_batch(self, waveforms: Sequence[np.ndarray | torch.Tensor],
                         sample_rate: int | Sequence[int]) -> list[Translation]:

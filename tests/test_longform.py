@@ -142,3 +142,32 @@ def test_whole_talks_with_vad_score_within_3_bleu_of_the_given_segmentation(runn
     assert talks.talks == 2 and talks.references == 40 and len(talks.hypotheses) == 40
     assert abs(talks.bleu.score - given.bleu.score) <= 3.0, (talks.bleu.score, given.bleu.score)
     assert "re-aligned to 40 reference segments by mweralign" in talks.format()
+
+
+
+def test_a_file_read_a_block_at_a_time_gives_the_whole_reads_segments(runner: Runner, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three tst-HE talks (190 s) as one FLAC, read in 60 s blocks: the same segments, at the same times, with the
+    same translations as the whole recording in memory, and no read of the file longer than one window."""
+    from runner import audio as audio_module
+    from runner.longform.recording import translate_file
+    from runner.longform.segment import CONTEXT_SECONDS
+
+    audio = np.concatenate([soundfile.read(str(p), dtype="float32")[0] for p in sorted((SPLIT / "wav").iterdir())[:3]])
+    path = tmp_path / "three-talks.flac"
+    soundfile.write(str(path), audio, 16000)
+    reads: list[int] = []
+    real = audio_module.read_audio
+
+    def counted(file: Path, start: int = 0, frames: int = -1) -> tuple[np.ndarray, int]:
+        reads.append(frames)
+        return real(file, start, frames)
+
+    monkeypatch.setattr(audio_module, "read_audio", counted)
+    streamed = translate_file(runner, path, block_seconds=60.0)
+    whole = runner.translate_long(audio, 16000)
+    assert [(s.start, s.end, s.text) for s in streamed.segments] == [(s.start, s.end, s.text) for s in whole.segments]
+    assert len(reads) >= 3 and max(reads) <= (60.0 + 20.0 + CONTEXT_SECONDS) * 16000
+    assert streamed.duration == pytest.approx(len(audio) / 16000)
+    with pytest.raises(OptionError, match="^block_seconds: must be at least 3 segments"):
+        translate_file(runner, path, block_seconds=30.0)

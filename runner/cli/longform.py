@@ -48,10 +48,7 @@ def translate_recording(runner: Any, audio: Path, options: SegmentOptions, out: 
                         fmt: str, batch_size: int, progress: bool) -> None:
     """Translate the recording `audio` (segments in batches of `batch_size` where the engine batches) and print
     or write it in `fmt`."""
-    from runner.audio import read_audio
-
-    waveform, rate = read_audio(audio)
-    result = runner.translate_long(waveform, rate, options, batch_size, progress=bar("translate", "batch") if progress else None)
+    result = runner.translate_file(audio, options, batch_size, progress=bar("translate", "segment") if progress else None)
     text = result.subtitles(fmt)
     typer.echo(f"{audio}: {result.duration:.1f} s, {len(result.segments)} segments ({options.segmenter}, "
                f"{result.segment_seconds:.2f} s), decoded in {result.decode_seconds:.2f} s, batch {result.batch_size}; "

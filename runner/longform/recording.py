@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from runner.audio import resample, to_mono_float
+from runner.audio import audio_info, resample, to_mono_float
 from runner.errors import RunnerError
 from runner.pipeline import batch_ready
-from runner.longform.segment import SegmentOptions, Span, segment
+from runner.longform.segment import BLOCK_SECONDS, SegmentOptions, Span, file_spans, segment
 
 FORMATS = ("json", "srt", "vtt", "txt")
 MIN_SECONDS = 0.25  # Silero VAD's shortest speech; a shorter fixed-window tail is silence or a breath
@@ -135,17 +136,71 @@ def translate_long(runner: Translator, waveform: np.ndarray | torch.Tensor, samp
         raise RunnerError("waveform: empty audio")
     started = time.perf_counter()
     spans = [s for s in segment(audio, runner.sample_rate, options) if s.seconds >= MIN_SECONDS]
-    cut = time.perf_counter()
+    cut = time.perf_counter() - started
+    pieces = [(span, audio[span.samples(runner.sample_rate)]) for span in spans]
+    return _decode(runner, pieces, len(audio) / runner.sample_rate, options, batch_size, progress, [cut])
+
+
+def translate_file(runner: Translator, path: str | Path, options: SegmentOptions = SegmentOptions(), batch_size: int = 8,
+                   progress: Callable[[Iterable], Iterable] | None = None,
+                   block_seconds: float | None = None) -> LongForm:
+    """Translate an audio file of any length read as a stream: `block_seconds` of it at a time are segmented
+    (`segment.file_spans`) and their segments decoded as they come, so memory holds one block, not the file.
+
+    Args and Returns: as `translate_long`'s; `progress` wraps the segments; `block_seconds` defaults to
+    `BLOCK_SECONDS` or three of the longest segments, whichever is longer.
+
+    Raises:
+        RunnerError: an unreadable or malformed file, or the `yaml` segmenter.
+    """
+    path = Path(path)
+    rate, frames = audio_info(path)
+    if frames == 0:
+        raise RunnerError(f"{path}: empty audio")
+    cut = [0.0]
+
+    def pieces() -> Iterator[tuple[Span, np.ndarray]]:
+        spans = file_spans(path, runner.sample_rate, options,
+                           block_seconds or max(BLOCK_SECONDS, 3 * options.max_seconds))
+        while True:
+            started = time.perf_counter()
+            item = next(spans, None)
+            cut[0] += time.perf_counter() - started
+            if item is None:
+                return
+            if item[0].seconds >= MIN_SECONDS:
+                yield item
+
+    return _decode(runner, pieces(), frames / rate, options, batch_size, progress, cut)
+
+
+def _decode(runner: Translator, pieces: Iterable[tuple[Span, np.ndarray]], duration: float, options: SegmentOptions,
+            batch_size: int, progress: Callable[[Iterable], Iterable] | None, cut: list[float]) -> LongForm:
+    """Decode (span, samples) pairs in batches as they come; `cut` holds the segmentation's seconds once they are
+    all consumed."""
     batch = batch_size if batch_size > 1 and batch_ready(runner.bundle.speech2text) is None else 1
-    groups = [spans[i:i + batch] for i in range(0, len(spans), batch)]
     segments: list[Segment] = []
-    for group in (progress(groups) if progress else groups):
-        pieces = [audio[span.samples(runner.sample_rate)] for span in group]
-        done = (runner.translate_batch(pieces, runner.sample_rate) if batch > 1
-                else [runner.translate(pieces[0], runner.sample_rate)])
-        segments += [_segment(len(segments) + i, span, t) for i, (span, t) in enumerate(zip(group, done))]
-    return LongForm(segments, len(audio) / runner.sample_rate, options, cut - started,
-                    time.perf_counter() - cut, batch, runner.conditions(warmup=0, batch_size=batch).to_dict())
+    decoding = 0.0
+    for group in _groups(progress(pieces) if progress else pieces, batch):
+        started = time.perf_counter()
+        samples = [piece for _, piece in group]
+        done = (runner.translate_batch(samples, runner.sample_rate) if batch > 1
+                else [runner.translate(samples[0], runner.sample_rate)])
+        decoding += time.perf_counter() - started
+        segments += [_segment(len(segments) + i, span, t) for i, ((span, _), t) in enumerate(zip(group, done))]
+    return LongForm(segments, duration, options, cut[0], decoding, batch,
+                    runner.conditions(warmup=0, batch_size=batch).to_dict())
+
+
+def _groups(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    group: list[Any] = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _segment(index: int, span: Span, translation: Any) -> Segment:

@@ -12,6 +12,7 @@ Three segmenters, as `--segmenter` names them:
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from runner.errors import OptionError, RunnerError
 
 SEGMENTERS = ("vad", "fixed", "yaml")
 VAD_RATE = 16000  # Silero VAD runs at 8 or 16 kHz; other rates are resampled for it alone
+VAD_FRAME = 512  # samples of one Silero VAD decision at VAD_RATE
 
 
 @dataclass(frozen=True)
@@ -118,3 +120,48 @@ def _speech_spans(waveform: np.ndarray, rate: int, options: SegmentOptions) -> l
         sampling_rate=VAD_RATE, min_silence_duration_ms=options.min_silence_ms, speech_pad_ms=options.padding_ms,
         max_speech_duration_s=options.max_seconds)
     return [Span(stamp["start"] / VAD_RATE, stamp["end"] / VAD_RATE) for stamp in stamps]
+
+
+BLOCK_SECONDS = 300.0  # of a file read at once by `file_spans`: 19 MB of 16 kHz float32, whatever the file's length
+CONTEXT_SECONDS = 10.0  # read again before a window's first span: the VAD's recurrent state needs it (1 s and 3 s
+# moved span ends by up to 180 and 30 ms on the demo talks; 8 s gave the whole read's spans)
+
+
+def file_spans(path: Any, rate: int, options: SegmentOptions = SegmentOptions(),
+               block_seconds: float = BLOCK_SECONDS) -> Iterator[tuple[Span, np.ndarray]]:
+    """The spans of an audio file and their samples at `rate`, reading it `block_seconds` at a time.
+
+    Each window read starts `CONTEXT_SECONDS` before the first span the last window had not finished (a span
+    is finished when a pause that ends it lies inside the window, or the file ends) and runs one block further,
+    on the VAD's frame grid; spans of the context, given before, are not given again. So the spans are the ones
+    `segment` finds in the whole recording (equal on the demo talks), and memory holds one window: a block,
+    one span and the context, whatever the file's length.
+
+    Raises:
+        RunnerError: an unreadable file, or audio `check_format`/`check_samples` refuse.
+    """
+    from runner.audio import audio_info, read_audio
+
+    if block_seconds < 3 * options.max_seconds:
+        raise OptionError("block_seconds", f"must be at least 3 segments ({3 * options.max_seconds:g} s), "
+                                           f"got {block_seconds}")
+    file_rate, frames = audio_info(path)
+    margin = (options.min_silence_ms + options.padding_ms) / 1000 + 0.1  # a pause this close to the end may go on
+    grid = max(1, round(VAD_FRAME * file_rate / VAD_RATE))  # windows start on the VAD's frames
+    start, done = 0, 0.0  # the window's first sample; where the last span given ended (seconds)
+    while start < frames:
+        count = min(frames - start, int((block_seconds + options.max_seconds + CONTEXT_SECONDS) * file_rate))
+        waveform, _ = read_audio(path, start, count)
+        audio = resample(waveform, file_rate, rate, path)
+        last, length, offset = start + count >= frames, len(audio) / rate, start / file_rate
+        spans = [s for s in segment(audio, rate, options) if offset + s.end > done + 0.05]  # the context's: given
+        finished = [s for s in spans if last or s.end <= length - margin]
+        for span in finished:
+            begin = max(offset + span.start, done)
+            yield Span(begin, offset + span.end), audio[Span(begin - offset, span.end).samples(rate)]
+            done = offset + span.end
+        if last:
+            return
+        rest = [s for s in spans if s not in finished]
+        resume = (rest[0].start if rest else length - margin) - CONTEXT_SECONDS
+        start += max(int(resume * file_rate) // grid * grid, grid)
