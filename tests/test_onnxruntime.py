@@ -163,3 +163,18 @@ def _rnn_decoder_model(tmp_path: Path) -> Path:
     config.update(extra_asr_decoder=None, md_encoder=None, decoder="rnn", decoder_conf={"hidden_size": 32},
                   model_conf={**config["model_conf"], "asr_weight": 0.0})
     return write_experiment(tmp_path / "rnn", config)
+
+
+def test_a_live_session_on_the_exported_model_commits_what_the_lean_engine_commits(
+        demo_exports: dict[str, Path], waveforms: list[np.ndarray]) -> None:
+    """Live translation on the onnxruntime engine: the fp32 export replayed chunk by chunk (computation-unaware)
+    commits the lean engine's words at the same audio times, its search being the lean one over exported graphs."""
+    from runner.live import StreamOptions
+    from runner.live.evaluate import emitted, replay_utterance
+
+    options = StreamOptions(chunk_seconds=0.5, agreement=2)
+    ort, lean = Runner(demo_exports["none"], threads=2, search="onnxruntime"), Runner(threads=2, search="lean")
+    for waveform in waveforms[:2]:
+        served = emitted(replay_utterance(ort, waveform, options, aware=False), aware=False)
+        assert served == emitted(replay_utterance(lean, waveform, options, aware=False), aware=False)
+        assert len(served[0].split()) >= 3

@@ -13,6 +13,7 @@ import pytest
 import soundfile
 
 from conftest import Utterance, live_server
+from runner import defaults
 
 
 def post(url: str, **kwargs: object) -> httpx.Response:
@@ -175,3 +176,34 @@ def test_load_models_applies_extra_plugins_to_every_scheme(tiny_exp: Path) -> No
     # Applied in the plugins' own order (constraints, then name), whatever order they were given in.
     assert names == {"fp32": ["ctc-prefix-scan", "self-kv-cache"],
                      "dynamic-int8": ["ctc-prefix-scan", "dynamic-int8", "self-kv-cache"]}
+
+
+def _segments_decoded(url: str) -> float:
+    """Segments the server has decoded so far, every model's (the batch-size histogram's sum)."""
+    lines = httpx.get(f"{url}/metrics").text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith("st_runner_batch_size_sum"))
+
+
+def test_a_client_leaving_translate_stream_stops_the_decoding_of_its_queued_segments(server: str) -> None:
+    """Three demo talks (190 s, about 60 segments) posted to /translate/stream: the client reads the first segment
+    line and leaves; what is queued is dropped, so the server decodes at most the batches already in flight
+    instead of the whole recording."""
+    import time
+
+    from runner.longform.segment import segment
+
+    split = defaults.data_path() / "en-de/data/tst-COMMON/wav"
+    audio = np.concatenate([soundfile.read(str(p), dtype="float32")[0] for p in sorted(split.iterdir())[:3]])
+    spans = len(segment(audio, 16000))
+    before = _segments_decoded(server)
+    with httpx.stream("POST", f"{server}/translate/stream", content=wav_bytes(audio, 16000, "FLAC"),
+                      timeout=120) as response:
+        assert response.status_code == 200
+        first = json.loads(next(response.iter_lines()))
+    assert first["event"] == "segment" and first["id"] == 0 and first["text"]
+    seen, settled = -1.0, _segments_decoded(server)
+    while settled != seen:  # until the decoder has stopped
+        time.sleep(2.0)
+        seen, settled = settled, _segments_decoded(server)
+    limit = httpx.get(f"{server}/info").json()["limits"]["max_batch"]
+    assert spans >= 50 and settled - before <= 2 * limit, (spans, settled - before, limit)

@@ -127,16 +127,21 @@ class Batcher:
         job = _Job(model, audio, time.perf_counter(), asyncio.get_running_loop().create_future())
         self._jobs.append(job)
         self._wake.set()
-        if gone is None:
-            return await job.future
-        while True:
-            done, _ = await asyncio.wait({job.future}, timeout=GONE_POLL_S)
-            if done:
-                return job.future.result()
-            if await gone():
-                job.future.cancel()
+        try:
+            if gone is None:
+                return await job.future
+            while True:
+                done, _ = await asyncio.wait({job.future}, timeout=GONE_POLL_S)
+                if done:
+                    return job.future.result()
+                if await gone():
+                    job.future.cancel()
+                    self.dropped += 1
+                    raise ApiError(400, "client disconnected before its request was decoded")
+        except asyncio.CancelledError:  # the caller was cancelled (a client leaving a stream): not decoded
+            if job.future.cancel():
                 self.dropped += 1
-                raise ApiError(400, "client disconnected before its request was decoded")
+            raise
 
     def _start(self) -> None:
         if self._worker is None or self._worker.done():
