@@ -1,5 +1,5 @@
-"""The quality-latency page of live translation: chunk length x LocalAgreement-n on the demo test set, a long
-stream's lag over time, and concurrent live sessions on the server.
+"""The quality-latency page of live translation: chunk length x LocalAgreement-n on the demo test set, its whole
+talks replayed live (long-form), a long stream's lag over time, and concurrent live sessions on the server.
 
     python -m benchmarks.live_latency                 # writes docs/live-latency.md, its plot and its JSON
     python -m benchmarks.live_latency --limit 20      # a quicker look (not published)
@@ -61,6 +61,35 @@ def grid(split: str, limit: int | None, chunks: tuple[float, ...], agreements: t
                          "unaware": [{"id": u.id, "hypothesis": u.hypothesis, "emission_cu": u.emission_cu}
                                      for u in result.utterances]})
             print(rows[-1]["command"], json.dumps(result.latency), result.bleu.score, flush=True)
+    return rows
+
+
+TALK_ROWS = ((1.0, 2), (0.5, 3), (1.0, 3))  # (chunk, n) of the whole-talk rows
+TALK_COLUMNS = ("chunk s", "n", "BLEU", "Δ offline", "StreamLAAL", "LongYAAL", "StreamLAAL (CA)", "LongYAAL (CA)",
+                "RTF")
+
+
+def whole_talks(split: str, settings: tuple[tuple[float, int], ...] = TALK_ROWS) -> list[dict[str, Any]]:
+    """One row per (chunk, n): the split's whole talks replayed live, as `runner translate --simultaneous
+    --segmenter vad` does (segments end at 300 ms pauses, the segmenter's), scored long-form."""
+    from runner.data import load_test_set
+    from runner.live import StreamOptions
+    from runner.live.talks import evaluate_talks_simultaneous
+    from runner.longform.segment import SegmentOptions
+    from runner.runner import Runner
+
+    runner = Runner(threads=THREADS, search="lean")
+    test_set = load_test_set(defaults.data_path(), split)
+    cut = SegmentOptions()
+    rows = []
+    for chunk, agreement in settings:
+        options = StreamOptions(chunk_seconds=chunk, agreement=agreement, max_segment_seconds=cut.max_seconds,
+                                endpoint_ms=cut.min_silence_ms)
+        result = evaluate_talks_simultaneous(runner, test_set, options)
+        rows.append({"chunk": chunk, "agreement": agreement,
+                     "command": command(chunk, agreement, split, None) + " --segmenter vad",
+                     "result": result.to_dict() | {"utterances": len(result.utterances)}})
+        print(rows[-1]["command"], json.dumps(result.latency), result.bleu.score, flush=True)
     return rows
 
 
@@ -128,7 +157,7 @@ async def _clients(url: str, pcm: np.ndarray, sessions: int) -> list[float]:
 
 
 def page(rows: list[dict[str, Any]], stream: dict[str, Any] | None, served: dict[str, Any] | None,
-         split: str, env: dict[str, Any]) -> str:
+         split: str, env: dict[str, Any], talks: list[dict[str, Any]] | None = None) -> str:
     """The Markdown page."""
     first = rows[0]["result"]
     lines = ["# Live translation: quality against latency", "",
@@ -152,6 +181,8 @@ def page(rows: list[dict[str, Any]], stream: dict[str, Any] | None, served: dict
     lines += ["", "Commands, in row order:", "", *(f"- `{row['command']}`" for row in rows), "",
               "![BLEU against computation-aware LAAL](live-latency.png)", ""]
     lines += targets(rows, stream, served)
+    if talks:
+        lines += talk_lines(talks)
     if stream:
         lines += ["## A long stream", "", f"One session over {stream['minutes']:g} minutes of demo speech, "
                   f"{stream['chunk']:g} s chunks, LocalAgreement-2, computation-aware: mean lag of an update "
@@ -165,6 +196,25 @@ def page(rows: list[dict[str, Any]], stream: dict[str, Any] | None, served: dict
                   f"in real time (200 ms frames, OpenAI's realtime events): each session closed, its last words "
                   f"shown, this many seconds after its audio ended: {tails}.", ""]
     return "\n".join(lines + environment_block(env))
+
+
+def talk_lines(talks: list[dict[str, Any]]) -> list[str]:
+    """The whole-talk section: long-form rows and their commands."""
+    first = talks[0]["result"]
+    lines = ["## Whole talks", "", f"Each of the split's {first['utterances']} talks replayed whole through one live "
+             "session, its segments closed at 300 ms pauses (the VAD segmenter's) or at 20 s; the committed words "
+             "re-segmented to the reference segments by OmniSTEval's aligner; StreamLAAL (LAAL over the re-segmented "
+             "words) and long-form YAAL, computation-unaware and -aware. Offline: the same talks translated offline "
+             f"(Silero VAD) and re-segmented the same way, BLEU {first['offline_bleu']['score']:.2f}.", "",
+             "| " + " | ".join(TALK_COLUMNS) + " |", "|" + "---|" * len(TALK_COLUMNS)]
+    for row in talks:
+        r, lat = row["result"], row["result"]["latency_seconds"]
+        cells = [f"{row['chunk']:g}", str(row["agreement"]), f"{r['bleu']['score']:.2f}",
+                 f"{r['bleu']['score'] - r['offline_bleu']['score']:+.2f}", f"{lat['StreamLAAL']:.3f}",
+                 f"{lat['LongYAAL']:.3f}", f"{lat['StreamLAAL (CA)']:.3f}", f"{lat['LongYAAL (CA)']:.3f}",
+                 f"{r['real_time_factor']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["", "Commands, in row order:", "", *(f"- `{row['command']}`" for row in talks), ""]
 
 
 def targets(rows: list[dict[str, Any]], stream: dict[str, Any] | None, served: dict[str, Any] | None) -> list[str]:
@@ -227,15 +277,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=4)
     args = parser.parse_args(argv)
     rows = grid(args.split, args.limit, CHUNKS, AGREEMENTS)
+    talks = None if args.limit else whole_talks(args.split)
     stream = long_stream(args.stream_minutes) if args.stream_minutes else None
     served = concurrent_sessions(args.sessions, 60.0) if args.sessions else None
     env = manifest(THREADS)
-    text = page(rows, stream, served, args.split, env)
+    text = page(rows, stream, served, args.split, env, talks)
     if args.limit:
         print(text)
         return 0
     plot(rows, PAGE.with_suffix(".png"))
-    PAGE.with_suffix(".json").write_text(json.dumps({"split": args.split, "rows": rows, "stream": stream, "served": served,
+    PAGE.with_suffix(".json").write_text(json.dumps({"split": args.split, "rows": rows, "talks": talks, "stream": stream, "served": served,
                                                      "environment": env}, indent=1, ensure_ascii=False) + "\n")
     publish(PAGE, text)
     return 0

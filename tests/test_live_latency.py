@@ -33,9 +33,11 @@ def test_the_page_is_what_its_command_renders(published: dict) -> None:
     rows = published["rows"]
     assert {(r["chunk"], r["agreement"]) for r in rows} >= {(1.0, 2), (0.5, 1), (2.0, 3)}
     rendered = page(rows, published["stream"], published["served"], published.get("split", "tst-COMMON"),
-                    published["environment"])
+                    published["environment"], published["talks"])
     assert PAGE.read_text(encoding="utf-8") == rendered
     assert f"cpu kind `{published['environment']['cpu_kind']}`" in rendered and "## Targets (issue #37)" in rendered
+    assert "## Whole talks" in rendered and "--simultaneous --search lean --threads 2 --chunk-seconds 1 --agreement 2" \
+        " --segmenter vad" in rendered
 
 
 def test_a_published_rows_reproducible_replay_decodes_again_to_the_same_words_at_the_same_times(
