@@ -141,6 +141,15 @@ async def _clients(url: str, pcm: np.ndarray, sessions: int) -> list[float]:
     async def one(offset: int) -> float:
         async with connect(f"{url}/v1/realtime/translations?model=fp32") as ws:
             await ws.recv()
+            closed = asyncio.get_running_loop().create_future()
+
+            async def read() -> None:  # events read as they come: an unread queue stops the client answering pings
+                async for message in ws:
+                    if json.loads(message)["type"] == "session.closed":
+                        closed.set_result(time.monotonic())
+                        return
+
+            reader = asyncio.create_task(read())
             started, audio = time.monotonic(), np.roll(pcm, -offset)  # each client its own stretch of speech
             for index, start in enumerate(range(0, len(audio), 4800)):
                 frame = audio[start:start + 4800]
@@ -149,9 +158,8 @@ async def _clients(url: str, pcm: np.ndarray, sessions: int) -> list[float]:
                 await asyncio.sleep(max(0.0, started + (index + 1) * 0.2 - time.monotonic()))
             ended = time.monotonic()
             await ws.send(json.dumps({"type": "session.close"}))
-            while json.loads(await ws.recv())["type"] != "session.closed":
-                pass
-            return time.monotonic() - ended
+            await reader
+            return await closed - ended
 
     return list(await asyncio.gather(*(one(i * 24000 * 7) for i in range(sessions))))
 

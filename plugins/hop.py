@@ -32,8 +32,10 @@ class Hop(Plugin):
         frontend = getattr(bundle.model, "frontend", None)
         stft = getattr(frontend, "stft", None)
         if stft is None or not hasattr(stft, "hop_length"):
+            own = hasattr(getattr(bundle.model, "encoder", None), "log_mel_spectrogram")  # Whisper's encoder
             raise RunnerError(f"{bundle.files.origin}: plugin 'hop' needs an in-model STFT frontend; "
-                              f"this model has {type(frontend).__name__ if frontend is not None else 'none'}")
+                              f"this model has {type(frontend).__name__ if frontend is not None else 'none'}"
+                              + (" (its Whisper encoder computes its own features)" if own else ""))
         hop = self.config.hop_length
         if hop > stft.win_length:
             raise RunnerError(f"plugin 'hop': hop_length {hop} exceeds the window length {stft.win_length}; "

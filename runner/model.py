@@ -204,7 +204,7 @@ def load(path: str | Path, options: DecodeOptions | None = None, model_file: str
     files = locate(path, model_file)
     module = _espnet.st_inference()
     try:
-        with _espnet.quiet():
+        with _espnet.quiet(), _whisper_offline(files):
             speech2text = module.Speech2Text(
                 st_train_config=str(files.config), st_model_file=str(files.model_file), device=str(device),
                 **options.speech2text_kwargs())
@@ -214,3 +214,18 @@ def load(path: str | Path, options: DecodeOptions | None = None, model_file: str
     bundle = ModelBundle(speech2text, files, options)
     bundle.install_engine("espnet")  # ESPnet's own search, through the engine protocol (runner.engines)
     return bundle
+
+
+def _whisper_offline(files: ModelFiles) -> Any:
+    """For an experiment built on Whisper, its Whisper modules built from its own weights (nothing downloaded);
+    for any other, nothing."""
+    import contextlib
+
+    from runner.whisper.offline import built_offline, uses_whisper
+    from runner.yamlio import read_yaml_mapping
+
+    if not uses_whisper(read_yaml_mapping(files.config, "model config")):
+        return contextlib.nullcontext()
+    from runner.model_files import read_weights
+
+    return built_offline(read_weights(files.model_file), files.origin)

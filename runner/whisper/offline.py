@@ -1,0 +1,99 @@
+"""ESPnet experiments built on Whisper, loaded without a download.
+
+ESPnet's `OpenAIWhisperEncoder` and `OpenAIWhisperDecoder` call `whisper.load_model(name)` in their constructors,
+which downloads OpenAI's checkpoint unless it is already cached, only for the weights to be replaced by the
+experiment's own a moment later. `built_offline(weights)` makes that call build an untrained `Whisper` of the
+experiment's own dimensions instead, read from its weights' shapes (ESPnet then loads every weight from the
+experiment), so a fine-tuned experiment loads on a machine that never reached OpenAI. Inside the block only:
+`whisper.load_model` is restored on leaving.
+
+ESPnet 202511 also imports `N_MELS` from `whisper.audio`, which openai-whisper 20231106 dropped (it became a
+per-model dimension); `require_whisper` puts the constant back (80, what every model before large-v3 uses and
+what ESPnet's encoder computes its features with).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from runner.errors import RunnerError
+
+EXTRA = "pip install 'st-runner[whisper]'"
+HEAD_SIZE = 64  # every Whisper model's attention heads are 64 wide (tiny: 384 / 6 ... large: 1280 / 20)
+N_MELS = 80
+# The published models' dimensions, for a part the weights do not show (a Whisper decoder over another encoder)
+PUBLISHED = {
+    "tiny": (384, 4), "base": (512, 6), "small": (768, 12), "medium": (1024, 24), "large": (1280, 32),
+    "large-v1": (1280, 32), "large-v2": (1280, 32), "large-v3": (1280, 32), "turbo": (1280, 32),
+}
+
+
+def uses_whisper(config: Mapping[str, Any]) -> bool:
+    """Whether an experiment's config builds a Whisper encoder or decoder."""
+    return any(config.get(part) == "whisper" for part in ("encoder", "decoder", "extra_asr_decoder"))
+
+
+def require_whisper(source: object) -> Any:
+    """The `whisper` package (openai-whisper), with ESPnet's `N_MELS` in place; RunnerError naming the extra."""
+    try:
+        import whisper
+        import whisper.audio
+    except ImportError as error:
+        raise RunnerError(f"{source}: this experiment is built on OpenAI Whisper, which is not installed: "
+                          f"{EXTRA}") from error
+    if not hasattr(whisper.audio, "N_MELS"):
+        whisper.audio.N_MELS = N_MELS
+    return whisper
+
+
+def dimensions(state: Mapping[str, Any], name: str = "base") -> dict[str, int]:
+    """`whisper.model.ModelDimensions` fields of the Whisper inside an ESPnet state_dict.
+
+    The encoder's come from `*.encoders.conv1` and its positional embedding, the decoder's from its token and
+    positional embeddings, the layer counts from the block indices; heads are 64 wide in every Whisper. A part
+    the weights lack takes the published model `name`'s shape.
+    """
+    width, layers = PUBLISHED.get(name.removesuffix(".en"), PUBLISHED["base"])
+    dims = {"n_mels": N_MELS, "n_audio_ctx": 1500, "n_audio_state": width, "n_audio_head": width // HEAD_SIZE,
+            "n_audio_layer": layers, "n_vocab": 51864 if name.endswith(".en") else 51865, "n_text_ctx": 448,
+            "n_text_state": width, "n_text_head": width // HEAD_SIZE, "n_text_layer": layers}
+    expanded = any(key.endswith("token_embedding.ori_emb.weight") for key in state)
+    for key, tensor in state.items():
+        shape = tuple(tensor.shape)
+        if key.endswith("encoders.conv1.weight"):
+            dims.update(n_audio_state=shape[0], n_audio_head=shape[0] // HEAD_SIZE, n_mels=shape[1])
+        elif key.endswith("encoders.positional_embedding"):
+            dims["n_audio_ctx"] = shape[0]
+        elif key.endswith("decoders.positional_embedding"):
+            dims.update(n_text_ctx=shape[0], n_text_state=shape[1], n_text_head=shape[1] // HEAD_SIZE)
+        elif key.endswith("decoders.token_embedding.weight") and not expanded:
+            dims["n_vocab"] = shape[0]
+        elif key.endswith("decoders.token_embedding.ori_emb.weight"):  # ESPnet's expanded vocabulary: the original
+            dims["n_vocab"] = shape[0]
+    for side, pattern in (("n_audio_layer", r"encoders\.blocks\.(\d+)\."), ("n_text_layer", r"decoders\.blocks\.(\d+)\.")):
+        found = [int(m.group(1)) for m in (re.search(pattern, key) for key in state) if m]
+        if found:
+            dims[side] = max(found) + 1
+    return dims
+
+
+@contextlib.contextmanager
+def built_offline(state: Mapping[str, Any] | None, source: object = "model") -> Iterator[None]:
+    """Inside the block, `whisper.load_model(name, ...)` builds an untrained Whisper with the dimensions of the
+    weights `state` holds (`dimensions`), downloading nothing; restored on leaving."""
+    whisper = require_whisper(source)
+    from whisper.model import ModelDimensions, Whisper
+
+    original = whisper.load_model
+
+    def load_model(name: str, device: Any = None, download_root: Any = None, in_memory: bool = False) -> Any:
+        return Whisper(ModelDimensions(**dimensions(state or {}, name))).to(device or "cpu")
+
+    whisper.load_model = load_model
+    try:
+        yield
+    finally:
+        whisper.load_model = original
