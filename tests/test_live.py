@@ -159,3 +159,13 @@ def test_each_sentence_of_a_talk_is_its_own_segment_starting_at_its_speech(runne
     finals = [u for u in updates if u.final]
     assert len(finals) == len(utterances) and [u.segment for u in finals] == list(range(len(utterances)))
     assert max(lengths) <= max(len(u) for u in utterances) / 16000 + 0.2  # never two sentences in one decode
+
+
+def test_a_session_runs_every_plugin_its_runner_has(utterances: list[np.ndarray]) -> None:
+    """A session decodes through its runner's `translate`, plugins and all: on dynamic int8, a segment decoded
+    once at the end is that runner's offline translation, not the fp32 one's path."""
+    int8 = Runner(threads=2, search="lean", plugins=["dynamic-int8"])
+    session = int8.stream(StreamOptions(chunk_seconds=30, max_segment_seconds=30, endpoint_ms=0))
+    assert session.push(utterances[2], 16000) == [] and len(session.finish()) == 1
+    assert " ".join(session.translation) == int8.translate(utterances[2], 16000).text
+    assert int8.conditions().plugin_labels() != "none"
