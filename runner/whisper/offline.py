@@ -7,9 +7,9 @@ experiment's own dimensions instead, read from its weights' shapes (ESPnet then 
 experiment), so a fine-tuned experiment loads on a machine that never reached OpenAI. Inside the block only:
 `whisper.load_model` is restored on leaving.
 
-ESPnet 202511 also imports `N_MELS` from `whisper.audio`, which openai-whisper 20231106 dropped (it became a
-per-model dimension); `require_whisper` puts the constant back (80, what every model before large-v3 uses and
-what ESPnet's encoder computes its features with).
+ESPnet 202511 also imports `N_MELS` from `whisper.audio` when it builds a Whisper encoder, which openai-whisper
+20231106 dropped (it became a per-model dimension); `espnet_compatible` puts the constant back for the block
+(80, what every model before large-v3 uses and what ESPnet's encoder computes its features with).
 """
 
 from __future__ import annotations
@@ -37,16 +37,29 @@ def uses_whisper(config: Mapping[str, Any]) -> bool:
 
 
 def require_whisper(source: object) -> Any:
-    """The `whisper` package (openai-whisper), with ESPnet's `N_MELS` in place; RunnerError naming the extra."""
+    """The `whisper` package (openai-whisper); RunnerError naming the extra when it is not installed."""
     try:
         import whisper
         import whisper.audio
     except ImportError as error:
         raise RunnerError(f"{source}: this experiment is built on OpenAI Whisper, which is not installed: "
                           f"{EXTRA}") from error
-    if not hasattr(whisper.audio, "N_MELS"):
-        whisper.audio.N_MELS = N_MELS
     return whisper
+
+
+@contextlib.contextmanager
+def espnet_compatible(source: object = "model") -> Iterator[Any]:
+    """Inside the block, `whisper.audio.N_MELS` exists as ESPnet 202511's constructors import it (removed again
+    on leaving where openai-whisper has none); yields the `whisper` package."""
+    whisper = require_whisper(source)
+    added = not hasattr(whisper.audio, "N_MELS")
+    if added:
+        whisper.audio.N_MELS = N_MELS
+    try:
+        yield whisper
+    finally:
+        if added:
+            del whisper.audio.N_MELS
 
 
 def dimensions(state: Mapping[str, Any], name: str = "base") -> dict[str, int]:
@@ -83,17 +96,17 @@ def dimensions(state: Mapping[str, Any], name: str = "base") -> dict[str, int]:
 @contextlib.contextmanager
 def built_offline(state: Mapping[str, Any] | None, source: object = "model") -> Iterator[None]:
     """Inside the block, `whisper.load_model(name, ...)` builds an untrained Whisper with the dimensions of the
-    weights `state` holds (`dimensions`), downloading nothing; restored on leaving."""
-    whisper = require_whisper(source)
-    from whisper.model import ModelDimensions, Whisper
+    weights `state` holds (`dimensions`), downloading nothing; restored on leaving (`espnet_compatible` too)."""
+    with espnet_compatible(source) as whisper:
+        from whisper.model import ModelDimensions, Whisper
 
-    original = whisper.load_model
+        original = whisper.load_model
 
-    def load_model(name: str, device: Any = None, download_root: Any = None, in_memory: bool = False) -> Any:
-        return Whisper(ModelDimensions(**dimensions(state or {}, name))).to(device or "cpu")
+        def load_model(name: str, device: Any = None, download_root: Any = None, in_memory: bool = False) -> Any:
+            return Whisper(ModelDimensions(**dimensions(state or {}, name))).to(device or "cpu")
 
-    whisper.load_model = load_model
-    try:
-        yield
-    finally:
-        whisper.load_model = original
+        whisper.load_model = load_model
+        try:
+            yield
+        finally:
+            whisper.load_model = original
