@@ -9,6 +9,7 @@ checks every key itself.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import Any
@@ -219,13 +220,9 @@ def load(path: str | Path, options: DecodeOptions | None = None, model_file: str
 def _whisper_offline(files: ModelFiles) -> Any:
     """For an experiment built on Whisper, its Whisper modules built from its own weights (nothing downloaded);
     for any other, nothing."""
-    import contextlib
-
     from runner.whisper.offline import built_offline, uses_whisper
     from runner.yamlio import read_yaml_mapping
 
     if not uses_whisper(read_yaml_mapping(files.config, "model config")):
         return contextlib.nullcontext()
-    from runner.model_files import read_weights
-
     return built_offline(read_weights(files.model_file), files.origin)

@@ -247,7 +247,7 @@ class Runner:
                        progress: Callable[[Iterable], Iterable] | None = None) -> LongForm:
         """`translate_long` of an audio file read as a stream, a block at a time: memory holds one block
         (five minutes), whatever the file's length (see `runner.longform.recording.translate_file`)."""
-        return translate_file(self, Path(path), options, batch_size, progress)
+        return translate_file(self, path, options, batch_size, progress)
 
     def translate_batch(self, waveforms: Sequence[np.ndarray | torch.Tensor],
                         sample_rate: int | Sequence[int]) -> list[Translation]:

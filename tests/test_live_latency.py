@@ -47,7 +47,8 @@ def test_a_published_rows_reproducible_replay_decodes_again_to_the_same_words_at
     runner = Runner(threads=2, search="lean")
     preloaded = runner.preload(EvaluateOptions(limit=RECHECKED, progress=False))
     for utterance, expected in zip(preloaded.utterances, row["unaware"]):
-        text, times = emitted(replay_utterance(runner, utterance.waveform, options, aware=False), aware=False)
+        text, times = emitted(replay_utterance(runner, utterance.waveform, utterance.sample_rate, options,
+                                                aware=False), aware=False)
         assert (utterance.segment.id, text, times) == (expected["id"], expected["hypothesis"],
                                                        expected["emission_cu"])
 

@@ -175,6 +175,6 @@ def test_a_live_session_on_the_exported_model_commits_what_the_lean_engine_commi
     options = StreamOptions(chunk_seconds=0.5, agreement=2)
     ort, lean = Runner(demo_exports["none"], threads=2, search="onnxruntime"), Runner(threads=2, search="lean")
     for waveform in waveforms[:2]:
-        served = emitted(replay_utterance(ort, waveform, options, aware=False), aware=False)
-        assert served == emitted(replay_utterance(lean, waveform, options, aware=False), aware=False)
+        served = emitted(replay_utterance(ort, waveform, 16000, options, aware=False), aware=False)
+        assert served == emitted(replay_utterance(lean, waveform, 16000, options, aware=False), aware=False)
         assert len(served[0].split()) >= 3

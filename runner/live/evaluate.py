@@ -123,10 +123,23 @@ def emitted(updates: list[StreamUpdate], aware: bool) -> tuple[str, list[float]]
     return " ".join(words), times
 
 
-def replay_utterance(runner: Runner, waveform: np.ndarray, options: StreamOptions,
+def replay_utterance(runner: Runner, waveform: np.ndarray, rate: int, options: StreamOptions,
                      aware: bool = True) -> list[StreamUpdate]:
-    """One utterance through a fresh live session, as if it arrived in real time."""
-    return replay(runner.stream(options), waveform, runner.sample_rate, computation_aware=aware)
+    """One recording at `rate` through a fresh live session, as if it arrived in real time."""
+    return replay(runner.stream(options), waveform, rate, computation_aware=aware)
+
+
+def replay_twice(runner: Runner, name: str, reference: str, waveform: np.ndarray, rate: int,
+                 options: StreamOptions) -> Emitted:
+    """A recording replayed computation-unaware and computation-aware, with its speech onset (Silero VAD)."""
+    from runner.longform.segment import SegmentOptions, segment
+
+    text, cu = emitted(replay_utterance(runner, waveform, rate, options, aware=False), aware=False)
+    served_updates = replay_utterance(runner, waveform, rate, options)
+    served, ca = emitted(served_updates, aware=True)
+    spans = segment(waveform, rate, SegmentOptions("vad"))
+    return Emitted(name, reference, len(waveform) / rate, text, cu, served, ca, spans[0].start if spans else 0.0,
+                   sum(u.compute_seconds for u in served_updates))
 
 
 def evaluate_simultaneous(runner: Runner, preloaded: PreloadedSet, options: StreamOptions = StreamOptions(),
@@ -137,20 +150,13 @@ def evaluate_simultaneous(runner: Runner, preloaded: PreloadedSet, options: Stre
     (what a live server shows, and when). The first utterance is replayed once before, untimed, so no decode's
     time is a first call's. The offline BLEU is the same runner's `translate` of each utterance.
     """
-    from runner.longform.segment import SegmentOptions, segment
-
     utterances = preloaded.utterances
     if utterances:
-        replay_utterance(runner, utterances[0].waveform, options)  # warm-up
+        replay_utterance(runner, utterances[0].waveform, utterances[0].sample_rate, options)  # warm-up
     results, offline = [], []
     for utterance in (progress(utterances) if progress else utterances):
-        text, cu = emitted(replay_utterance(runner, utterance.waveform, options, aware=False), aware=False)
-        served_updates = replay_utterance(runner, utterance.waveform, options)
-        served, ca = emitted(served_updates, aware=True)
-        spans = segment(utterance.waveform, utterance.sample_rate, SegmentOptions("vad"))
-        results.append(Emitted(utterance.segment.id, utterance.segment.reference, utterance.seconds, text, cu,
-                               served, ca, spans[0].start if spans else 0.0,
-                               sum(u.compute_seconds for u in served_updates)))
+        results.append(replay_twice(runner, utterance.segment.id, utterance.segment.reference, utterance.waveform,
+                                    utterance.sample_rate, options))
         offline.append(runner.translate(utterance.waveform, utterance.sample_rate).text)
     return score(results, offline, options, runner.conditions(warmup=1))
 
@@ -158,15 +164,23 @@ def evaluate_simultaneous(runner: Runner, preloaded: PreloadedSet, options: Stre
 def score(results: list[Emitted], offline: list[str], options: StreamOptions,
           conditions: RunConditions) -> SimultaneousResult:
     """Quality (sacrebleu) and latency (OmniSTEval) of replayed utterances."""
-    references = [r.reference for r in results]
-    hypotheses = [r.hypothesis for r in results]
-    lags = [r.first_word_lag for r in results if r.first_word_lag is not None]
-    audio = sum(r.source_seconds for r in results)
+    return result(results, [r.reference for r in results], [r.hypothesis for r in results],
+                  [r.served for r in results], offline, latency(results), options, conditions)
+
+
+def result(replayed: list[Emitted], references: list[str], hypotheses: list[str], served: list[str],
+           offline: list[str], latencies: dict[str, float], options: StreamOptions, conditions: RunConditions,
+           talks: bool = False) -> SimultaneousResult:
+    """A `SimultaneousResult` from the texts to score against `references` (one per reference: an utterance's,
+    or a talk's re-segmented) and the replays' latency, first-word lag and decoding time."""
+    lags = [r.first_word_lag for r in replayed if r.first_word_lag is not None]
+    audio = sum(r.source_seconds for r in replayed)
     return SimultaneousResult(options, conditions, corpus_bleu(hypotheses, references),
-                              corpus_chrf(hypotheses, references), corpus_bleu([r.served for r in results], references),
-                              corpus_bleu(offline, references), latency(results),
+                              corpus_chrf(hypotheses, references), corpus_bleu(served, references),
+                              corpus_bleu(offline, references), latencies,
                               float(np.mean(lags)) if lags else float("nan"),
-                              sum(r.compute_seconds for r in results) / audio if audio else float("nan"), results)
+                              sum(r.compute_seconds for r in replayed) / audio if audio else float("nan"), replayed,
+                              talks)
 
 
 def latency(results: list[Emitted]) -> dict[str, float]:

@@ -11,17 +11,12 @@ VAD) re-segmented by the same aligner, so the two differ only in being simultane
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from runner.audio import read_audio
-from runner.live.evaluate import Emitted, SimultaneousResult, emitted, replay_utterance
+from runner.live.evaluate import Emitted, SimultaneousResult, replay_twice, replay_utterance, result
 from runner.live.session import StreamOptions
 from runner.longform.iwslt import talks
-from runner.longform.segment import SegmentOptions, segment
-from runner.metrics.bleu import corpus_bleu, corpus_chrf
 
 if TYPE_CHECKING:
     from runner.data import TestSet
@@ -49,28 +44,17 @@ def evaluate_talks_simultaneous(runner: Runner, test_set: TestSet, options: Stre
         RunnerError: a split without whole-talk audio.
     """
     grouped = talks(test_set)
+    segments = [[test_set.segments[i] for i in positions] for positions in grouped.values()]
     first = next(iter(grouped), None)
     if first is not None:
         waveform, rate = read_audio(first)
-        replay_utterance(runner, waveform[:int(WARMUP_SECONDS * rate)], options)
-    replayed, offline = [], []
-    for path in (progress(list(grouped)) if progress else grouped):
+        replay_utterance(runner, waveform[:int(WARMUP_SECONDS * rate)], rate, options)
+    replayed, offline, pairs = [], [], list(zip(grouped, segments))
+    for path, talk in (progress(pairs) if progress else pairs):
         waveform, rate = read_audio(path)
-        references = [test_set.segments[i].reference for i in grouped[path]]
-        replayed.append(_replay_talk(runner, path, waveform, rate, references, options))
+        replayed.append(replay_twice(runner, path.name, " ".join(s.reference for s in talk), waveform, rate, options))
         offline.append(runner.translate_long(waveform, rate).text)
-    return score_talks(replayed, offline, [[test_set.segments[i] for i in grouped[p]] for p in grouped], options,
-                       runner.conditions(warmup=1))
-
-
-def _replay_talk(runner: Runner, path: Path, waveform: np.ndarray, rate: int, references: list[str],
-                 options: StreamOptions) -> Emitted:
-    text, cu = emitted(replay_utterance(runner, waveform, options, aware=False), aware=False)
-    served_updates = replay_utterance(runner, waveform, options)
-    served, ca = emitted(served_updates, aware=True)
-    spans = segment(waveform, rate, SegmentOptions("vad"))
-    return Emitted(path.name, " ".join(references), len(waveform) / rate, text, cu, served, ca,
-                   spans[0].start if spans else 0.0, sum(u.compute_seconds for u in served_updates))
+    return score_talks(replayed, offline, segments, options, runner.conditions(warmup=1))
 
 
 def score_talks(replayed: list[Emitted], offline: list[str], segments: list[list[Any]], options: StreamOptions,
@@ -83,21 +67,13 @@ def score_talks(replayed: list[Emitted], offline: list[str], segments: list[list
         segments: per talk, its reference segments (`runner.data.Segment`: start, frames, rate, reference).
         options: the sessions' options; conditions: the runner's run conditions.
     """
-    references = [s.reference for talk in segments for s in talk]
     unaware = _resegment(segments, [_words(r.hypothesis, r.emission_cu, "emission_cu") for r in replayed])
     aware = _resegment(segments, [_words(r.served, r.emission_ca, "emission_ca") for r in replayed])
     still = _resegment(segments, [_words(text, None, None) for text in offline])
-    hypotheses = [i.prediction for i in unaware]
-    lags = [r.first_word_lag for r in replayed if r.first_word_lag is not None]
-    audio = sum(r.source_seconds for r in replayed)
-    return SimultaneousResult(options, conditions, corpus_bleu(hypotheses, references),
-                              corpus_chrf(hypotheses, references),
-                              corpus_bleu([i.prediction for i in aware], references),
-                              corpus_bleu([i.prediction for i in still], references),
-                              {**_long_latency(unaware, aware=False), **_long_latency(aware, aware=True)},
-                              float(np.mean(lags)) if lags else float("nan"),
-                              sum(r.compute_seconds for r in replayed) / audio if audio else float("nan"), replayed,
-                              talks=True)
+    return result(replayed, [s.reference for talk in segments for s in talk], [i.prediction for i in unaware],
+                  [i.prediction for i in aware], [i.prediction for i in still],
+                  {**_long_latency(unaware, aware=False), **_long_latency(aware, aware=True)}, options, conditions,
+                  talks=True)
 
 
 def _words(text: str, times: list[float] | None, key: str | None) -> list[Any]:

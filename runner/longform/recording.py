@@ -138,7 +138,9 @@ def translate_long(runner: Translator, waveform: np.ndarray | torch.Tensor, samp
     spans = [s for s in segment(audio, runner.sample_rate, options) if s.seconds >= MIN_SECONDS]
     cut = time.perf_counter() - started
     pieces = [(span, audio[span.samples(runner.sample_rate)]) for span in spans]
-    return _decode(runner, pieces, len(audio) / runner.sample_rate, options, batch_size, progress, [cut])
+    segments, decoding, batch = _decode(runner, pieces, batch_size, progress)
+    return LongForm(segments, len(audio) / runner.sample_rate, options, cut, decoding, batch,
+                    runner.conditions(warmup=0, batch_size=batch).to_dict())
 
 
 def translate_file(runner: Translator, path: str | Path, options: SegmentOptions = SegmentOptions(), batch_size: int = 8,
@@ -157,27 +159,30 @@ def translate_file(runner: Translator, path: str | Path, options: SegmentOptions
     rate, frames = audio_info(path)
     if frames == 0:
         raise RunnerError(f"{path}: empty audio")
-    cut = [0.0]
+    cut = 0.0  # the segmentation's seconds, summed between the decodes
 
     def pieces() -> Iterator[tuple[Span, np.ndarray]]:
+        nonlocal cut
         spans = file_spans(path, runner.sample_rate, options,
                            block_seconds or max(BLOCK_SECONDS, 3 * options.max_seconds))
         while True:
             started = time.perf_counter()
             item = next(spans, None)
-            cut[0] += time.perf_counter() - started
+            cut += time.perf_counter() - started
             if item is None:
                 return
             if item[0].seconds >= MIN_SECONDS:
                 yield item
 
-    return _decode(runner, pieces(), frames / rate, options, batch_size, progress, cut)
+    segments, decoding, batch = _decode(runner, pieces(), batch_size, progress)
+    return LongForm(segments, frames / rate, options, cut, decoding, batch,
+                    runner.conditions(warmup=0, batch_size=batch).to_dict())
 
 
-def _decode(runner: Translator, pieces: Iterable[tuple[Span, np.ndarray]], duration: float, options: SegmentOptions,
-            batch_size: int, progress: Callable[[Iterable], Iterable] | None, cut: list[float]) -> LongForm:
-    """Decode (span, samples) pairs in batches as they come; `cut` holds the segmentation's seconds once they are
-    all consumed."""
+def _decode(runner: Translator, pieces: Iterable[tuple[Span, np.ndarray]], batch_size: int,
+            progress: Callable[[Iterable], Iterable] | None) -> tuple[list[Segment], float, int]:
+    """Decode (span, samples) pairs in batches as they come: the segments, the decoding's seconds and the batch
+    size used."""
     batch = batch_size if batch_size > 1 and batch_ready(runner.bundle.speech2text) is None else 1
     segments: list[Segment] = []
     decoding = 0.0
@@ -188,8 +193,7 @@ def _decode(runner: Translator, pieces: Iterable[tuple[Span, np.ndarray]], durat
                 else [runner.translate(samples[0], runner.sample_rate)])
         decoding += time.perf_counter() - started
         segments += [_segment(len(segments) + i, span, t) for i, ((span, _), t) in enumerate(zip(group, done))]
-    return LongForm(segments, duration, options, cut[0], decoding, batch,
-                    runner.conditions(warmup=0, batch_size=batch).to_dict())
+    return segments, decoding, batch
 
 
 def _groups(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
