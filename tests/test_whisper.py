@@ -117,3 +117,18 @@ def test_dimensions_come_from_the_weights() -> None:
                                          "n_audio_layer": 4, "n_vocab": 51865, "n_text_ctx": 448,
                                          "n_text_state": 384, "n_text_head": 6, "n_text_layer": 4}
     assert dimensions({}, "small.en")["n_vocab"] == 51864 and dimensions({}, "small")["n_audio_state"] == 768
+
+
+def test_weights_claiming_a_whisper_larger_than_any_are_refused_before_the_build(whisper_exp: Path,
+                                                                                  tmp_path: Path) -> None:
+    """A crafted file whose zero-stride view claims 10 million encoder positions: refused in one line, not built."""
+    import shutil
+
+    crafted = tmp_path / "crafted"
+    shutil.copytree(whisper_exp, crafted)
+    state = torch.load(crafted / "valid.acc.ave.pth")
+    state["encoder.encoders.positional_embedding"] = torch.zeros(1, WIDTH).expand(10_000_000, WIDTH)
+    torch.save(state, crafted / "valid.acc.ave.pth")
+    with pytest.raises(RunnerError, match="describe a Whisper larger than any: n_audio_ctx 10,000,000"):
+        Runner(crafted)
+

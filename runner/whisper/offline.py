@@ -24,6 +24,10 @@ from runner.errors import RunnerError
 EXTRA = "pip install 'st-runner[whisper]'"
 HEAD_SIZE = 64  # every Whisper model's attention heads are 64 wide (tiny: 384 / 6 ... large: 1280 / 20)
 N_MELS = 80
+# Beyond any published Whisper (large: 1280 wide, 32 layers, 1500 + 448 positions, 51866 tokens): a crafted
+# weights file whose tensor views claim such shapes would make the build allocate gigabytes before any check
+LIMITS = {"n_mels": 256, "n_audio_ctx": 6000, "n_audio_state": 4096, "n_audio_layer": 128, "n_vocab": 262144,
+          "n_text_ctx": 4096, "n_text_state": 4096, "n_text_layer": 128}
 # The published models' dimensions, for a part the weights do not show (a Whisper decoder over another encoder)
 PUBLISHED = {
     "tiny": (384, 4), "base": (512, 6), "small": (768, 12), "medium": (1024, 24), "large": (1280, 32),
@@ -103,7 +107,11 @@ def built_offline(state: Mapping[str, Any] | None, source: object = "model") -> 
         original = whisper.load_model
 
         def load_model(name: str, device: Any = None, download_root: Any = None, in_memory: bool = False) -> Any:
-            return Whisper(ModelDimensions(**dimensions(state or {}, name))).to(device or "cpu")
+            dims = dimensions(state or {}, name)
+            over = [f"{key} {dims[key]:,} (at most {limit:,})" for key, limit in LIMITS.items() if dims[key] > limit]
+            if over:
+                raise RunnerError(f"{source}: its weights describe a Whisper larger than any: {', '.join(over)}")
+            return Whisper(ModelDimensions(**dims)).to(device or "cpu")
 
         whisper.load_model = load_model
         try:
