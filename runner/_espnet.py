@@ -8,6 +8,7 @@ None of it concerns a user of the runner, so it is swallowed here, once.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import logging
 import os
@@ -51,20 +52,33 @@ def quiet() -> Iterator[None]:
 
 def st_inference() -> ModuleType:
     """`espnet2.bin.st_inference`, imported quietly once."""
-    if "st_inference" not in _cache:
+    return _imported("espnet2.bin.st_inference")
+
+
+def asr_inference() -> ModuleType:
+    """`espnet2.bin.asr_inference`, imported quietly once."""
+    return _imported("espnet2.bin.asr_inference")
+
+
+def _imported(name: str) -> ModuleType:
+    if name not in _cache:
         # NLTK reads NLTK_DATA when imported: point it nowhere for the import only, so it
         # does not try to download, and leave the host program's environment as it was.
         previous = os.environ.get("NLTK_DATA")
         os.environ["NLTK_DATA"] = os.devnull if previous is None else previous
         try:
             with quiet():
-                import espnet2.bin.st_inference as module
+                module = importlib.import_module(name)
         finally:
             if previous is None:
                 os.environ.pop("NLTK_DATA", None)
-        _cache["st_inference"] = module
-    return _cache["st_inference"]
+        _cache[name] = module
+    return _cache[name]
 
 
 def st_task() -> type:
     return st_inference().STTask
+
+
+def asr_task() -> type:
+    return asr_inference().ASRTask

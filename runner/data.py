@@ -12,7 +12,7 @@ import math
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,22 @@ class TestSet:
     segments: list[Segment]
     source_lang: str | None = None
     target_lang: str | None = None
+
+    def for_task(self, task: str) -> TestSet:
+        """The set as a model trained for `task` is measured on it: for "asr" (`runner.tasks`), its references
+        are the source transcripts and its target language the source's; for "st", itself.
+
+        Raises:
+            RunnerError: an ASR model on a set without source transcripts.
+        """
+        if task != "asr":
+            return self
+        missing = [segment.id for segment in self.segments if segment.source is None]
+        if missing:
+            raise RunnerError(f"{self.path}: an ASR model is measured against source transcripts, and "
+                              f"{len(missing)} segment(s) of {self.split} have none (first: {missing[0]})")
+        segments = [replace(segment, reference=segment.source) for segment in self.segments]
+        return replace(self, segments=segments, target_lang=self.source_lang)
 
 
 @dataclass

@@ -124,6 +124,7 @@ class SearchEngine(torch.nn.Module):
     # (after a plugin replaces a decoder), plugins that change scorers or the beam size, and every engine
     # see one set of values.
     sos = _espnet_setting("sos")
+    hyp_primer = _espnet_setting("hyp_primer")
     eos = _espnet_setting("eos")
     beam_size = _espnet_setting("beam_size")
     n_vocab = _espnet_setting("n_vocab")

@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
-from runner import _espnet
+from runner import _espnet, tasks
 from runner.decode import DecodeOptions
 from runner.errors import RunnerError, first_line
 from runner.metrics.size import count_parameters, state_dict_bytes
+from runner.whisper.offline import pad_trim_lengths, plain_modules
 # Re-exported: callers find a model's files through this module too.
 from runner.model_files import ModelFiles, cache_dir, check_weights_fit, file_hash, locate, read_weights
 
@@ -56,6 +57,11 @@ class ModelBundle:
     def device(self) -> torch.device:
         """Where the model runs (`Speech2Text` moves its input there)."""
         return torch.device(self.speech2text.device)
+
+    @property
+    def task(self) -> str:
+        """What the experiment was trained for: "st", or "asr" (its translations are transcripts: `runner.tasks`)."""
+        return self.files.task
 
     @property
     def is_multidecoder(self) -> bool:
@@ -153,6 +159,7 @@ class ModelBundle:
         decoder = getattr(model, "decoder", None)
         return {
             "model_class": type(model).__name__,
+            "task": self.files.task,
             "multidecoder": self.is_multidecoder,
             "speech_attention": bool(getattr(model, "use_speech_attn", False))
             or bool(getattr(decoder, "use_speech_attn", False)),
@@ -211,6 +218,10 @@ def load(path: str | Path, options: DecodeOptions | None = None, model_file: str
                 **options.speech2text_kwargs())
     except (FileNotFoundError, RuntimeError, KeyError, AssertionError, TypeError, ValueError) as error:
         raise RunnerError(f"{files.origin}: ESPnet could not load the model ({first_line(error)})") from error
+    if files.task == tasks.ASR:
+        tasks.fit_ctc(speech2text.st_model, read_weights(files.model_file))
+    plain_modules(speech2text.st_model)
+    pad_trim_lengths(speech2text.st_model)
     check_weights_fit(speech2text.st_model, files)
     bundle = ModelBundle(speech2text, files, options)
     bundle.install_engine("espnet")  # ESPnet's own search, through the engine protocol (runner.engines)

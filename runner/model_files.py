@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import yaml
 
+from runner import tasks
 from runner.archive import sha256
 from runner.archive import unpack as archive_unpack
 from runner.errors import RunnerError, first_line
@@ -41,6 +42,8 @@ REQUIRED_PATH_KEYS = ("token_list", "src_token_list", "bpemodel", "src_bpemodel"
 # Keys of an ESPnet trainer checkpoint (espnet2/train/trainer.py) besides "model".
 TRAINER_KEYS = ("reporter", "optimizers", "schedulers", "scaler")
 SHOWN_KEYS = 3  # how many mismatched keys an error names
+# bpemodel values that name a built-in tokenizer, not a file (ESPnet's Whisper experiments)
+BUILTIN_TOKENIZERS = ("whisper_multilingual", "whisper_en")
 
 logger = logging.getLogger("runner")
 
@@ -59,7 +62,8 @@ class ModelFiles:
     model_file: Path  # the weights ESPnet loads (the unwrapped copy of a trainer checkpoint)
     packed: bool
     checkpoint: Path | None = None  # the trainer checkpoint `model_file` was unwrapped from
-    weight_keys: frozenset[str] = frozenset()  # the state_dict keys in `model_file`, read once by `locate`
+    weight_keys: frozenset[str] = frozenset()  # the state_dict keys in `model_file` (as the ST model names them)
+    task: str = "st"  # what the experiment was trained for: "st", or "asr" (`runner.tasks`)
 
     @property
     def file_bytes(self) -> int:
@@ -108,8 +112,10 @@ def locate(path: str | Path, model_file: str | Path | None = None) -> ModelFiles
     if not weights.is_file():
         raise RunnerError(f"{weights}: model file not found")
     unwrapped, keys = _inspect_weights(weights)
-    return ModelFiles(origin, _resolve_config_paths(config), unwrapped or weights, packed,
-                      weights if unwrapped else None, keys)
+    config, task = _as_st_config(_resolve_config_paths(config))
+    if task == tasks.ASR:
+        keys = frozenset(tasks.st_key(key) for key in keys)
+    return ModelFiles(origin, config, unwrapped or weights, packed, weights if unwrapped else None, keys, task)
 
 
 def _safe_globals() -> list[Any]:
@@ -237,6 +243,24 @@ def find_by_trailing_parts(value: str, roots: list[Path]) -> tuple[Path | None, 
     return None, tried
 
 
+def _as_st_config(config: Path) -> tuple[Path, str]:
+    """The config ST inference loads and the experiment's task: an ASR experiment's config translated
+    (`runner.tasks.st_config`), written once into the cache; any other as it is."""
+    data = read_yaml(config, "training config")
+    if not isinstance(data, dict) or tasks.task_of(data) != tasks.ASR:
+        return config, tasks.ST
+    return _cached_config(config, tasks.st_config(data, config), "st-of-asr"), tasks.ASR
+
+
+def _cached_config(config: Path, data: dict[str, Any], kind: str) -> Path:
+    """`data` written as a config.yaml in the cache, named by the original's path and content."""
+    digest = hashlib.sha256(kind.encode() + str(config.resolve()).encode() + config.read_bytes()).hexdigest()[:16]
+    target = cache_dir() / "configs" / digest / "config.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return target
+
+
 def _resolve_config_paths(config: Path) -> Path:
     """Rewrite file paths in config.yaml that do not exist as written (see `find_by_trailing_parts`)."""
     data = read_yaml(config, "training config")
@@ -249,7 +273,8 @@ def _resolve_config_paths(config: Path) -> Path:
         nonlocal changed
         if isinstance(value, dict):
             return {k: resolve(k, v) for k, v in value.items()}
-        if not isinstance(value, str) or key not in REQUIRED_PATH_KEYS or Path(value).exists():
+        if not isinstance(value, str) or key not in REQUIRED_PATH_KEYS or Path(value).exists() \
+                or value in BUILTIN_TOKENIZERS:
             return value
         found, tried = find_by_trailing_parts(value, roots)
         if found is None:
@@ -261,10 +286,4 @@ def _resolve_config_paths(config: Path) -> Path:
         return str(found.resolve())
 
     resolved = {k: resolve(k, v) for k, v in data.items()}
-    if not changed:
-        return config
-    digest = hashlib.sha256(str(config.resolve()).encode() + config.read_bytes()).hexdigest()[:16]
-    target = cache_dir() / "configs" / digest / "config.yaml"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(yaml.safe_dump(resolved, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    return target
+    return _cached_config(config, resolved, "resolved") if changed else config

@@ -38,8 +38,11 @@ def build_report(conditions: RunConditions, model: dict[str, Any], preloaded: Pr
     hypotheses = [t.text for t in translations]
     references = [u.segment.reference for u in utterances]
     summary = model["summary"]
-    wer = (source_wer([t.source_text for t in translations], [u.segment.source for u in utterances])
-           if summary["multidecoder"] else None)
+    if summary.get("task") == "asr":  # its translations are transcripts, its references the source's
+        wer = source_wer(hypotheses, references)
+    else:
+        wer = (source_wer([t.source_text for t in translations], [u.segment.source for u in utterances])
+               if summary["multidecoder"] else None)
     return Report(
         command=shlex.join(sys.argv) if Path(sys.argv[0]).name == "runner" else None,
         model=model,

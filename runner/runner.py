@@ -284,7 +284,7 @@ class Runner:
     def preload(self, options: EvaluateOptions) -> PreloadedSet:
         """Read the utterances `options` select into memory at the model's rate (nothing here is timed)."""
         data = options.data if options.data is not None else defaults.data_path()
-        test_set = load_test_set(data, options.split, options.text)
+        test_set = load_test_set(data, options.split, options.text).for_task(self.bundle.task)
         progress = bar("preload") if options.progress else None
         return preload(
             test_set,

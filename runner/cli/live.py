@@ -36,7 +36,7 @@ def _talks(runner: Any, evaluate: Any, options: Any) -> Any:
     from runner.cli.longform import talk_split
     from runner.live.talks import evaluate_talks_simultaneous
 
-    test_set = talk_split(evaluate)
+    test_set = talk_split(evaluate, runner.bundle.task)
     typer.echo(f"replaying the whole talks of {test_set.path} {test_set.split} in {options.chunk_seconds:g} s chunks",
                err=True)
     return evaluate_talks_simultaneous(runner, test_set, options, bar("replay", "talks") if evaluate.progress else None)

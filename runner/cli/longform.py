@@ -62,13 +62,14 @@ def translate_recording(runner: Any, audio: Path, options: SegmentOptions, out: 
     typer.echo(f"wrote {out} ({fmt})", err=True)
 
 
-def talk_split(evaluate: Any) -> Any:
-    """The split whose whole talks a command decodes; RunnerError for --limit, which would cut a talk."""
+def talk_split(evaluate: Any, task: str = "st") -> Any:
+    """The split whose whole talks a command decodes, as a model trained for `task` is measured on it;
+    RunnerError for --limit, which would cut a talk."""
     from runner.data import load_test_set
 
     if evaluate.limit is not None:
         raise RunnerError("--limit: whole talks are decoded with --segmenter vad or fixed; leave --limit out")
-    return load_test_set(evaluate.data or defaults.data_path(), evaluate.split, evaluate.text)
+    return load_test_set(evaluate.data or defaults.data_path(), evaluate.split, evaluate.text).for_task(task)
 
 
 def translate_talks(runner: Any, options: SegmentOptions, out: Optional[Path], evaluate: Any,
@@ -76,7 +77,7 @@ def translate_talks(runner: Any, options: SegmentOptions, out: Optional[Path], e
     """Decode the data's talks whole with automatic segmentation and print their re-aligned BLEU."""
     from runner.longform.iwslt import evaluate_talks
 
-    test_set = talk_split(evaluate)
+    test_set = talk_split(evaluate, runner.bundle.task)
     score = evaluate_talks(runner, test_set, options, batch_size,
                            progress=bar("translate", "talks") if evaluate.progress else None)
     typer.echo(score.format())

@@ -56,7 +56,7 @@ def _dev_sets(model: Optional[Path], data: Optional[Path], split: str, limit: Op
         raise RunnerError(f"{model or defaults.model_path()}: no Linear the int8 plugins quantize in "
                           f"{', '.join(parts)}; nothing to score or tune")
     try:
-        test_set = load_test_set(data_root, split)
+        test_set = load_test_set(data_root, split).for_task(bundle.task)
     except RunnerError as error:  # a data set without the tuning split: say which option chose it
         raise RunnerError(f"--split {split}: {error}") from error
     others = left_in_float(bundle, parts)

@@ -209,9 +209,8 @@ def fused_projection(attention: Any) -> Callable[[torch.Tensor], torch.Tensor] |
         return None
     kinds = {type(linear) for linear in linears}
     if kinds == {torch.nn.Linear}:
-        if any(linear.bias is None for linear in linears):
-            return None
-        key: Any = tuple((linear.weight.data_ptr(), linear.weight._version, linear.bias._version) for linear in linears)
+        key: Any = tuple((linear.weight.data_ptr(), linear.weight._version,
+                          None if linear.bias is None else linear.bias._version) for linear in linears)
         build = _float_qkv
     elif kinds == {DynamicLinear} and len({(linear._packed_params.dtype, linear.version) for linear in linears}) == 1:
         key = tuple(id(linear._packed_params._packed_params) for linear in linears)
@@ -230,10 +229,18 @@ def fused_projection(attention: Any) -> Callable[[torch.Tensor], torch.Tensor] |
     return cached[1]
 
 
+def _biases(biases: list[torch.Tensor | None], linears: tuple[Any, ...]) -> torch.Tensor | None:
+    """The projections' biases in one, a projection without one (Whisper's key) as zeros (x + 0 is x)."""
+    if all(bias is None for bias in biases):
+        return None
+    present = next(bias for bias in biases if bias is not None)
+    return torch.cat([bias if bias is not None else present.new_zeros(linear.out_features)
+                      for bias, linear in zip(biases, linears)])
+
+
 def _float_qkv(linears: tuple[Any, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
     weight = torch.cat([linear.weight for linear in linears])
-    bias = torch.cat([linear.bias for linear in linears])
-    return _float_linear(None, weight, bias)
+    return _float_linear(None, weight, _biases([linear.bias for linear in linears], linears))
 
 
 def _float_linear(owner: torch.nn.Module | None, weight: torch.Tensor,
@@ -292,7 +299,7 @@ def _mkl_product(owner: torch.nn.Module | None, weight: torch.Tensor, bias: torc
 
 def _dynamic_qkv(linears: tuple[Any, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
     weights, biases = zip(*[linear._packed_params._weight_bias() for linear in linears])
-    bias = None if any(b is None for b in biases) else torch.cat(biases)
+    bias = _biases(list(biases), linears)
     if linears[0]._packed_params.dtype == torch.float16:
         packed = torch.ops.quantized.linear_prepack_fp16(torch.cat(weights), bias)
         return per_utterance(LINEAR_DYNAMIC_FP16, packed)

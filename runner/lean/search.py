@@ -27,6 +27,7 @@ from runner.engines import SearchEngine, Searched, check_deadline, length_bounds
 from runner.errors import RunnerError
 from runner.lean.ctc import CtcPrefixState
 from runner.lean.decoder import DecoderStep, check_decoder
+from runner.lean.whisper import WhisperStep, check_whisper_decoder, is_whisper_decoder
 
 logger = logging.getLogger("runner.lean")
 
@@ -41,15 +42,16 @@ def check_search(search: Any) -> None:
 
     if not isinstance(search, BatchBeamSearch):
         raise RunnerError(f"{type(search).__name__} is not ESPnet's BatchBeamSearch")
-    if search.hyp_primer is not None:
-        raise RunnerError("hypothesis primers (Whisper) are not supported")
+    whisper = is_whisper_decoder(search.full_scorers.get("decoder"))
+    if search.hyp_primer is not None and not whisper:
+        raise RunnerError("hypothesis primers are supported for Whisper's decoder only")
     if search.pre_beam_score_key != "full":
         raise RunnerError(f"pre_beam_score_key {search.pre_beam_score_key!r} is not supported")
     if "decoder" not in search.full_scorers:
         raise RunnerError("the search has no decoder scorer (decoder weight 0)")
     for name, scorer in search.full_scorers.items():
         if name == "decoder":
-            check_decoder(scorer)
+            check_whisper_decoder(scorer) if whisper else check_decoder(scorer)
         elif not isinstance(scorer, LengthBonus):
             raise RunnerError(f"full scorer {name!r} ({type(scorer).__name__}) is not supported")
     for name, scorer in search.part_scorers.items():
@@ -181,11 +183,14 @@ class LeanBeamSearch(SearchEngine):
                     for x, p in zip(xs, pre_xs)]
         x = xs[0]
         count = len(xs)
-        beam = Beam(torch.full((count, 1), self.sos, dtype=torch.long, device=x.device),
+        primer = self.hyp_primer or [self.sos]  # Whisper's start-of-transcript, language and task
+        beam = Beam(torch.tensor([primer] * count, dtype=torch.long, device=x.device),
                     torch.zeros(count, dtype=x.dtype, device=x.device),
                     {name: torch.zeros(count, dtype=x.dtype, device=x.device) for name in self.scorers},
                     None)
         layout = Layout(list(range(count)), [1] * count, self.beam_size)
+        if len(primer) > 1:
+            step.prefill(beam.yseq[:, :-1], layout)
         ended = [Ended() for _ in xs]
         steps = [0] * count
         for i in range(max(maxlens)):
@@ -240,7 +245,11 @@ class LeanBeamSearch(SearchEngine):
     def decoder_step(self, xs: list[torch.Tensor], speeches: list[torch.Tensor] | None, max_length: int) -> Any:
         """The decoder's step for these utterances (`DecoderStep`'s interface: call, `select`, `keep_utterances`,
         `hidden`); an engine that runs the step elsewhere returns its own."""
-        return DecoderStep(self.full_scorers["decoder"], xs, speeches, max_length, self.beam_size)
+        decoder = self.full_scorers["decoder"]
+        if is_whisper_decoder(decoder):
+            positions = decoder.decoders.positional_embedding.size(0)  # past them ESPnet's decoder fails too
+            return WhisperStep(decoder, xs, min(max_length + len(self.hyp_primer or []) + 1, positions), self.beam_size)
+        return DecoderStep(decoder, xs, speeches, max_length, self.beam_size)
 
     def ctc_log_probs(self, ctc: Any, x: torch.Tensor) -> torch.Tensor:
         """A CTC head's log-probabilities (T, V) over one utterance's encoder output (T, d)."""

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
+
+import torch
 
 from runner.errors import RunnerError
 
@@ -36,8 +39,9 @@ PUBLISHED = {
 
 
 def uses_whisper(config: Mapping[str, Any]) -> bool:
-    """Whether an experiment's config builds a Whisper encoder or decoder."""
-    return any(config.get(part) == "whisper" for part in ("encoder", "decoder", "extra_asr_decoder"))
+    """Whether an experiment's config builds a Whisper encoder or decoder, or uses Whisper's tokens."""
+    return any(config.get(part) == "whisper" for part in ("encoder", "decoder", "extra_asr_decoder")) or any(
+        "whisper" in str(config.get(key) or "") for key in ("token_type", "src_token_type"))
 
 
 def require_whisper(source: object) -> Any:
@@ -97,11 +101,53 @@ def dimensions(state: Mapping[str, Any], name: str = "base") -> dict[str, int]:
     return dims
 
 
+def plain_modules(model: torch.nn.Module) -> int:
+    """Whisper's Linear, Conv1d and LayerNorm subclasses made torch's own classes, in place; returns how many.
+
+    Whisper's subclasses only cast weights to the input's dtype (and LayerNorm computes in float32), the same
+    computation in float32; as torch's classes, every plugin and engine that finds `nn.Linear` by type
+    (`quantize_dynamic`, static int8, SmoothQuant, the lean engine) finds Whisper's too.
+    """
+    whisper_model = sys.modules.get("whisper.model")
+    if whisper_model is None:
+        return 0
+    plain = {whisper_model.Linear: torch.nn.Linear, whisper_model.Conv1d: torch.nn.Conv1d,
+             whisper_model.LayerNorm: torch.nn.LayerNorm}
+    changed = 0
+    for module in model.modules():
+        target = plain.get(type(module))
+        if target is not None:
+            module.__class__ = target
+            changed += 1
+    return changed
+
+
+def _whole_window(module: Any, inputs: Any, output: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
+    encoded, lengths, states = output
+    return encoded, torch.full_like(lengths, encoded.size(1)), states
+
+
+def pad_trim_lengths(model: Any) -> None:
+    """A Whisper encoder that pads or trims to 30 s (`do_pad_trim`) reports the whole window as its output length.
+
+    ESPnet's encoder reports the frames of the audio before padding, but its decoder attends to the whole
+    window, as Whisper was trained; ESPnet's ASR model exempts Whisper from the check that the lengths cover the
+    output, its ST model does not, and refused every utterance. A forward hook (kept by copies and exports).
+    """
+    encoder = getattr(model, "encoder", None)
+    if getattr(encoder, "do_pad_trim", False) and not getattr(encoder, "_runner_whole_window", False):
+        encoder.register_forward_hook(_whole_window)
+        encoder._runner_whole_window = True
+
+
 @contextlib.contextmanager
 def built_offline(state: Mapping[str, Any] | None, source: object = "model") -> Iterator[None]:
     """Inside the block, `whisper.load_model(name, ...)` builds an untrained Whisper with the dimensions of the
-    weights `state` holds (`dimensions`), downloading nothing; restored on leaving (`espnet_compatible` too)."""
-    with espnet_compatible(source) as whisper:
+    weights `state` holds (`dimensions`), downloading nothing, and Whisper's tokenizer has the surface ESPnet
+    calls (`runner.whisper.tokens.bridged`); restored on leaving (`espnet_compatible` too)."""
+    from runner.whisper.tokens import bridged
+
+    with espnet_compatible(source) as whisper, bridged(whisper):
         from whisper.model import ModelDimensions, Whisper
 
         original = whisper.load_model
