@@ -20,7 +20,7 @@ from runner import _espnet, tasks
 from runner.decode import DecodeOptions
 from runner.errors import RunnerError, first_line
 from runner.metrics.size import count_parameters, state_dict_bytes
-from runner.whisper.offline import pad_trim_lengths, plain_modules
+from runner.whisper.offline import pad_trim_lengths, plain_modules, tie_output_layer
 # Re-exported: callers find a model's files through this module too.
 from runner.model_files import ModelFiles, cache_dir, check_weights_fit, file_hash, locate, read_weights
 
@@ -222,6 +222,7 @@ def load(path: str | Path, options: DecodeOptions | None = None, model_file: str
         tasks.fit_ctc(speech2text.st_model, read_weights(files.model_file))
     plain_modules(speech2text.st_model)
     pad_trim_lengths(speech2text.st_model)
+    tie_output_layer(speech2text.st_model)
     check_weights_fit(speech2text.st_model, files)
     bundle = ModelBundle(speech2text, files, options)
     bundle.install_engine("espnet")  # ESPnet's own search, through the engine protocol (runner.engines)

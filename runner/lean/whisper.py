@@ -34,6 +34,8 @@ def check_whisper_decoder(decoder: Any) -> None:
             raise RunnerError(f"Whisper decoder block {index} has no cross-attention")
     if type(decoder.decoders.token_embedding) is not torch.nn.Embedding:
         raise RunnerError("the Whisper decoder's vocabulary was expanded (ExpandedTokenEmbedding)")
+    if not isinstance(getattr(decoder, "output_layer", None), torch.nn.Module):
+        raise RunnerError("the Whisper decoder has no output_layer (runner.whisper.offline.tie_output_layer)")
 
 
 class _EspnetNames:
@@ -48,14 +50,70 @@ class _EspnetNames:
         self.__dict__["runner_lean_qkv"] = attention.__dict__.setdefault("runner_lean_qkv", {})
 
 
+def _attend(q: torch.Tensor, keys_t: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q K^T / sqrt(d) + bias) V for a few query rows: two matrix products (PyTorch's fused CPU kernel
+    costs ~0.6 ms a call for 5 queries over Whisper's 1500 frames, more than the products themselves)."""
+    scores = torch.matmul(q * (q.size(-1) ** -0.5), keys_t)
+    if bias is not None:
+        scores = scores + bias
+    return torch.matmul(torch.softmax(scores, dim=-1), values)
+
+
+class _CrossAttention(SourceAttention):
+    """The lean engine's source attention, its keys kept transposed and its mask as an additive bias."""
+
+    def __init__(self, attention: Any, memories: list[torch.Tensor]) -> None:
+        super().__init__(attention, memories)
+        self._transpose()
+
+    def _transpose(self) -> None:
+        self.keys_t = self.keys.transpose(-1, -2).contiguous()
+        self.bias = None if self.mask is None or bool(self.mask.all()) else \
+            torch.zeros(self.mask.shape, dtype=self.keys.dtype).masked_fill(~self.mask, float("-inf"))
+
+    def keep(self, utterances: torch.Tensor) -> None:
+        super().keep(utterances)
+        self._transpose()
+
+    def __call__(self, x: torch.Tensor, layout: Any) -> torch.Tensor:
+        n = x.size(0)
+        q = self.query(x)
+        batch, beam = self.keys.size(0), layout.beam_size
+        if not layout.full:
+            slots = layout.slots(x.device)
+            q = q.new_zeros(batch * beam, q.size(1)).index_copy_(0, slots, q)
+        queries = q.view(batch, beam, self.heads, self.d_k).transpose(1, 2)
+        context = _attend(queries, self.keys_t, self.values, self.bias).transpose(1, 2).reshape(batch * beam, -1)
+        if not layout.full:
+            context = context.index_select(0, slots)
+        return self.out(context)
+
+
+class _SelfAttention(SelfAttention):
+    """The lean engine's self-attention over the cached positions, attended by `_attend`."""
+
+    def __call__(self, x: torch.Tensor, cache: torch.Tensor, t: int) -> torch.Tensor:
+        n = x.size(0)
+        if self.qkv is not None:
+            qkv = self.qkv(x).view(n, 3, self.heads, self.d_k)
+            q = qkv[:, 0]
+            cache[:, :, :, t] = qkv[:, 1:].transpose(0, 1)
+        else:
+            q = self.query(x).view(n, self.heads, self.d_k)
+            cache[0, :, :, t] = self.key(x).view(n, self.heads, self.d_k)
+            cache[1, :, :, t] = self.value(x).view(n, self.heads, self.d_k)
+        context = _attend(q.unsqueeze(2), cache[0, :, :, :t + 1].transpose(-1, -2), cache[1, :, :, :t + 1], None)
+        return self.out(context.view(n, -1))
+
+
 class _Block:
     """One residual attention block's step: self-attention, cross-attention, MLP, each after its LayerNorm."""
 
     def __init__(self, block: Any, memories: list[torch.Tensor]) -> None:
         self.attn_ln, self.cross_ln, self.mlp_ln = direct(block.attn_ln), direct(block.cross_attn_ln), direct(
             block.mlp_ln)
-        self.self_attention = SelfAttention(_EspnetNames(block.attn))
-        self.source = SourceAttention(_EspnetNames(block.cross_attn), memories)
+        self.self_attention = _SelfAttention(_EspnetNames(block.attn))
+        self.source = _CrossAttention(_EspnetNames(block.cross_attn), memories)
         first, activation, second = block.mlp
         self.first, self.second, self.activation = direct(first), direct(second), activation
         self.exact_gelu = type(activation) is torch.nn.GELU and activation.approximate == "none" and \
@@ -86,6 +144,7 @@ class WhisperStep:
         try:
             self.blocks = [_Block(block, memories) for block in whisper.blocks]
             self.ln = direct(whisper.ln)
+            self.output = direct(decoder.output_layer)  # the embedding's weight (`tie_output_layer`)
         finally:
             PACKING.reset(token)
         self.embedding, self.positions = whisper.token_embedding, whisper.positional_embedding
@@ -119,7 +178,7 @@ class WhisperStep:
             if not logits:
                 return None
             self.hidden = self.ln(x)
-            scores = F.linear(self.hidden, self.embedding.weight.to(x.dtype)).float()
+            scores = self.output(self.hidden).float()
         finally:
             ROW_GROUPS.reset(groups)
         return torch.log_softmax(scores, dim=-1)
