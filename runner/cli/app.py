@@ -13,6 +13,7 @@ from runner.cli import export as cli_export
 from runner.cli import longform as cli_longform
 from runner.cli import live as cli_live
 from runner.cli import quant as cli_quant
+from runner.cli import whisper as cli_whisper
 from runner.cli.common import DEBUG_VARIABLE, fail, flag_error, parse_overrides, set_debug, show_notes
 from runner.cli.demo import demo_app
 from runner.errors import OptionError, RunnerError
@@ -323,3 +324,4 @@ def info(
 app.command()(cli_quant.sensitivity)
 app.command()(cli_quant.tune)
 app.command()(cli_export.export)
+app.command("convert-whisper")(cli_whisper.convert_whisper)
