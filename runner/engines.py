@@ -36,6 +36,7 @@ import torch
 from runner.device import clock
 from runner.registry import Registry
 from runner.errors import DecodeTimeoutError, RunnerError
+from runner.whisper.offline import is_whisper_decoder
 
 logger = logging.getLogger("runner")
 ENTRY_POINT_GROUP = "runner.engines"
@@ -190,16 +191,34 @@ def check_deadline(stage: str, steps: int) -> None:
         raise DecodeTimeoutError(f"{stage} stopped after {steps} steps: past the decoding deadline")
 
 
-def length_bounds(source: torch.Tensor, maxlenratio: float, minlenratio: float) -> tuple[int, int]:
-    """`BeamSearch.forward`'s maximum and minimum output lengths for a memory of `source`'s length."""
+def length_bounds(source: torch.Tensor, maxlenratio: float, minlenratio: float,
+                  longest: int | None = None) -> tuple[int, int]:
+    """`BeamSearch.forward`'s maximum and minimum output lengths for a memory of `source`'s length, the
+    maximum at most `longest` (the search's `longest_output`) where the decoder has a limit."""
     if maxlenratio == 0:
         maxlen = source.shape[0]
     elif maxlenratio < 0:
         maxlen = -1 * int(maxlenratio)
     else:
         maxlen = max(1, int(maxlenratio * source.size(0)))
+    if longest is not None:
+        maxlen = max(1, min(maxlen, longest))
     minlen = -1 * int(minlenratio) if minlenratio < 0 else int(minlenratio * source.size(0))
     return maxlen, minlen
+
+
+def longest_output(search: Any) -> int | None:
+    """The most steps `search` can take before its decoder runs out of positions, or None without a limit.
+
+    Whisper's decoder has a learned table of 448 positions; ESPnet's search, whose maxlen follows the
+    encoder's length (1500 frames for 30 s), indexes past it and fails on any utterance whose hypotheses
+    do not end in time. The hypotheses start with the primer (start-of-transcript, language, task), and
+    the last step's token is <eos>, which the decoder never reads.
+    """
+    decoder = getattr(search, "full_scorers", {}).get("decoder")
+    if not is_whisper_decoder(decoder):
+        return None
+    return decoder.decoders.positional_embedding.size(0) - len(search.hyp_primer or [search.sos]) + 1
 
 
 class EspnetSearch(SearchEngine):
@@ -237,7 +256,8 @@ class EspnetSearch(SearchEngine):
         from espnet.nets.e2e_asr_common import end_detect
 
         search = self.espnet
-        maxlen, minlen = length_bounds(x if pre_x is None else pre_x, maxlenratio, minlenratio)
+        maxlen, minlen = length_bounds(x if pre_x is None else pre_x, maxlenratio, minlenratio,
+                                      longest_output(search))
         running = search.init_hyp(x if pre_x is None else pre_x)
         ended: list[Any] = []
         for i in range(maxlen):

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from runner.device import clock
-from runner.engines import SearchEngine, Searched, check_deadline, length_bounds
+from runner.engines import SearchEngine, Searched, check_deadline, length_bounds, longest_output
 from runner.errors import RunnerError
 from runner.lean.ctc import CtcPrefixState
 from runner.lean.decoder import DecoderStep, check_decoder
-from runner.lean.whisper import WhisperStep, check_whisper_decoder, is_whisper_decoder
+from runner.lean.whisper import WhisperStep, check_whisper_decoder
+from runner.whisper.offline import is_whisper_decoder
 
 logger = logging.getLogger("runner.lean")
 
@@ -148,7 +149,8 @@ class LeanBeamSearch(SearchEngine):
         """
         started = clock(xs[0].device)
         pre = list(pre_xs) if pre_xs is not None else [None] * len(xs)
-        bounds = [length_bounds(x if p is None else p, maxlenratio, minlenratio) for x, p in zip(xs, pre)]
+        longest = longest_output(self)
+        bounds = [length_bounds(x if p is None else p, maxlenratio, minlenratio, longest) for x, p in zip(xs, pre)]
         with torch.inference_mode():  # no autograd bookkeeping on any op of the loop
             ended, steps = self._decode(list(xs), pre, [b[0] for b in bounds], [b[1] for b in bounds], maxlenratio)
         results: list[list[Any]] = []

@@ -22,10 +22,6 @@ from runner.lean.decoder import SelfAttention, SourceAttention
 from runner.lean.ops import PACKING, ROW_GROUPS, Packing, direct
 
 
-def is_whisper_decoder(decoder: Any) -> bool:
-    return type(decoder).__name__ == "OpenAIWhisperDecoder"
-
-
 def check_whisper_decoder(decoder: Any) -> None:
     """Raise RunnerError naming what the lean step cannot run in this Whisper decoder."""
     blocks = decoder.decoders.blocks
@@ -76,7 +72,6 @@ class _CrossAttention(SourceAttention):
         self._transpose()
 
     def __call__(self, x: torch.Tensor, layout: Any) -> torch.Tensor:
-        n = x.size(0)
         q = self.query(x)
         batch, beam = self.keys.size(0), layout.beam_size
         if not layout.full:

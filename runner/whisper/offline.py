@@ -122,6 +122,11 @@ def plain_modules(model: torch.nn.Module) -> int:
     return changed
 
 
+def is_whisper_decoder(decoder: Any) -> bool:
+    """Whether `decoder` is ESPnet's `OpenAIWhisperDecoder` (by name: importing it needs openai-whisper)."""
+    return type(decoder).__name__ == "OpenAIWhisperDecoder"
+
+
 def tie_output_layer(model: torch.nn.Module) -> None:
     """Whisper's output projection (its token embedding, transposed) as the decoder's `output_layer`, a Linear
     sharing the embedding's weight, which ESPnet's `forward_one_step` and the lean engine then call.
@@ -131,8 +136,7 @@ def tie_output_layer(model: torch.nn.Module) -> None:
     CTranslate2's int8 does not. The state_dict stays ESPnet's (the tied layer is not saved twice).
     """
     for decoder in (getattr(model, "decoder", None), getattr(model, "extra_asr_decoder", None)):
-        if type(decoder).__name__ != "OpenAIWhisperDecoder" or isinstance(getattr(decoder, "output_layer", None),
-                                                                            torch.nn.Module):
+        if not is_whisper_decoder(decoder) or isinstance(getattr(decoder, "output_layer", None), torch.nn.Module):
             continue
         embedding = decoder.decoders.token_embedding
         layer = torch.nn.Linear(embedding.weight.size(1), embedding.weight.size(0), bias=False,
