@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runner.errors import RunnerError
-from runner.model import ModelBundle
+from runner.model import ModelBundle, stft_frontend
 from runner.plugin import Effects, Plugin
 
 
@@ -29,13 +29,8 @@ class Hop(Plugin):
         return f"hop({self.config.hop_length})"
 
     def apply(self, bundle: ModelBundle) -> None:
-        frontend = getattr(bundle.model, "frontend", None)
-        stft = getattr(frontend, "stft", None)
-        if stft is None or not hasattr(stft, "hop_length"):
-            own = hasattr(getattr(bundle.model, "encoder", None), "log_mel_spectrogram")  # Whisper's encoder
-            raise RunnerError(f"{bundle.files.origin}: plugin 'hop' needs an in-model STFT frontend; "
-                              f"this model has {type(frontend).__name__ if frontend is not None else 'none'}"
-                              + (" (its Whisper encoder computes its own features)" if own else ""))
+        stft = stft_frontend(bundle, "plugin 'hop'")
+        frontend = bundle.model.frontend
         hop = self.config.hop_length
         if hop > stft.win_length:
             raise RunnerError(f"plugin 'hop': hop_length {hop} exceeds the window length {stft.win_length}; "

@@ -25,7 +25,7 @@ from runner.whisper.offline import pad_trim_lengths, plain_modules, tie_output_l
 from runner.model_files import ModelFiles, cache_dir, check_weights_fit, file_hash, locate, read_weights
 
 __all__ = ["ModelBundle", "ModelFiles", "cache_dir", "check_weights_fit", "file_hash", "frontend_settings", "load",
-           "locate", "read_weights"]
+           "locate", "read_weights", "stft_frontend"]
 PARTS = ("frontend", "normalize", "encoder", "extra_asr_decoder", "md_encoder", "decoder", "ctc", "st_ctc")
 
 
@@ -173,6 +173,23 @@ class ModelBundle:
             "vocab_size": len(model.token_list),
             "src_vocab_size": len(getattr(model, "src_token_list", None) or []) or None,
         }
+
+
+def stft_frontend(bundle: ModelBundle, needed_by: str) -> Any:
+    """The model's in-model STFT (what hop and the onnxruntime export change or run before their graphs).
+
+    Raises:
+        RunnerError: naming `needed_by` and the frontend the model has instead (a Whisper encoder computes
+            its own log-mel features from the waveform).
+    """
+    frontend = getattr(bundle.model, "frontend", None)
+    stft = getattr(frontend, "stft", None)
+    if stft is None or not hasattr(stft, "hop_length"):
+        own = hasattr(getattr(bundle.model, "encoder", None), "log_mel_spectrogram")
+        raise RunnerError(f"{bundle.files.origin}: {needed_by} needs an in-model STFT frontend; "
+                          f"this model has {type(frontend).__name__ if frontend is not None else 'none'}"
+                          + (" (its Whisper encoder computes its own features)" if own else ""))
+    return stft
 
 
 def frontend_settings(model: torch.nn.Module, train_args: Any) -> dict[str, Any] | None:

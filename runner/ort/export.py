@@ -35,7 +35,7 @@ import yaml
 
 from runner.archive import sha256
 from runner.errors import RunnerError
-from runner.model import ModelBundle
+from runner.model import ModelBundle, stft_frontend
 from runner.model_files import REQUIRED_PATH_KEYS
 from runner.ort import graphs
 from runner.ort.sessions import FORMAT_VERSION, MANIFEST
@@ -70,11 +70,8 @@ def check_exportable(bundle: ModelBundle) -> None:
     from runner.lean.decoder import check_decoder
     from runner.lean.search import check_search
 
-    model = bundle.model
-    stft = getattr(getattr(model, "frontend", None), "stft", None)
-    if stft is None:
-        raise RunnerError(f"{bundle.files.origin}: frontend {type(getattr(model, 'frontend', None)).__name__} is "
-                          f"not an STFT frontend the export runs before its graphs")
+    stft_frontend(bundle, "the onnxruntime export (its graphs start from the STFT's features; "
+                          "--search lean runs it)")
     for stage, search in zip(bundle.search_stages, _searches(bundle)):
         try:
             check_search(search.espnet if hasattr(search, "espnet") else search)

@@ -18,8 +18,8 @@ import yaml
 
 from runner import _espnet
 from runner.errors import RunnerError
-from runner.whisper.ctranslate2 import read_directory, whisper_state
-from runner.whisper.offline import built_offline, espnet_compatible
+from runner.whisper.ctranslate2 import CT2Model, read_directory, whisper_state
+from runner.whisper.offline import HEAD_SIZE, built_offline, espnet_compatible
 from runner.whisper.tokens import token_list
 
 NAMES = {384: "tiny", 512: "base", 768: "small", 1024: "medium", 1280: "large"}
@@ -59,8 +59,13 @@ def convert(source: Path, out: Path, pad_trim: bool = True, language: str = "en"
     if (out / "config.yaml").exists():
         raise RunnerError(f"{out}: already holds an experiment (config.yaml); choose another directory")
     model = read_directory(source)
-    state = {espnet_name(key): torch.from_numpy(value) for key, value in whisper_state(model).items()}
+    try:
+        weights = whisper_state(model)
+    except RunnerError as error:  # a variable missing: name the directory
+        raise RunnerError(f"{source}: {error}") from error
+    state = {espnet_name(key): torch.from_numpy(value) for key, value in weights.items()}
     width = state["encoder.encoders.conv1.weight"].shape[0]
+    check_heads(model, source, width)
     multilingual = len(model.vocabulary) != 51864
     with espnet_compatible(source) as whisper:
         expected = token_list(whisper, multilingual)
@@ -80,6 +85,21 @@ def convert(source: Path, out: Path, pad_trim: bool = True, language: str = "en"
     (out / "config.yaml").write_text(yaml.safe_dump(vars(args), allow_unicode=True, sort_keys=False),
                                      encoding="utf-8")
     return Converted(out, name, sum(p.numel() for p in built.parameters()), source)
+
+
+def check_heads(model: CT2Model, source: Path, width: int) -> None:
+    """Refuse attention heads other than 64 wide: ESPnet builds Whisper's modules from the weights' shapes,
+    in which the head count does not show, and every published Whisper's heads are 64 wide.
+
+    Raises:
+        RunnerError: naming the side and its heads.
+    """
+    for side in ("encoder", "decoder"):
+        heads = model.variables.get(f"{side}/num_heads")
+        if heads is not None and int(heads) * HEAD_SIZE != width:
+            raise RunnerError(f"{source}: its {side} has {int(heads)} attention heads of {width / int(heads):g} "
+                              f"(width {width}); ESPnet's Whisper modules, like every published Whisper, "
+                              f"have heads {HEAD_SIZE} wide")
 
 
 def experiment_config(name: str, tokens: list[str], pad_trim: bool, language: str,
