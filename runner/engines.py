@@ -89,6 +89,7 @@ class SearchEngine(torch.nn.Module):
         self.context = context
         self.stage = "search"  # which of the model's searches it runs (asr_search, st_search), for messages
         self.threads: int | None = None  # intra-op threads while searching (None: the caller's)
+        self.settled_nbest: int | None = None  # stop once this many best can no longer change (settled-stop)
 
     @classmethod
     def check(cls, search: Any) -> None:
@@ -221,6 +222,32 @@ def longest_output(search: Any) -> int | None:
     return decoder.decoders.positional_embedding.size(0) - len(search.hyp_primer or [search.sos]) + 1
 
 
+def monotone_scores(search: Any) -> str | None:
+    """Why a hypothesis' score could still rise as it grows, or None: every scorer's step score is a log
+    probability (at most 0) at a weight of at least 0, no length bonus, no length normalization.
+
+    Under these, a running hypothesis ends no better than it stands now, so `settled` is exact.
+    """
+    if search.normalize_length:
+        return "its n-best is ranked by score per token (normalize_length)"
+    raised = sorted(name for name, weight in search.weights.items()
+                    if weight and (weight < 0 or name == "length_bonus"))
+    return f"scorer(s) {raised} add a positive score per token (penalty > 0) or weigh negatively" if raised else None
+
+
+def settled(ended_scores: list[float], running_best: float, nbest: int) -> bool:
+    """Whether the best `nbest` ended hypotheses are final: the `nbest`-th best scores at least the best running
+    one, which can only lose score as it grows (`monotone_scores`)."""
+    return len(ended_scores) >= nbest and sorted(ended_scores, reverse=True)[nbest - 1] >= running_best
+
+
+def _best_score(running: Any) -> float:
+    """The best score among running hypotheses: a `BatchHypothesis` (its scores a tensor) or a list."""
+    if isinstance(getattr(running, "score", None), torch.Tensor):
+        return float(running.score.max())
+    return max(float(h.score) for h in running)
+
+
 class EspnetSearch(SearchEngine):
     """ESPnet's own search (`BeamSearch`/`BatchBeamSearch`): its `init_hyp`, `search` and `post_process`
     for every step, in `BeamSearch.forward`'s loop, with the steps counted.
@@ -268,6 +295,9 @@ class EspnetSearch(SearchEngine):
             if maxlenratio == 0.0 and end_detect([h.asdict() for h in ended], i):
                 break
             if len(running) == 0:
+                break
+            if self.settled_nbest and settled([float(h.score) for h in ended], _best_score(running),
+                                              self.settled_nbest):
                 break
         if search.normalize_length:
             nbest = sorted(ended, key=lambda h: h.score / (len(h.yseq) - 1), reverse=True)

@@ -166,3 +166,28 @@ def test_serve_refuses_an_unknown_search_engine_in_one_line(tiny_exp: Path) -> N
     assert {"espnet", "lean", "onnxruntime"} <= set(available())
     assert result.output.strip() == ("error: --search: unknown search engine 'fastest'; available: "
                                      + ", ".join(available()))
+
+
+@pytest.mark.parametrize(("shape", "options"), [case for case in CASES if not case[1].get("penalty")],
+                         ids=lambda value: value if isinstance(value, str) else "-".join(f"{k}{v}" for k, v in value.items()))
+def test_settled_stop_keeps_the_nbest_in_no_more_steps(shapes: dict[str, Path], waveforms: list[np.ndarray],
+                                                     shape: str, options: dict[str, Any]) -> None:
+    """Stopping once the n-best can no longer change: on each engine, the n-best (tokens and scores) of the
+    search that runs to ESPnet's end detection, in no more steps (these tiny models end within a step or two
+    of it; tests/test_whisper_ctranslate2.py shows the steps saved)."""
+    bundle = load(shapes[shape], DecodeOptions(**options))
+    for search in ("espnet", "lean"):
+        full = Runner.from_bundle(bundle, threads=1, search=search)
+        stopping = Runner.from_bundle(bundle, threads=1, search=search, plugins=["settled-stop"])
+        for waveform in waveforms:
+            ours, theirs = stopping.translate(waveform, 16000), full.translate(waveform, 16000)
+            for part in ("st", "asr"):  # the n-best kept: the ASR search's list goes on past it
+                assert (nbest_entries(ours).get(part, [])[:bundle.options.nbest]
+                        == nbest_entries(theirs).get(part, [])[:bundle.options.nbest]), (search, part)
+            assert all(ours.steps[stage] <= theirs.steps[stage] for stage in theirs.steps)
+
+
+def test_settled_stop_is_refused_where_a_score_can_rise(shapes: dict[str, Path]) -> None:
+    with pytest.raises(RunnerError, match=r"plugin 'settled-stop': the st_search cannot stop early exactly: "
+                                          r"scorer\(s\) \['length_bonus'\]"):
+        Runner(shapes["md-conformer"], DecodeOptions(penalty=0.5), threads=1, plugins=["settled-stop"])

@@ -49,6 +49,8 @@ def build_ct2_whisper(out: Path, heads: int = 1) -> Path:
                            decoder_ffn_dim=256, num_mel_bins=80, max_source_positions=1500,
                            max_target_positions=448, init_std=0.3)  # large weights: varied, confident tokens
     model = WhisperForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        model.model.decoder.embed_tokens.weight[EOS] *= 1.5  # (tied: its logit too) hypotheses end, some soon
     loader = WhisperLoader()
     spec = loader.get_model_spec(model)
     loader.set_config(spec.config, model, None)
@@ -115,13 +117,18 @@ def test_the_runner_translates_the_converted_whisper_as_espnets_inference(greedy
 
 
 def test_the_lean_engine_finds_espnets_hypotheses_on_whisper(converted: Path, utterances: list) -> None:
-    """Learned positions, the tied output projection, its cache and the primer: beam 3, the same n-best."""
-    options = DecodeOptions(beam_size=3, maxlenratio=-12.0)
+    """Learned positions, the tied output projection, its cache and the primer: beam 3, the same n-best; and
+    with settled-stop, the same n-best (benchmarks.peers shows its steps saved on Whisper base)."""
+    options = DecodeOptions(beam_size=3, nbest=2, maxlenratio=-12.0)
     espnet = Runner(converted, options, threads=2)
     lean = Runner(espnet.bundle.copy(), options, threads=2, search="lean")
+    settled = Runner(espnet.bundle.copy(), options, threads=2, search="lean", plugins=["settled-stop"])
     for utterance in utterances:
-        ours, theirs = lean.translate(utterance.waveform, 16000), espnet.translate(utterance.waveform, 16000)
-        assert ours.text == theirs.text and ours.tokens == theirs.tokens
+        theirs = espnet.translate(utterance.waveform, 16000)
+        for ours in (lean.translate(utterance.waveform, 16000), settled.translate(utterance.waveform, 16000)):
+            assert ours.text == theirs.text and ours.tokens == theirs.tokens
+            assert [float(h[3].score) for h in ours.nbest] == pytest.approx([float(h[3].score) for h in theirs.nbest],
+                                                                            rel=1e-6)
 
 
 def test_a_decode_that_never_ends_stops_at_whispers_448_positions(converted: Path, utterances: list,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from runner.device import clock
-from runner.engines import SearchEngine, Searched, check_deadline, length_bounds, longest_output
+from runner.engines import SearchEngine, Searched, check_deadline, length_bounds, longest_output, settled
 from runner.errors import RunnerError
 from runner.lean.ctc import CtcPrefixState
 from runner.lean.decoder import DecoderStep, check_decoder
@@ -223,7 +223,9 @@ class LeanBeamSearch(SearchEngine):
                     if i >= minlens[utterance]:
                         ended[utterance].add(beam, [b for b in rows if finished[b]])
                     kept = [b for b in rows if not finished[b]]
-                if not kept or (maxlenratio == 0.0 and end_detect(ended[utterance].lengths, i)):
+                if not kept or (maxlenratio == 0.0 and end_detect(ended[utterance].lengths, i)) or (
+                        self.settled_nbest and settled([float(score) for _, score in ended[utterance].lengths],
+                                                       float(beam.score[kept].max()), self.settled_nbest)):
                     done.append(block)
                     continue
                 if ctcs[utterance] is not None and len(kept) < self.beam_size:
